@@ -1,0 +1,304 @@
+"""The training loop: S seeds at once, probes at log-spaced checkpoints, results as it goes.
+
+Determinism: the probe sets come from ``cfg.seed`` alone (saved next to the results as
+``<out>.probes.pt``); seed s initialises its model from ``cfg.seed + s`` and draws batches from
+its own generator, whose state is saved with the model (``<out>.state.pt``). A killed run
+resumed with ``resume=True`` therefore reproduces the uninterrupted run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+
+from dsb_widgets.engine.ensemble import ModelStack
+from dsb_widgets.engine.results import METRICS, ResultsTable, load_results, write_atomic
+from dsb_widgets.engine.schedule import log_checkpoints, lr_at
+from dsb_widgets.engine.task import ConfigError, Probe, RunConfig, Task, get_experiment, pick_device, resolve_config
+
+log = logging.getLogger(__name__)
+Subscriber = Callable[[dict[str, Any]], None]
+DATA_SEED_OFFSET = 1_000_003
+
+
+@dataclass
+class TrainResult:
+    dataset: xr.Dataset
+    status: str  # "finished" | "stopped"
+    path: Path | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def score(out: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Summed cross-entropy and correct count per seed, and the number of scored labels.
+
+    out: (S, B, ..., V) logits; labels: (B, ...) ints with -100 where not scored.
+    """
+    s, v = out.shape[0], out.shape[-1]
+    logits = out.reshape(s, -1, v).float()
+    lab = labels.reshape(-1)
+    mask = lab != -100
+    if not bool(mask.all()):
+        logits, lab = logits[:, mask], lab[mask]
+    n = int(lab.numel())
+    ce = F.cross_entropy(logits.reshape(-1, v), lab.repeat(s), reduction="none").view(s, n)
+    correct = (logits.argmax(-1) == lab).sum(1)
+    return ce.sum(1), correct, n
+
+
+def train_loss(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per seed, (S,). out: (S, B, ..., V); labels: (S, B, ...)."""
+    s, v = out.shape[0], out.shape[-1]
+    ce = F.cross_entropy(out.reshape(-1, v).float(), labels.reshape(-1), reduction="none", ignore_index=-100)
+    mask = (labels.reshape(s, -1) != -100).float()
+    return (ce.view(s, -1) * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+@torch.no_grad()
+def evaluate_probe(stack: ModelStack, probe: Probe, device: torch.device, batch: int,
+                   amp: bool) -> dict[str, np.ndarray]:
+    """loss / accuracy (and target_* when the probe has targets) per seed, each (S,)."""
+    sums = {m: torch.zeros(stack.size, dtype=torch.float64, device=device) for m in METRICS}
+    count = 0
+    for i in range(0, len(probe), batch):
+        x = probe.x[i:i + batch].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = stack(x, shared=True)
+        ls, correct, n = score(out, probe.y[i:i + batch].to(device))
+        sums["loss"] += ls
+        sums["accuracy"] += correct
+        if probe.target is not None:
+            tls, tcorrect, _ = score(out, probe.target[i:i + batch].to(device))
+            sums["target_loss"] += tls
+            sums["target_accuracy"] += tcorrect
+        count += n
+    res = {m: (sums[m] / max(count, 1)).cpu().numpy() for m in METRICS}
+    if probe.target is None:
+        res["target_loss"] = np.full(stack.size, np.nan)
+        res["target_accuracy"] = np.full(stack.size, np.nan)
+    return res
+
+
+def _publish(subscribers: Iterable[Subscriber], event: dict[str, Any]) -> None:
+    for sub in subscribers:
+        try:
+            sub(event)
+        except Exception:  # a broken viewer must never stop training
+            log.exception("results subscriber failed")
+
+
+class _Run:
+    """State of one training run (models, optimizer, generators, results table)."""
+
+    def __init__(self, cfg: RunConfig, out: Path | None, resume: bool) -> None:
+        self.cfg = cfg
+        self.out = out
+        self.device = pick_device(cfg.device)
+        self.amp = bool(cfg.amp and self.device.type == "cuda")
+        exp = get_experiment(cfg.experiment)
+        torch.manual_seed(cfg.seed)
+        self.task: Task = exp.build(cfg)
+        self.seed_values = [cfg.seed + s for s in range(cfg.seeds)]
+        models = []
+        for sv in self.seed_values:
+            torch.manual_seed(sv)
+            models.append(self.task.make_model(sv))
+        self.stack = ModelStack(models).to(self.device)
+        self.opt = self._optimizer()
+        self.gens = [torch.Generator().manual_seed(sv + DATA_SEED_OFFSET) for sv in self.seed_values]
+        self.checkpoints = log_checkpoints(cfg.steps, cfg.per_octave)
+        names = [p.name for p in self.task.probes] + list(self.task.extra_probes)
+        orders = [p.order for p in self.task.probes] + list(self.task.extra_probes.values())
+        floors = [p.floor for p in self.task.probes] + [math.nan] * len(self.task.extra_probes)
+        attrs = {"config": cfg.to_json(), "experiment": cfg.experiment, "units": "nats",
+                 **{k: v for k, v in self.task.info.items() if isinstance(v, (str, int, float))}}
+        self.table = ResultsTable(names, orders, self.seed_values, attrs=attrs, floors=floors)
+        self.step = 0
+        self.elapsed = 0.0
+        if out is not None:
+            self._prepare_files(resume)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        params = list(self.stack.parameters())
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+
+    @property
+    def probes_path(self) -> Path:
+        return self.out.with_name(self.out.stem + ".probes.pt")
+
+    @property
+    def state_path(self) -> Path:
+        return self.out.with_name(self.out.stem + ".state.pt")
+
+    def _prepare_files(self, resume: bool) -> None:
+        if resume and self.out.exists() and self.state_path.exists():
+            self._resume()
+            return
+        if resume:
+            log.warning("nothing to resume at %s; starting a fresh run", self.out)
+        blob = {p.name: {"x": p.x, "y": p.y, **({"target": p.target} if p.target is not None else {})}
+                for p in self.task.probes}
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(blob, self.probes_path)
+        self.state_path.unlink(missing_ok=True)
+
+    def _resume(self) -> None:
+        ds = load_results(self.out)
+        if ds.attrs.get("config") != self.cfg.to_json():
+            raise ConfigError(f"{self.out} was made with another config; drop --resume or use the same options")
+        state = torch.load(self.state_path, weights_only=True, map_location=self.device)
+        self.stack.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optim"])
+        for g, s in zip(self.gens, state["gens"]):
+            g.set_state(s)
+        self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        saved = torch.load(self.probes_path, weights_only=True)
+        for p in self.task.probes:  # evaluate on exactly the saved probe sets
+            object.__setattr__(p, "x", saved[p.name]["x"])
+            object.__setattr__(p, "y", saved[p.name]["y"])
+            if p.target is not None:
+                object.__setattr__(p, "target", saved[p.name]["target"])
+        self.table = ResultsTable.from_dataset(ds)
+        self.table.truncate(self.step - 1 if self.step in self.checkpoints else self.step)
+
+    def save_state(self) -> None:
+        if self.out is None:
+            return
+        state = {"step": self.step, "elapsed": self.elapsed, "model": self.stack.state_dict(),
+                 "optim": self.opt.state_dict(), "gens": [g.get_state() for g in self.gens]}
+        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.state_path)
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = zip(*(self.task.sample_batch(g, self.cfg.batch_size) for g in self.gens))
+        return (torch.stack(xs).to(self.device, non_blocking=True),
+                torch.stack(ys).to(self.device, non_blocking=True))
+
+    def update(self) -> torch.Tensor:
+        """One optimisation step for every seed; returns the per-seed training loss (S,)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step, self.cfg.lr, self.cfg.steps, self.cfg.warmup, self.cfg.schedule)
+        x, y = self.sample()
+        self.stack.train()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            out = self.stack(x)
+        losses = train_loss(out, y)
+        self.opt.zero_grad(set_to_none=True)
+        losses.sum().backward()  # seeds are independent: the sum's gradient is each seed's own
+        self.opt.step()
+        self.step += 1
+        return losses.detach()
+
+    def evaluate(self) -> dict[str, np.ndarray]:
+        """All probes and extra measurements: metric -> (n_probe, S)."""
+        self.stack.eval()
+        rows = [evaluate_probe(self.stack, p, self.device, self.cfg.eval_batch, self.amp)
+                for p in self.task.probes]
+        if self.task.measure is not None:
+            extra = self.task.measure(self.stack)
+            nan = np.full(self.stack.size, np.nan)
+            for name in self.task.extra_probes:
+                val = extra[name].detach().double().cpu().numpy()
+                rows.append({"loss": val, "accuracy": nan, "target_loss": nan, "target_accuracy": nan})
+        return {m: np.stack([r[m] for r in rows]) for m in METRICS}
+
+
+def checkpoint_rows(table: ResultsTable, i: int = -1) -> list[dict[str, Any]]:
+    """Row ``i`` of the table as flat records (one per probe and seed) for subscribers."""
+    step, wall = table.steps[i], table.wall[i]
+    rows = []
+    for p, (name, order) in enumerate(zip(table.probes, table.orders)):
+        for s, seed in enumerate(table.seeds):
+            rec = {"step": step, "wall_time": wall, "probe": name, "order": order, "seed": seed}
+            rec.update({m: float(table.values[m][i][p, s]) for m in METRICS})
+            rows.append(rec)
+    return rows
+
+
+def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
+          subscribers: Iterable[Subscriber] = (), stop_event: threading.Event | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train ``cfg.seeds`` models and evaluate every probe at log-spaced checkpoints.
+
+    ``out``: netCDF path rewritten after every checkpoint (plus ``.probes.pt`` and ``.state.pt``
+    beside it); ``resume``: continue from the saved state. ``subscribers`` receive events
+    ``{"type": "start" | "checkpoint" | "progress" | "done", ...}`` from the training thread;
+    setting ``stop_event`` ends the run after the current step (state saved, resumable).
+    """
+    cfg = resolve_config(cfg)
+    subscribers = list(subscribers)
+    run = _Run(cfg, Path(out) if out is not None else None, resume)
+    table, ckpts = run.table, set(run.checkpoints)
+    _publish(subscribers, {"type": "start", "config": cfg, "probes": table.probes, "orders": table.orders,
+                           "floors": table.floors, "seeds": table.seeds, "checkpoints": run.checkpoints,
+                           "step": run.step, "rows": [r for i in range(len(table.steps))
+                                                      for r in checkpoint_rows(table, i)]})
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=run.step, desc=f"{cfg.experiment}/{cfg.dataset}/{cfg.model}",
+                   unit="step", dynamic_ncols=True)
+    t_eval = t_train = 0.0
+    t0 = time.perf_counter() - run.elapsed
+    last_save, last_progress = time.perf_counter(), 0.0
+    loss_sum = torch.zeros(cfg.seeds, device=run.device)
+    loss_n = 0
+    status = "finished"
+    while True:
+        if run.step in ckpts:
+            te = time.perf_counter()
+            metrics = run.evaluate()
+            t_eval += time.perf_counter() - te
+            run.elapsed = time.perf_counter() - t0
+            tl = (loss_sum / loss_n).cpu().numpy() if loss_n else np.full(cfg.seeds, np.nan)
+            loss_sum.zero_()
+            loss_n = 0
+            table.add(run.step, run.elapsed, metrics, tl)
+            if run.out is not None:
+                write_atomic(table.to_dataset(), run.out)
+                if time.perf_counter() - last_save >= cfg.save_interval_s or run.step == cfg.steps:
+                    run.save_state()
+                    last_save = time.perf_counter()
+            _publish(subscribers, {"type": "checkpoint", "step": run.step, "wall_time": run.elapsed,
+                                   "rows": checkpoint_rows(table)})
+            if bar is not None:
+                real = table.probes.index("real") if "real" in table.probes else 0
+                bar.set_postfix({table.probes[real]: f"{metrics['loss'][real].mean():.3f}"})
+        if run.step >= cfg.steps:
+            break
+        if stop_event is not None and stop_event.is_set():
+            status = "stopped"
+            run.elapsed = time.perf_counter() - t0
+            run.save_state()
+            break
+        tt = time.perf_counter()
+        loss_sum += run.update()
+        loss_n += 1
+        t_train += time.perf_counter() - tt
+        if bar is not None:
+            bar.update(1)
+        now = time.perf_counter()
+        if now - last_progress > 0.5:
+            last_progress = now
+            _publish(subscribers, {"type": "progress", "step": run.step, "total": cfg.steps,
+                                   "elapsed": now - t0})
+    if bar is not None:
+        bar.close()
+    ds = table.to_dataset()
+    timings = {"train_s": t_train, "eval_s": t_eval, "total_s": time.perf_counter() - t0}
+    _publish(subscribers, {"type": "done", "status": status, "step": run.step, "timings": timings})
+    return TrainResult(ds, status, run.out, timings)

@@ -1,0 +1,224 @@
+"""What an experiment hands the engine: the run config, probe sets and the task.
+
+Adding an experiment (text, clones, ...) means writing one module that calls
+:func:`register_experiment` with a builder ``RunConfig -> Task``; the engine, the CLI, the run
+registry and the dashboard then work with it unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot work; the message is one line naming the fix."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run; saved as JSON in the results' ``attrs``.
+
+    Fields left as ``None`` are filled from the experiment's defaults by :func:`resolve_config`.
+    Experiment-specific settings (tokenizer, context length, clone directory...) go in ``options``.
+    """
+
+    experiment: str = "images"
+    dataset: str | None = None  # image dataset, or text corpus name / path
+    model: str | None = None
+    steps: int | None = None
+    seeds: int = 1
+    seed: int = 0
+    batch_size: int | None = None
+    optimizer: str | None = None  # "sgd" | "adamw"
+    lr: float | None = None
+    momentum: float = 0.9
+    beta2: float = 0.95
+    weight_decay: float | None = None
+    warmup: int | None = None
+    schedule: str = "cosine"  # "cosine" | "constant"
+    per_octave: int | None = None
+    probe_size: int | None = None
+    probes: tuple[str, ...] | None = None  # None: all of the experiment's probes
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
+    data_dir: str | None = None
+    eval_batch: int = 2048
+    save_interval_s: float = 5.0  # min seconds between model-state saves (results: every checkpoint)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        d["options"] = dict(self.options)
+        return json.dumps(d, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        d = json.loads(text)
+        if d.get("probes") is not None:
+            d["probes"] = tuple(d["probes"])
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A named, fixed evaluation set, built once per run from training-set statistics.
+
+    ``order`` is the interaction order of the statistics the probe keeps (1: means/marginals,
+    2: covariances/bigrams, ..., ``math.inf`` for real data); the UI colours curves by it.
+    ``y`` holds labels ((N,) classes, or (N, T) tokens with -100 where not scored); ``target``
+    holds the alternative labels of edited probes (OT/CQN: the class the image was moved to).
+    ``floor`` is the best achievable loss when known (entropy rate of an n-gram probe).
+    """
+
+    name: str
+    order: float
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor | None = None
+    floor: float = math.nan
+    description: str = ""
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+
+# Extra probe-like measurements per checkpoint (e.g. Taylor predictions of the loss): given the
+# model stack, returns {name: tensor (S,)}; the names appear as extra probes (loss only).
+Measurement = Callable[[nn.Module], Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class Task:
+    """A built experiment: model factory, training sampler, probes and extra measurements.
+
+    make_model(seed) -> fresh nn.Module (same architecture for every seed).
+    sample_batch(generator, batch_size) -> (x, y) on CPU or the run device; y as in Probe.
+    """
+
+    make_model: Callable[[int], nn.Module]
+    sample_batch: Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]
+    probes: list[Probe]
+    extra_probes: Mapping[str, float] = field(default_factory=dict)  # name -> order, from measure
+    measure: Measurement | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)  # units, bytes_per_token, classes...
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment: how to build its task, its defaults and its choices."""
+
+    name: str
+    build: Callable[[RunConfig], Task]
+    defaults: Mapping[str, Any]
+    models: tuple[str, ...]
+    probes: tuple[str, ...]
+    datasets: tuple[str, ...]
+    description: str = ""
+    validate: Callable[[RunConfig], None] | None = None
+
+
+_EXPERIMENTS: dict[str, Experiment] = {}
+# Built-in experiments live in these modules and register themselves when imported.
+_BUILTIN = {
+    "images": "dsb_widgets.engine.images",
+    "text": "dsb_widgets.engine.text",
+    "clones": "dsb_widgets.engine.clones",
+}
+
+
+def register_experiment(exp: Experiment) -> Experiment:
+    _EXPERIMENTS[exp.name] = exp
+    return exp
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in _EXPERIMENTS and name in _BUILTIN:
+        try:
+            importlib.import_module(_BUILTIN[name])
+        except ModuleNotFoundError as err:  # the module is not written yet / optional dep missing
+            raise ConfigError(f"experiment {name!r} is not available here ({err})") from err
+    if name not in _EXPERIMENTS:
+        raise ConfigError(f"unknown experiment {name!r}; choose one of {sorted(list_experiments())}")
+    return _EXPERIMENTS[name]
+
+
+def list_experiments() -> list[str]:
+    names = set(_EXPERIMENTS)
+    for name, module in _BUILTIN.items():
+        if importlib.util.find_spec(module) is not None:
+            names.add(name)
+    return sorted(names)
+
+
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "steps": 1024,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 0.05,
+    "weight_decay": 5e-4,
+    "warmup": 0,
+    "per_octave": 4,
+    "probe_size": 1000,
+}
+
+
+def _check_choice(value: str, choices: Iterable[str], what: str, flag: str) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"unknown {what} {value!r}; pass {flag} one of: {', '.join(choices)}")
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """Fill ``None`` fields from the experiment's defaults and validate; raises ConfigError."""
+    exp = get_experiment(cfg.experiment)
+    filled = {}
+    for f in dataclasses.fields(cfg):
+        if getattr(cfg, f.name) is None and f.name != "probes" and f.name != "data_dir":
+            if f.name in exp.defaults:
+                filled[f.name] = exp.defaults[f.name]
+            elif f.name in _COMMON_DEFAULTS:
+                filled[f.name] = _COMMON_DEFAULTS[f.name]
+    options = {**exp.defaults.get("options", {}), **dict(cfg.options)}
+    cfg = cfg.replace(**filled, options=options)
+    if cfg.probes is None:
+        cfg = cfg.replace(probes=tuple(exp.probes))
+    if cfg.steps is None or cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1 (got {cfg.steps}); pass e.g. --steps 512")
+    if cfg.seeds < 1:
+        raise ConfigError(f"seeds must be >= 1 (got {cfg.seeds}); pass e.g. --seeds 3")
+    if cfg.batch_size is None or cfg.batch_size < 1:
+        raise ConfigError(f"batch size must be >= 1 (got {cfg.batch_size}); pass --batch-size 128")
+    if cfg.lr is None or not cfg.lr > 0:
+        raise ConfigError(f"learning rate must be > 0 (got {cfg.lr}); pass e.g. --lr 0.05")
+    if cfg.probe_size is None or cfg.probe_size < 1:
+        raise ConfigError(f"probe size must be >= 1 (got {cfg.probe_size}); pass --probe-size 1000")
+    _check_choice(cfg.model, exp.models, "model", "--model")
+    _check_choice(cfg.optimizer, ("sgd", "adamw"), "optimizer", "--optimizer")
+    _check_choice(cfg.schedule, ("cosine", "constant"), "schedule", "--schedule")
+    for p in cfg.probes:
+        _check_choice(p, exp.probes, "probe", "--probes")
+    if not (cfg.device in ("auto", "cpu", "mps") or cfg.device.startswith("cuda")):
+        raise ConfigError(f"unknown device {cfg.device!r}; pass --device auto, cpu or cuda")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no GPU is visible; pass --device cpu")
+    if exp.validate is not None:
+        exp.validate(cfg)
+    return cfg
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,1 @@
+"""Model definitions: vision classifiers (``vision``) and language models (``gpt``, ``bert``)."""
