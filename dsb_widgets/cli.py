@@ -1,0 +1,167 @@
+"""The ``dsb`` command line: ``dsb run images|text|clones``, ``dsb serve``, ``dsb clone``, ``dsb sweep``.
+
+Every bad option fails before any training with one line naming the fix (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+# Subcommands defined by their own modules: "module:function" taking the subparsers object.
+PLUGIN_COMMANDS = {
+    "clone": "dsb_widgets.clones:add_parser",
+    "sweep": "dsb_widgets.sweep:add_parser",
+}
+
+
+def _add_run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="train with probes at log-spaced checkpoints; writes netCDF results")
+    p.add_argument("experiment", nargs="?", default="images", help="images | text | clones (default images)")
+    p.add_argument("--dataset", "--corpus", dest="dataset", help="dataset name (images: digits, mnist, "
+                   "fashion_mnist, cifar10, svhn) or text corpus name / path to a UTF-8 file or folder")
+    p.add_argument("--model", help="images: mlp | cnn | resnet; text: gpt | bert")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds trained together")
+    p.add_argument("--seed", type=int, default=0, help="first seed (probe sets come from it)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--optimizer", choices=["sgd", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--per-octave", type=int, help="checkpoints per doubling of the step count")
+    p.add_argument("--probe-size", type=int, help="examples per probe set")
+    p.add_argument("--probes", nargs="+", help="subset of the experiment's probes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on GPU")
+    p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR, else the Hugging Face hub)")
+    p.add_argument("--out", help="results netCDF (default runs/<experiment>-<dataset>-<model>.nc)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="experiment option, e.g. -o train_on=gauss_clone, -o taylor=true")
+    # Text / clones options (stored in RunConfig.options).
+    p.add_argument("--tokenizer", help="text: char | gpt2")
+    p.add_argument("--vocab-size", type=int, help="text: keep the top-V tokens, the rest -> <unk>")
+    p.add_argument("--context", type=int, help="text: sequence length")
+    p.add_argument("--clones", help="clones: folder written by `dsb clone`")
+    p.set_defaults(func=_cmd_run)
+
+
+def _parse_value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def config_from_args(args: argparse.Namespace) -> "RunConfig":
+    from dsb_widgets.engine.task import ConfigError, RunConfig
+
+    options: dict[str, Any] = {}
+    for item in args.option:
+        if "=" not in item:
+            raise ConfigError(f"bad --option {item!r}; write KEY=VALUE, e.g. -o train_on=gauss_clone")
+        key, value = item.split("=", 1)
+        options[key.strip()] = _parse_value(value.strip())
+    for key in ("tokenizer", "vocab_size", "context", "clones"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    return RunConfig(
+        experiment=args.experiment, dataset=args.dataset, model=args.model, steps=args.steps,
+        seeds=args.seeds, seed=args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
+        lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
+        per_octave=args.per_octave, probe_size=args.probe_size,
+        probes=tuple(args.probes) if args.probes else None, device=args.device, amp=not args.no_amp,
+        data_dir=args.data_dir, options=options,
+    )
+
+
+def print_summary(ds: Any, out: Path | None) -> None:
+    from dsb_widgets.engine.results import summary_table
+
+    rows = summary_table(ds)
+    print(f"\n{'probe':<14}{'order':>6}{'min step':>10}{'min loss':>10}{'final':>10}{'   target acc (max @ step -> final)'}")
+    for r in rows:
+        order = "real" if r["order"] == float("inf") else f"{r['order']:g}"
+        line = f"{r['probe']:<14}{order:>6}{r['min_step']:>10}{r['min_loss']:>10.4f}{r['final_loss']:>10.4f}"
+        if "max_target_acc" in r:
+            line += f"   {r['max_target_acc']:.3f} @ {r['max_target_acc_step']} -> {r['final_target_acc']:.3f}"
+        print(line)
+    if out is not None:
+        print(f"\nresults: {out}  (xarray.open_dataset(path, engine='scipy'))")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from dsb_widgets.engine.loop import train
+    from dsb_widgets.engine.task import resolve_config
+
+    cfg = resolve_config(config_from_args(args))
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{cfg.model}.nc"
+    print(f"dsb run {cfg.experiment}: dataset={cfg.dataset} model={cfg.model} steps={cfg.steps} "
+          f"seeds={cfg.seeds} probes={','.join(cfg.probes)} -> {out}", flush=True)
+    result = train(cfg, out=out, resume=args.resume, progress=True)
+    print_summary(result.dataset, out)
+    t = result.timings
+    print(f"wall {t['total_s']:.1f}s: training {t['train_s']:.1f}s, probe evaluation {t['eval_s']:.1f}s "
+          f"({100 * t['eval_s'] / max(t['total_s'], 1e-9):.1f}%)")
+    return 0
+
+
+def _add_serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve the live Panel dashboard on localhost")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--address", default="localhost")
+    p.add_argument("--show", action="store_true", help="open a browser tab")
+    p.add_argument("--start", action="store_true", help="start the default digits run at once")
+    p.add_argument("--runs-dir", default="runs", help="where runs are written and saved runs are listed")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dsb_widgets.ui.app import serve
+
+    serve(port=args.port, address=args.address, show=args.show, start=args.start, runs_dir=args.runs_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsb", description="Watch networks learn statistics of "
+                                     "increasing complexity (distributional simplicity bias).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(sub)
+    _add_serve_parser(sub)
+    for target in PLUGIN_COMMANDS.values():
+        module, func = target.split(":")
+        try:
+            getattr(importlib.import_module(module), func)(sub)
+        except ModuleNotFoundError:
+            continue  # optional subcommand whose module (or dependency) is not installed
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dsb_widgets.data.common import DataNotFoundError, MalformedDataError
+    from dsb_widgets.engine.task import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataNotFoundError, MalformedDataError, FileNotFoundError) as err:
+        print(f"dsb: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ndsb: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

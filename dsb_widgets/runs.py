@@ -1,0 +1,158 @@
+"""The run registry: training threads live here, never in the UI.
+
+One module-level :data:`REGISTRY` per process (so ``panel serve --autoreload`` re-importing the
+app does not start training twice). Each run has one training thread, a stop event and a
+thread-safe append-only :class:`RowStore` that any number of viewers drain at their own pace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dsb_widgets.engine.loop import train
+from dsb_widgets.engine.task import RunConfig, resolve_config
+
+THREAD_PREFIX = "dsb-train-"
+
+
+@dataclass
+class RowStore:
+    """Checkpoint rows of one run, appended by the training thread, read by viewers.
+
+    ``rows_since(i)`` returns the rows after position ``i`` and the new position; rows are never
+    modified or removed, so each viewer only needs its own cursor.
+    """
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    status: str = "starting"  # starting | running | finished | stopped | failed
+    error: str = ""
+    step: int = 0
+    total: int = 0
+    elapsed: float = 0.0
+    _rows: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Subscriber for :func:`dsb_widgets.engine.train` events (runs on the training thread)."""
+        kind = event["type"]
+        with self._lock:
+            if kind == "start":
+                cfg: RunConfig = event["config"]
+                self.meta = {k: event[k] for k in ("probes", "orders", "floors", "seeds", "checkpoints")}
+                self.meta["config"] = cfg
+                self.total, self.step, self.status = cfg.steps, event["step"], "running"
+                self._rows.extend(event["rows"])
+            elif kind == "checkpoint":
+                self._rows.extend(event["rows"])
+                self.step, self.elapsed = event["step"], event["wall_time"]
+            elif kind == "progress":
+                self.step, self.total, self.elapsed = event["step"], event["total"], event["elapsed"]
+            elif kind == "done":
+                self.status, self.step = event["status"], event["step"]
+
+    def rows_since(self, cursor: int) -> tuple[list[dict[str, Any]], int]:
+        with self._lock:
+            new = self._rows[cursor:]
+            return new, cursor + len(new)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._rows)
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, from the average step time so far (None before the first steps)."""
+        if self.step <= 0 or self.total <= self.step or self.elapsed <= 0:
+            return None if self.status == "running" else 0.0
+        return self.elapsed / self.step * (self.total - self.step)
+
+
+@dataclass
+class RunHandle:
+    id: str
+    config: RunConfig
+    out: Path | None
+    store: RowStore
+    stop_event: threading.Event
+    thread: threading.Thread
+    started: float = field(default_factory=time.time)
+
+    def stop(self) -> None:
+        """Ask the run to stop after its current step (state saved, resumable)."""
+        self.stop_event.set()
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+
+class RunRegistry:
+    """All runs of this process, by id; starts one training thread per run."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, RunHandle] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+
+    def start(self, cfg: RunConfig, out: str | Path | None = None, resume: bool = False) -> RunHandle:
+        """Validate ``cfg`` (raises ConfigError at once) and start training in a thread."""
+        cfg = resolve_config(cfg)
+        store, stop = RowStore(total=cfg.steps), threading.Event()
+        with self._lock:
+            run_id = f"run{next(self._ids)}"
+        out_path = Path(out) if out is not None else None
+
+        def target() -> None:
+            try:
+                train(cfg, out=out_path, resume=resume, subscribers=[store.on_event], stop_event=stop)
+            except Exception as err:  # surfaced to viewers via the store
+                store.status, store.error = "failed", f"{type(err).__name__}: {err}"
+                store.meta.setdefault("traceback", traceback.format_exc())
+
+        thread = threading.Thread(target=target, name=THREAD_PREFIX + run_id, daemon=True)
+        handle = RunHandle(run_id, cfg, out_path, store, stop, thread)
+        with self._lock:
+            self._runs[run_id] = handle
+        thread.start()
+        return handle
+
+    def get(self, run_id: str) -> RunHandle:
+        with self._lock:
+            if run_id not in self._runs:
+                raise KeyError(f"no run {run_id!r}; known: {sorted(self._runs)}")
+            return self._runs[run_id]
+
+    def runs(self) -> list[RunHandle]:
+        with self._lock:
+            return list(self._runs.values())
+
+    def latest(self) -> RunHandle | None:
+        runs = self.runs()
+        return runs[-1] if runs else None
+
+    def active(self) -> list[RunHandle]:
+        return [r for r in self.runs() if r.alive]
+
+    def stop_all(self, join: bool = True) -> None:
+        for r in self.runs():
+            r.stop()
+        if join:
+            for r in self.runs():
+                r.join()
+
+
+REGISTRY = RunRegistry()
+
+
+def training_threads() -> list[threading.Thread]:
+    """The live training threads of this process (the load test counts them)."""
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
