@@ -1,0 +1,147 @@
+"""Gaussian OT: the map matches concept-erasure, is symmetric PSD, and moves the first two moments."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.datasets import load_digits
+
+from dsb_widgets.gaussian_ot import GaussianOT, ot_matrix, psd_sqrt_rsqrt
+from dsb_widgets.stats import ClassStats
+
+F64 = torch.float64
+
+
+def random_spd(d: int, g: torch.Generator, batch: tuple[int, ...] = (), ridge: float = 1e-2) -> torch.Tensor:
+    a = torch.randn(*batch, d, d, generator=g, dtype=F64)
+    return a @ a.mT / d + ridge * torch.eye(d, dtype=F64)
+
+
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    d = load_digits()
+    return torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target)
+
+
+@settings(max_examples=20, deadline=None)
+@given(d=st.integers(1, 24), seed=st.integers(0, 2**31 - 1))
+def test_agrees_with_concept_erasure(d: int, seed: int) -> None:
+    from concept_erasure.optimal_transport import ot_map
+
+    g = torch.Generator().manual_seed(seed)
+    sp, sq = random_spd(d, g, (3,)), random_spd(d, g, (3,))
+    torch.testing.assert_close(ot_matrix(sp, sq), ot_map(sp, sq), atol=1e-5, rtol=0)
+
+
+@settings(max_examples=20, deadline=None)
+@given(d=st.integers(1, 16), seed=st.integers(0, 2**31 - 1))
+def test_map_is_symmetric_psd_and_pushes_covariance(d: int, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    sp, sq = random_spd(d, g), random_spd(d, g)
+    a = ot_matrix(sp, sq)
+    torch.testing.assert_close(a, a.mT, atol=1e-12, rtol=0)
+    assert torch.linalg.eigvalsh(a).min() > -1e-10
+    torch.testing.assert_close(a @ sp @ a, sq, atol=1e-8, rtol=1e-8)  # A S_p A = S_q exactly
+    torch.testing.assert_close(ot_matrix(sp, sp), torch.eye(d, dtype=F64), atol=1e-8, rtol=0)
+
+
+def test_singular_source_uses_pseudo_inverse() -> None:
+    g = torch.Generator().manual_seed(1)
+    b = torch.randn(6, 3, generator=g, dtype=F64)
+    sp = b @ b.T  # rank 3 of 6
+    sq = random_spd(6, g)
+    _, rsqrt = psd_sqrt_rsqrt(sp)
+    assert torch.isfinite(rsqrt).all()
+    a = ot_matrix(sp, sq)
+    proj = sp @ torch.linalg.pinv(sp)  # projector on range(S_p)
+    torch.testing.assert_close(a @ sp @ a, proj @ sq @ proj, atol=1e-8, rtol=1e-8)
+
+
+@settings(max_examples=10, deadline=None)
+@given(d=st.integers(2, 8), seed=st.integers(0, 2**31 - 1))
+def test_transport_of_gaussian_samples_hits_target_moments(d: int, seed: int) -> None:
+    """Empirical check within sampling error: n samples of N(mu_p, S_p) -> N(mu_q, S_q)."""
+    g = torch.Generator().manual_seed(seed)
+    n = 20_000
+    cov = random_spd(d, g, (2,), ridge=0.1)
+    mu = torch.randn(2, d, generator=g, dtype=F64)
+    chol = torch.linalg.cholesky(cov)
+    z = torch.randn(2, n, d, generator=g, dtype=F64)
+    x = mu[:, None] + z @ chol.mT  # (2, n, d)
+    stats = ClassStats().fit(x.reshape(2 * n, d), torch.arange(2).repeat_interleave(n))
+    # fit on the population moments, transport fresh samples: the test is about the map
+    ot = GaussianOT(ot_matrix(cov[:, None], cov[None, :]), mu, (d,))
+    moved = ot.transport(x[0], 0, 1)  # (n, d)
+    sd = cov[1].diagonal().sqrt()
+    assert ((moved.mean(0) - mu[1]).abs() / sd).max() < 5 / n**0.5  # 5-sigma bound on the mean
+    emp = torch.cov(moved.T)
+    corr_err = (emp - cov[1]) / torch.outer(sd, sd)
+    assert corr_err.abs().max() < 6 / n**0.5 * 2**0.5  # entrywise sd of a sample cov <= sqrt(2/n)
+    assert stats.num_classes == 2
+
+
+def test_fit_from_stats_on_digits_moves_class_moments() -> None:
+    x, y = digits()
+    stats = ClassStats().fit(x, y)
+    ot = GaussianOT.fit(stats, dtype=F64)
+    assert ot.maps.shape == (10, 10, 64, 64)
+    src, tgt = 3, 8
+    xs = x[y == src].double()
+    moved = ot.transport(xs, src, tgt)
+    assert moved.shape == xs.shape
+    flat = moved.reshape(len(xs), -1)
+    # digits have pixels that are always 0 in class 3: those directions cannot be transported,
+    # so compare on range(S_p) for the covariance, and everywhere for the mean
+    torch.testing.assert_close(flat.mean(0), stats.mean[tgt], atol=1e-10, rtol=0)
+    cov_s = stats.cov[src]
+    proj = cov_s @ torch.linalg.pinv(cov_s, hermitian=True)
+    torch.testing.assert_close(torch.cov(flat.T), proj @ stats.cov[tgt] @ proj, atol=1e-8, rtol=0)
+    before = (torch.cov(xs.reshape(len(xs), -1).T) - stats.cov[tgt]).norm()
+    after = (torch.cov(flat.T) - stats.cov[tgt]).norm()
+    assert after < 0.5 * before
+    # diagonal maps are projectors onto range(S_p): identity on the class's own images
+    torch.testing.assert_close(ot.transport(xs, src, src), xs, atol=1e-8, rtol=0)
+
+
+def test_vectorised_labels_t_and_clamp() -> None:
+    x, y = digits()
+    ot = GaussianOT.fit(ClassStats().fit(x, y))
+    xs = x[:50]
+    tgt = (y[:50] + 1) % 10
+    batch = ot.transport(xs, y[:50], tgt)
+    for i in [0, 7, 31]:
+        single = ot.transport(xs[i : i + 1], int(y[i]), int(tgt[i]))
+        torch.testing.assert_close(batch[i : i + 1], single, atol=1e-5, rtol=0)
+    half = ot.transport(xs, y[:50], tgt, t=0.5)
+    torch.testing.assert_close(half, 0.5 * xs + 0.5 * batch, atol=1e-5, rtol=0)
+    clamped = ot.transport(xs, y[:50], tgt, clamp=True)
+    assert clamped.min() >= 0 and clamped.max() <= 1 and batch.min() < 0  # clamping bites
+    with pytest.raises(ValueError, match="labels must lie in"):
+        ot.transport(xs, 0, 10)
+    with pytest.raises(ValueError, match="features per sample"):
+        ot.transport(torch.zeros(2, 10), 0, 1)
+
+
+def test_fashion_mnist_transport_if_present() -> None:
+    root = os.environ.get("DSB_DATA_DIR")
+    if not root or not (Path(root) / "fashion-mnist").is_dir():
+        pytest.skip("DSB_DATA_DIR with fashion-mnist/ not set (CI sets it to ../shared/data)")
+    try:
+        from dsb_widgets.data import load_images
+    except ImportError as err:
+        pytest.skip(f"dsb_widgets.data.load_images not available yet: {err}")
+    data = load_images("fashion_mnist", split="test", data_dir=root)
+    keep = data.y < 3  # three classes keep the test to a few seconds
+    stats = ClassStats().fit(data.x[keep], data.y[keep])
+    ot = GaussianOT.fit(stats, shrinkage="optimal", dtype=F64)
+    xs = data.x[data.y == 0].double()
+    flat = ot.transport(xs, 0, 2).reshape(len(xs), -1)
+    torch.testing.assert_close(flat.mean(0), stats.mean[2], atol=1e-8, rtol=0)
+    target = stats.covariance("optimal")[2]
+    source = stats.covariance("optimal")[0]
+    a = ot.maps[0, 2]
+    torch.testing.assert_close(a @ source @ a, target, atol=1e-6, rtol=0)
