@@ -1,0 +1,167 @@
+"""The image experiment: classifiers trained on real images, probed with data of known order.
+
+Probes (Belrose et al., ICML 2024; Refinetti, Ingrosso, Goldt, ICML 2023), all built once from
+training-set statistics and the run seed:
+
+========== ===== ==================================================================
+probe      order what it keeps
+========== ===== ==================================================================
+real       inf   held-out test images (everything)
+maxent1    1     class means only: pixels independent, max-entropy density on [0, 1]
+maxent2    2     class means and covariances: N(mu_y, Sigma_y) (not clamped, as Belrose)
+gauss_clone 2    Refinetti's Gaussian-mixture clone: N(mu_y, Sigma_y + ridge I), clamped
+ot         2     test image of class a moved by Gaussian OT onto the mean/cov of class b
+cqn        1     test image of class a moved by coordinatewise quantile normalisation onto b
+========== ===== ==================================================================
+
+For ``ot`` and ``cqn``, b is drawn per image uniformly from the other classes; ``y`` is the
+source class a and ``target`` is b. A network that only uses low-order statistics predicts b.
+
+Measured defaults (``dsb run images``: digits, MLP, AdamW lr 1e-3, wd 0, 4096 steps, batch 64,
+2 CPU cores): see README "What the default run shows".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from dsb_widgets.data import load_images
+from dsb_widgets.data.common import ImageData
+from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment
+from dsb_widgets.models.vision import VISION_MODELS, VisionConfig, make_vision_model
+
+IMAGE_PROBES = ("real", "maxent1", "maxent2", "gauss_clone", "ot", "cqn")
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "svhn")
+PROBE_ORDER = {"real": math.inf, "maxent1": 1.0, "maxent2": 2.0, "gauss_clone": 2.0, "ot": 2.0, "cqn": 1.0}
+TRAIN_ON = ("real", "gauss_clone")
+
+
+def _balanced_labels(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """n labels, as equal per class as possible, in a random order."""
+    y = torch.arange(n) % k
+    return y[torch.randperm(n, generator=gen)]
+
+
+def _subset(test: ImageData, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randperm(len(test), generator=gen)[: min(n, len(test))]
+    return test.x[idx], test.y[idx]
+
+
+def _other_class(y: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """For each label a, a class b != a drawn uniformly from the other k - 1."""
+    shift = torch.randint(1, k, y.shape, generator=gen)
+    return (y + shift) % k
+
+
+def build_image_probes(train: ImageData, test: ImageData, names: tuple[str, ...], n: int,
+                       seed: int, options: dict[str, Any]) -> list[Probe]:
+    """The probe sets ``names`` with ``n`` examples each, deterministic in ``seed``."""
+    from dsb_widgets.gaussian_ot import GaussianOT
+    from dsb_widgets.quantile import QuantileNormalizer
+    from dsb_widgets.stats import ClassStats
+
+    k = train.num_classes
+    stats = ClassStats(k).fit(train.x, train.y)
+    probes: list[Probe] = []
+    for name in names:
+        gen = torch.Generator().manual_seed(seed * 7919 + IMAGE_PROBES.index(name))
+        if name == "real":
+            x, y = _subset(test, n, gen)
+            probes.append(Probe(name, PROBE_ORDER[name], x, y, description="held-out test images"))
+        elif name in ("maxent1", "maxent2", "gauss_clone"):
+            y = _balanced_labels(n, k, gen)
+            x = _sample_synthetic(name, stats, train, y, gen, options)
+            probes.append(Probe(name, PROBE_ORDER[name], x.float().reshape(len(y), *train.shape), y,
+                                description=f"{name} samples from training-set class statistics"))
+        elif name in ("ot", "cqn"):
+            x, y = _subset(test, n, gen)
+            b = _other_class(y, k, gen)
+            if name == "ot":
+                edited = GaussianOT.fit(stats).transport(x, y, b, clamp=bool(options.get("clamp_ot", False)))
+            else:
+                qn = QuantileNormalizer(num_quantiles=int(options.get("num_quantiles", 256))).fit(train.x, train.y)
+                edited = qn.transform(x, y, b, generator=gen)
+            probes.append(Probe(name, PROBE_ORDER[name], edited.float().reshape(x.shape), y, target=b,
+                                description=f"test images of class a moved onto class b ({name})"))
+    return probes
+
+
+def _sample_synthetic(name: str, stats: Any, train: ImageData, y: torch.Tensor, gen: torch.Generator,
+                      options: dict[str, Any]) -> torch.Tensor:
+    from dsb_widgets.maxent import ExponentialMaxEnt, GaussianSampler, IndependentMarginals
+
+    if name == "maxent1":
+        if options.get("maxent1", "exponential") == "marginals":
+            return IndependentMarginals.fit(train.x, train.y).sample(y, generator=gen)
+        return ExponentialMaxEnt.fit(stats).sample(y, generator=gen)
+    if name == "maxent2":
+        return GaussianSampler.fit(stats).sample(y, generator=gen, clamp=bool(options.get("clamp_maxent2", False)))
+    return clone_sampler(stats).sample(y, generator=gen, clamp=True)
+
+
+def clone_sampler(stats: Any) -> Any:
+    """Refinetti et al.'s Gaussian-mixture clone: per class and channel, tiny ridge (clamp on sampling)."""
+    from dsb_widgets.maxent import REFINETTI_RIDGE, GaussianSampler
+
+    return GaussianSampler.fit(stats, ridge=REFINETTI_RIDGE, per_channel=True)
+
+
+def _load_split(cfg: RunConfig, split: str) -> ImageData:
+    return load_images(str(cfg.dataset), split=split, data_dir=cfg.data_dir)
+
+
+def build_images_task(cfg: RunConfig) -> Task:
+    """Load the dataset, build the probes and return the task for the engine."""
+    train, test = _load_split(cfg, "train"), _load_split(cfg, "test")
+    opts = dict(cfg.options)
+    probes = build_image_probes(train, test, tuple(cfg.probes), int(cfg.probe_size), cfg.seed, opts)
+    vcfg = VisionConfig(train.shape, train.num_classes, width=int(opts.get("width", 256)))
+    train_on = str(opts.get("train_on", "real"))
+    if train_on == "gauss_clone":
+        from dsb_widgets.stats import ClassStats
+
+        sampler = clone_sampler(ClassStats(train.num_classes).fit(train.x, train.y))
+        prior = torch.bincount(train.y, minlength=train.num_classes).double()
+
+        def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+            y = torch.multinomial(prior, bs, replacement=True, generator=gen)
+            return sampler.sample(y, generator=gen, clamp=True).reshape(bs, *train.shape), y
+    else:
+        x_all, y_all = train.x, train.y
+
+        def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+            idx = torch.randint(len(y_all), (bs,), generator=gen)
+            return x_all[idx], y_all[idx]
+
+    task = Task(make_model=lambda seed: make_vision_model(str(cfg.model), vcfg), sample_batch=sample_batch,
+                probes=probes, info={"classes": ",".join(train.classes), "dataset": str(cfg.dataset),
+                                     "train_on": train_on})
+    if opts.get("taylor"):
+        from dsb_widgets.engine.taylor_probe import attach_taylor
+
+        attach_taylor(task, train, opts)
+    return task
+
+
+def _validate(cfg: RunConfig) -> None:
+    if cfg.dataset not in IMAGE_DATASETS:
+        raise ConfigError(f"unknown image dataset {cfg.dataset!r}; pass --dataset one of: {', '.join(IMAGE_DATASETS)}")
+    train_on = cfg.options.get("train_on", "real")
+    if train_on not in TRAIN_ON:
+        raise ConfigError(f"unknown train_on {train_on!r}; pass -o train_on=real or -o train_on=gauss_clone")
+
+
+register_experiment(Experiment(
+    name="images",
+    build=build_images_task,
+    defaults={"dataset": "digits", "model": "mlp", "steps": 4096, "batch_size": 64, "optimizer": "adamw",
+              "lr": 1e-3, "weight_decay": 0.0, "warmup": 0, "per_octave": 3, "probe_size": 1000},
+    models=VISION_MODELS,
+    probes=IMAGE_PROBES,
+    datasets=IMAGE_DATASETS,
+    description="image classifiers probed with max-entropy, Gaussian-clone, OT and CQN data",
+    validate=_validate,
+))
