@@ -23,6 +23,18 @@ differ from pi only through the stream's first and last tokens; ``stationary="em
 gives the empirical-frequency version). ``loss_floor`` gives the exact per-position optimum
 (the conditional entropy at each position of a sampled sequence, unigram at t = 0); its mean is
 the best loss any model can reach on the sampler's sequences.
+
+Measured entropy rates (nats/token; exact and empirical weights agree to 4 decimals), train
+splits of the offline data (small-data reproductions: plug-in n-gram entropies of ~1M tokens
+are far below the language's true conditional entropies, most trigram contexts are rare):
+
+- TinyStories head (lowercased), GPT-2 BPE restricted to the top 1000 tokens, 1.05M tokens,
+  4.005 bytes/token: unigram 5.152, bigram 3.182, trigram 2.290 (1.856 / 1.146 / 0.825 bits/byte).
+- Tiny Shakespeare, characters (V = 65), 1.00M tokens: unigram 3.309, bigram 2.452, trigram 1.903.
+
+Speed on the TinyStories setting (2 shared CPU cores, CPU time): counting orders 1-3 ~0.2 s,
+1000 x 128 trigram tokens sampled ~0.2 s, exact trigram entropy rate ~0.3 s (53,825 states,
+241,270 transitions), ``loss_floor(stats, 128)`` ~1.3 s.
 """
 
 from __future__ import annotations
@@ -110,7 +122,7 @@ class NGramStats:
 def count_ngrams(tokens: np.ndarray, vocab_size: int, order: int = 2) -> NGramStats:
     """Count all k-grams, k = 1..order (order 1, 2 or 3), of a 1-D token stream. Vectorised.
 
-    Measured (2 shared CPU cores): 1.05M TinyStories GPT-2 tokens, order 3, in about 0.6 s.
+    Measured: 1.05M TinyStories GPT-2 tokens (V = 1000), orders 1-3, ~0.2 s on 2 shared cores.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
@@ -173,7 +185,7 @@ def sample_sequences(
 
     Vectorised over sequences, a Python loop over positions only. ``burn_in`` extra leading
     tokens are drawn and dropped (the start is already near-stationary: unigram frequencies).
-    Measured: 1000 x 128 trigram tokens (V = 1000, TinyStories) in about 0.4 s.
+    Measured: 1000 x 128 trigram tokens (V = 1000, TinyStories) in ~0.2 s CPU (0.5 s wall, loaded).
     """
     if n_seqs < 1 or length < 1 or burn_in < 0:
         raise ValueError(f"need n_seqs >= 1, length >= 1, burn_in >= 0; got {n_seqs}, {length}, {burn_in}")

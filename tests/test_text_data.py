@@ -214,3 +214,38 @@ def test_tokenize_corpus_gpt2_top_v(tmp_path: Path) -> None:
     assert np.all(small.train[~kept] == 199)
     cached = tokenize_corpus(corpus, "gpt2", vocab_size=200, data_dir=DATA)
     assert cached.decode(cached.train[:50]) == small.decode(small.train[:50])
+
+
+def test_max_train_chars_keeps_a_head_cut_at_a_document_boundary(tmp_path: Path) -> None:
+    f = tmp_path / "docs.txt"
+    f.write_text(DOCS, encoding="utf-8")
+    full, head = load_corpus(f), load_corpus(f, max_train_chars=300)
+    assert len(head.train_text) <= 300 and full.train_text.startswith(head.train_text)
+    assert head.train_text.endswith("\n\n") and head.test_text == full.test_text
+    assert "train head" in head.source
+    assert len(tokenize_corpus(f, "char", max_train_chars=300).train) == len(head.train_text)
+
+
+def test_hub_loaders_ask_for_the_documented_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The online path (no internet here): a fake ``datasets.load_dataset`` records the calls."""
+    import datasets
+
+    calls: list[tuple] = []
+
+    def fake(path: str, name: str | None = None, **kw: object) -> dict:
+        calls.append((path, name, kw))
+        if path == "karpathy/tiny_shakespeare":
+            raise RuntimeError("dataset scripts are no longer supported")
+        if path == "text":
+            return {"train": {"text": ["First Citizen:\nSpeak.\n\nAll:\nSpeak, speak.\n"]}}
+        rows = ["a story.", "another one."] if "TinyStories" in path else [" = A = \n", " text \n"]
+        return {s: {"text": rows} for s in ("train", "validation", "test")}
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    ts = text_mod._hub_named("tinystories", 0.1)
+    assert ts.train_text == "a story.\n\nanother one." and calls[-1][0] == "roneneldan/TinyStories"
+    wt = text_mod._hub_named("wikitext103", 0.1)
+    assert wt.train_text == " = A = \n text \n" and calls[-1][:2] == ("Salesforce/wikitext", "wikitext-103-v1")
+    sh = text_mod._hub_named("tinyshakespeare", 0.3)
+    assert sh.train_text + sh.test_text == "First Citizen:\nSpeak.\n\nAll:\nSpeak, speak.\n"
+    assert calls[-1][0] == "text" and calls[-1][2]["sample_by"] == "document"
