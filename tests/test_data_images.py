@@ -24,6 +24,7 @@ from PIL import Image
 from dsb_widgets.data import DataNotFoundError, MalformedDataError, load_images
 from dsb_widgets.data import formats, images
 
+
 # ------------------------------------------------------------------------------- helpers
 def write_idx(path: Path, arr: np.ndarray, magic: bytes | None = None, cut: int = 0) -> Path:
     head = magic if magic is not None else bytes([0, 0, 8, arr.ndim])
@@ -38,14 +39,18 @@ def write_mnist_folder(folder: Path, n_train: int = 30, n_test: int = 20, seed: 
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for prefix, split, n in (("train", "train", n_train), ("t10k", "test", n_test)):
-        x, y = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+        x, y = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(
+            np.uint8
+        )
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", x)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", y)
         out[split] = (x, y)
     return out
 
 
-def write_image_folder(root: Path, classes: list[str], per_class: int = 3, size=(6, 5), mode="RGB") -> dict:
+def write_image_folder(
+    root: Path, classes: list[str], per_class: int = 3, size=(6, 5), mode="RGB"
+) -> dict:
     """PNG (lossless) images root/<split>/<class>/<k>.png; returns the expected uint8 arrays."""
     rng = np.random.default_rng(1)
     expected = {}
@@ -151,7 +156,9 @@ def test_idx_folder_serves_mnist_too_whatever_it_is_called(tmp_path, tmp_cache, 
 )
 def test_malformed_idx_names_file_and_problem(tmp_path, tmp_cache, damage, message):
     write_mnist_folder(tmp_path)
-    bad = write_idx(tmp_path / "train-images-idx3-ubyte.gz", np.zeros((30, 28, 28), np.uint8), **damage)
+    bad = write_idx(
+        tmp_path / "train-images-idx3-ubyte.gz", np.zeros((30, 28, 28), np.uint8), **damage
+    )
     with pytest.raises(MalformedDataError, match=message) as info:
         load_images("mnist", data_dir=tmp_path)
     assert str(bad) in str(info.value)
@@ -176,14 +183,20 @@ def test_image_folder_dir_and_tar_give_the_same_exact_pixels(tmp_path, tmp_cache
     expected = write_image_folder(tmp_path / "toy", classes)
     (tmp_path / "cifar10").mkdir()
     tar = make_tar(tmp_path / "toy", tmp_path / "cifar10" / "toy.tar.gz")
-    for data_dir in (tmp_path / "toy", tar, tmp_path):  # folder, the tar itself, parent/cifar10/*.tar.gz
+    for data_dir in (
+        tmp_path / "toy",
+        tar,
+        tmp_path,
+    ):  # folder, the tar itself, parent/cifar10/*.tar.gz
         for split in ("train", "test"):
             data = load_images("cifar10", split, data_dir=data_dir)
             x, y = expected[split]
             assert data.classes == ["ant", "moth", "zebra"]  # sorted folder names
             assert torch.equal(data.x, torch.from_numpy(x.astype(np.float32) / 255)), data_dir
             assert torch.equal(data.y, torch.from_numpy(y))
-    assert sorted(p.name for p in (tmp_path / "cifar10").iterdir()) == ["toy.tar.gz"]  # nothing unpacked
+    assert sorted(p.name for p in (tmp_path / "cifar10").iterdir()) == [
+        "toy.tar.gz"
+    ]  # nothing unpacked
 
 
 def test_image_folder_uses_standard_cifar_order_and_grey_mode(tmp_path, tmp_cache):
@@ -236,11 +249,20 @@ def test_npz_per_split_files_and_single_file(tmp_path, tmp_cache):
     assert data.x.shape == (7, 3, 5, 6) and data.classes == ["w", "x", "y", "z"]
     assert torch.equal(data.x, torch.from_numpy(x_nhwc.transpose(0, 3, 1, 2) / np.float32(255)))
     x_float = rng.random((4, 1, 3, 3)).astype(np.float32)
-    np.savez(tmp_path / "svhn.npz", x_train=x_float, y_train=np.arange(4), x_test=x_float[:2], y_test=np.arange(2))
+    np.savez(
+        tmp_path / "svhn.npz",
+        x_train=x_float,
+        y_train=np.arange(4),
+        x_test=x_float[:2],
+        y_test=np.arange(2),
+    )
     data = load_images("svhn", "test", data_dir=tmp_path)
     assert torch.equal(data.x, torch.from_numpy(x_float[:2])) and data.classes == images.DIGITS
     np.savez(tmp_path / "a" / "test.npz", images=x_nhwc)
     with pytest.raises(MalformedDataError, match="needs arrays x, y"):
+        load_images("cifar10", "test", data_dir=tmp_path / "a")
+    (tmp_path / "a" / "test.npz").write_bytes(b"PK not really a zip")
+    with pytest.raises(MalformedDataError, match="test.npz: cannot read npz"):
         load_images("cifar10", "test", data_dir=tmp_path / "a")
 
 
@@ -257,7 +279,9 @@ def test_cifar_python_pickles_and_svhn_mat(tmp_path, tmp_cache):
         batches.append(batch)
     data = load_images("cifar10", data_dir=tmp_path)
     assert data.x.shape == (15, 3, 32, 32) and data.y.tolist() == [1, 2, 9] * 5
-    assert torch.equal(data.x[3], torch.from_numpy(batches[1][b"data"][0].reshape(3, 32, 32) / np.float32(255)))
+    assert torch.equal(
+        data.x[3], torch.from_numpy(batches[1][b"data"][0].reshape(3, 32, 32) / np.float32(255))
+    )
 
     x = rng.integers(0, 256, (32, 32, 3, 4), dtype=np.uint8)
     (tmp_path / "svhn").mkdir()
@@ -296,9 +320,12 @@ def test_hub_path_converts_and_caches(tmp_cache, monkeypatch):
 
     rng = np.random.default_rng(5)
     arrays = [rng.integers(0, 256, (4, 3, 3), dtype=np.uint8) for _ in range(6)]
-    features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=images.CIFAR10)})
+    features = datasets.Features(
+        {"img": datasets.Image(), "label": datasets.ClassLabel(names=images.CIFAR10)}
+    )
     fake = datasets.Dataset.from_dict(
-        {"img": [Image.fromarray(a) for a in arrays], "label": [0, 1, 2, 3, 4, 9]}, features=features
+        {"img": [Image.fromarray(a) for a in arrays], "label": [0, 1, 2, 3, 4, 9]},
+        features=features,
     )
     calls = []
     monkeypatch.delenv("DSB_DATA_DIR", raising=False)

@@ -6,9 +6,10 @@ Hugging Face hub through ``datasets``. Decoded local and hub data are cached as 
 under ``cache_dir()/images`` keyed by dataset, split and a fingerprint of the source files
 (path, size, mtime), so only the first load decodes.
 
-Measured on 2 shared CPU cores (DSB_DATA_DIR=/work/shared/data): Fashion-MNIST train cold
-~0.9 s, cached ~0.2 s; CIFAR-10 (JPEG q75 tar.gz) train cold ~15 s (one pass decodes and caches
-both splits), cached ~0.9 s, most of it the uint8 -> float32 conversion of 600 MB.
+Measured (2 shared CPU cores at load ~7, DSB_DATA_DIR=/work/shared/data, train split, wall /
+process CPU): Fashion-MNIST cold 1.0 s / 0.9 s, cached 0.7 s / 0.7 s; CIFAR-10 (60,000 JPEG q75
+in a tar.gz; one pass decodes and caches both splits) cold 28.6 s / 16.8 s, cached 3.4 s /
+1.8 s. A cached load is mostly the uint8 -> float32 conversion (600 MB for CIFAR-10 train).
 """
 
 from __future__ import annotations
@@ -25,10 +26,28 @@ import numpy as np
 import torch
 
 from . import formats
-from .common import DATA_ENV, DataNotFoundError, ImageData, MalformedDataError, cache_dir, resolve_data_dir
+from .common import (
+    DATA_ENV,
+    DataNotFoundError,
+    ImageData,
+    MalformedDataError,
+    cache_dir,
+    resolve_data_dir,
+)
 
 DIGITS = [str(k) for k in range(10)]
-FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CACHE_VERSION = 1  # bump when decoding changes, to invalidate old cache files
 DIGITS_TEST_FRACTION, DIGITS_SEED = 0.2, 0
@@ -47,23 +66,49 @@ class ImageSpec:
 
 SPECS: dict[str, ImageSpec] = {
     "digits": ImageSpec(DIGITS, None, None, (), "sklearn's bundled copy (always offline)"),
-    "mnist": ImageSpec(DIGITS, "ylecun/mnist", None, ("mnist", "MNIST", "mnist/raw", "MNIST/raw"),
-                       "mnist/ holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-..."),
-    "fashion_mnist": ImageSpec(FASHION, "zalando-datasets/fashion_mnist", None,
-                               ("fashion_mnist", "fashion-mnist", "fashionmnist", "FashionMNIST",
-                                "FashionMNIST/raw", "fashion-mnist/raw"),
-                               "fashion-mnist/ holding train-images-idx3-ubyte.gz, ..., t10k-labels-idx1-ubyte.gz"),
-    "cifar10": ImageSpec(CIFAR10, "uoft-cs/cifar10", None,
-                         ("cifar10", "cifar-10", "CIFAR10", "CIFAR-10", "cifar-10-batches-py"),
-                         "cifar10/ holding train/<class>/*.png|jpg (or a .tar.gz of it) or cifar-10-batches-py"),
-    "svhn": ImageSpec(DIGITS, "ufldl-stanford/svhn", "cropped_digits", ("svhn", "SVHN"),
-                      "svhn/ holding train_32x32.mat, test_32x32.mat (or train/<class>/*.png)"),
+    "mnist": ImageSpec(
+        DIGITS,
+        "ylecun/mnist",
+        None,
+        ("mnist", "MNIST", "mnist/raw", "MNIST/raw"),
+        "mnist/ holding train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...",
+    ),
+    "fashion_mnist": ImageSpec(
+        FASHION,
+        "zalando-datasets/fashion_mnist",
+        None,
+        (
+            "fashion_mnist",
+            "fashion-mnist",
+            "fashionmnist",
+            "FashionMNIST",
+            "FashionMNIST/raw",
+            "fashion-mnist/raw",
+        ),
+        "fashion-mnist/ holding train-images-idx3-ubyte.gz, ..., t10k-labels-idx1-ubyte.gz",
+    ),
+    "cifar10": ImageSpec(
+        CIFAR10,
+        "uoft-cs/cifar10",
+        None,
+        ("cifar10", "cifar-10", "CIFAR10", "CIFAR-10", "cifar-10-batches-py"),
+        "cifar10/ holding train/<class>/*.png|jpg (or a .tar.gz of it) or cifar-10-batches-py",
+    ),
+    "svhn": ImageSpec(
+        DIGITS,
+        "ufldl-stanford/svhn",
+        "cropped_digits",
+        ("svhn", "SVHN"),
+        "svhn/ holding train_32x32.mat, test_32x32.mat (or train/<class>/*.png)",
+    ),
 }
 KNOWN_IMAGE_DATASETS = tuple(SPECS)
 _IDX_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
 
 
-def load_images(name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None) -> ImageData:
+def load_images(
+    name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None
+) -> ImageData:
     """One split of an image dataset: x float32 (N, C, H, W) in [0, 1], y int64 (N,), classes.
 
     name: digits, mnist, fashion_mnist, cifar10 or svhn ("fashion-mnist" also works).
@@ -73,7 +118,9 @@ def load_images(name: str, split: str = "train", data_dir: str | os.PathLike[str
     """
     key = name.lower().replace("-", "_")
     if key not in SPECS:
-        raise ValueError(f"unknown image dataset {name!r}; known: {', '.join(KNOWN_IMAGE_DATASETS)}")
+        raise ValueError(
+            f"unknown image dataset {name!r}; known: {', '.join(KNOWN_IMAGE_DATASETS)}"
+        )
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
     spec = SPECS[key]
@@ -85,7 +132,9 @@ def load_images(name: str, split: str = "train", data_dir: str | os.PathLike[str
     x = raw.x.astype(np.float32)  # always a fresh, writable array
     if raw.x.dtype == np.uint8:
         x /= np.float32(255.0)
-    return ImageData(torch.from_numpy(x), torch.from_numpy(raw.y.astype(np.int64)), list(raw.classes), key, split)
+    return ImageData(
+        torch.from_numpy(x), torch.from_numpy(raw.y.astype(np.int64)), list(raw.classes), key, split
+    )
 
 
 # ---------------------------------------------------------------------------------- digits
@@ -131,7 +180,14 @@ def _find_source(key: str, split: str, root: Path) -> _Source | None:
     if root.is_file():
         return _file_source(root)
     for folder, dedicated in _candidate_dirs(spec, root):
-        for finder in (_find_idx, _find_npz, _find_cifar_pickles, _find_svhn_mat, _find_image_dir, _find_tar):
+        for finder in (
+            _find_idx,
+            _find_npz,
+            _find_cifar_pickles,
+            _find_svhn_mat,
+            _find_image_dir,
+            _find_tar,
+        ):
             source = finder(folder, split, key, dedicated)
             if source is not None:
                 return source
@@ -192,7 +248,9 @@ def _find_tar(folder: Path, split: str, key: str, dedicated: bool) -> _Source | 
     the first (sorted) tar."""
     entries = sorted(folder.iterdir())
     tars = [p for p in entries if p.is_file() and p.name.endswith(formats.TAR_SUFFIXES)]
-    named = [p for p in tars if key.replace("_", "") in p.name.lower().replace("-", "").replace("_", "")]
+    named = [
+        p for p in tars if key.replace("_", "") in p.name.lower().replace("-", "").replace("_", "")
+    ]
     if not named and (dedicated or not any(p.is_dir() for p in entries)):
         named = tars
     return _Source("tar", (named[0],)) if named else None
@@ -218,9 +276,13 @@ def _read_cache(path: Path) -> formats.RawImages | None:
         return None
     try:
         with np.load(path, allow_pickle=False) as archive:
-            return formats.RawImages(archive["x"], archive["y"], [str(c) for c in archive["classes"]])
+            return formats.RawImages(
+                archive["x"], archive["y"], [str(c) for c in archive["classes"]]
+            )
     except Exception as err:  # a half-written or corrupt cache file is rebuilt, not fatal
-        warnings.warn(f"ignoring unreadable cache file {path} ({err}); decoding again", stacklevel=3)
+        warnings.warn(
+            f"ignoring unreadable cache file {path} ({err}); decoding again", stacklevel=3
+        )
         return None
 
 
@@ -233,7 +295,9 @@ def _write_cache(path: Path, raw: formats.RawImages) -> None:
             np.savez(handle, x=raw.x, y=raw.y, classes=np.array(raw.classes, dtype=str))
         os.replace(tmp, path)
     except OSError as err:
-        warnings.warn(f"could not write cache {path} ({err}); set DSB_CACHE_DIR to a writable folder")
+        warnings.warn(
+            f"could not write cache {path} ({err}); set DSB_CACHE_DIR to a writable folder"
+        )
         Path(tmp).unlink(missing_ok=True)
 
 
@@ -243,7 +307,9 @@ def _load_local(key: str, split: str, root: Path) -> formats.RawImages:
         raise DataNotFoundError(_missing_message(key, f"the data directory {root} does not exist"))
     source = _find_source(key, split, root)
     if source is None:
-        raise DataNotFoundError(_missing_message(key, f"no {split} split of {key} found under {root}"))
+        raise DataNotFoundError(
+            _missing_message(key, f"no {split} split of {key} found under {root}")
+        )
     if source.kind == "npz":
         x, y, classes = formats.read_npz(source.paths[0], split, spec.classes)
         return formats.RawImages(x, y, classes)
@@ -257,7 +323,9 @@ def _load_local(key: str, split: str, root: Path) -> formats.RawImages:
             _write_cache(_cache_path(key, name, fingerprint), raw)
     if split not in decoded:
         found = ", ".join(sorted(decoded)) or "none"
-        raise DataNotFoundError(_missing_message(key, f"{source.paths[0]} has no {split!r} split (found: {found})"))
+        raise DataNotFoundError(
+            _missing_message(key, f"{source.paths[0]} has no {split!r} split (found: {found})")
+        )
     return decoded[split]
 
 
@@ -266,7 +334,9 @@ def _decode(source: _Source, split: str, spec: ImageSpec) -> dict[str, formats.R
         "idx": lambda: {split: formats.read_idx_pair(*source.paths, classes=spec.classes)},
         "folder": lambda: formats.read_image_folder(source.paths[0], spec.classes),
         "tar": lambda: formats.read_image_tar(source.paths[0], spec.classes),
-        "cifar_pickle": lambda: {split: formats.read_cifar_pickles(list(source.paths), spec.classes)},
+        "cifar_pickle": lambda: {
+            split: formats.read_cifar_pickles(list(source.paths), spec.classes)
+        },
         "svhn_mat": lambda: {split: formats.read_svhn_mat(source.paths[0], spec.classes)},
     }
     return readers[source.kind]()
@@ -290,11 +360,17 @@ def _load_hub(key: str, split: str) -> formats.RawImages:
 
         ds = datasets.load_dataset(spec.hub, spec.config, split=split)
     except Exception as err:  # no internet, hub down, package missing: one actionable message
-        raise DataNotFoundError(_missing_message(key, f"cannot load {spec.hub!r} from the hub ({type(err).__name__}: {err})")) from err
+        raise DataNotFoundError(
+            _missing_message(
+                key, f"cannot load {spec.hub!r} from the hub ({type(err).__name__}: {err})"
+            )
+        ) from err
     image_col = next(c for c in ("image", "img") if c in ds.column_names)
     label_col = next(c for c in ("label", "labels") if c in ds.column_names)
     tag = getattr(ds, "_fingerprint", None) or f"{len(ds)}"
-    fingerprint = hashlib.sha1(f"v{CACHE_VERSION}|hub|{spec.hub}|{spec.config}|{split}|{tag}".encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha1(
+        f"v{CACHE_VERSION}|hub|{spec.hub}|{spec.config}|{split}|{tag}".encode()
+    ).hexdigest()[:16]
     path = _cache_path(key, split, fingerprint)
     cached = _read_cache(path)
     if cached is not None:
