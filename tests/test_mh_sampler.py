@@ -1,0 +1,167 @@
+"""Metropolis-Hastings on an MLM's conditionals: exact targets checked by enumeration."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig
+from dsb_widgets.mh_sampler import masked_conditionals, metropolis_hastings, pll_energy
+from dsb_widgets.potts import PottsModel, exact_distribution, symmetrize_couplings
+
+torch.set_num_threads(1)
+L, Q = 5, 3
+
+
+def small_potts(seed: int = 0, scale: float = 0.8) -> PottsModel:
+    g = torch.Generator().manual_seed(seed)
+    J = symmetrize_couplings(scale * torch.randn(L, L, Q, Q, generator=g, dtype=torch.float64))
+    return PottsModel(J, 0.5 * torch.randn(L, Q, generator=g, dtype=torch.float64))
+
+
+def pair_marginals(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, L) states with weights (N,) or (N, K) -> P(s_i=a, s_j=b) (L, L, Q, Q[, K])."""
+    x = torch.nn.functional.one_hot(states, Q).double()  # (N, L, Q)
+    return torch.einsum("nia,njb,n...->ijab...", x, x, weights.double())
+
+
+def check_against(target_p: torch.Tensor, states: torch.Tensor, samples: torch.Tensor, z_max: float) -> float:
+    """Compare MH pair marginals with exact ones; standard errors from independent chains
+    (each chain's average over kept sweeps is one independent draw). Returns max |z|."""
+    S, B, T = samples.shape
+    exact = pair_marginals(states, target_p)  # (L, L, Q, Q)
+    x = torch.nn.functional.one_hot(samples, Q).double()  # (S, B, L, Q)
+    per_chain = torch.einsum("sbia,sbjc->bijac", x, x) / S  # (B, L, L, Q, Q)
+    emp = per_chain.mean(0)
+    se = per_chain.std(0) / B**0.5 + 1e-12
+    iu = torch.triu_indices(L, L, 1)
+    z = ((emp - exact).abs() / se)[iu[0], iu[1]]  # only i < j: 10 * 9 comparisons
+    assert z.max() < z_max, f"max |z| = {z.max():.2f}"
+    return float(z.max())
+
+
+def run(potts: PottsModel, energy: object, order: str = "random", seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    init = torch.zeros(1500, L, dtype=torch.long)  # a deliberately bad start: burn-in must fix it
+    res = metropolis_hastings(
+        potts.conditionals, init, n_sweeps=30, burn_in=10, order=order, energy=energy, generator=g
+    )
+    assert res.samples.shape == (20, 1500, L) and 0.2 < res.acceptance_rate <= 1.0
+    return res.samples
+
+
+@pytest.mark.parametrize("order", ["random", "sequential"])
+def test_pll_energy_targets_exp_sum_log_conditionals(order: str) -> None:
+    """(a) energy='pll' samples exactly pi(s) ∝ exp(sum_i log p(s_i|s_-i)), enumerated."""
+    potts = small_potts()
+    states, target = exact_distribution(pll_energy(potts.conditionals), L, Q)
+    check_against(target, states, run(potts, "pll", order), z_max=4.5)
+
+
+def test_potts_energy_recovers_potts_marginals() -> None:
+    """(b) energy=H (the Potts energy) with Potts conditionals as proposals targets the Potts
+    joint itself; proposals from the exact conditionals are then Gibbs moves (always accepted)."""
+    potts = small_potts()
+    states, target = exact_distribution(potts.energy, L, Q)
+    samples = run(potts, potts.energy)
+    check_against(target, states, samples, z_max=4.5)
+
+
+def test_scores_energy_targets_raw_logit_sum() -> None:
+    """energy='scores' targets exp(sum_i logit_i(s_i)); for Potts local fields that is a Potts
+    model with J doubled, not the Potts joint."""
+    potts = small_potts(seed=1, scale=0.5)
+    states, target = exact_distribution(
+        lambda s: -potts.local_fields(s).gather(-1, s[..., None]).squeeze(-1).sum(-1), L, Q
+    )
+    g = torch.Generator().manual_seed(1)
+    res = metropolis_hastings(
+        potts.local_fields, torch.zeros(1500, L, dtype=torch.long),
+        n_sweeps=30, burn_in=10, energy="scores", generator=g,
+    )
+    check_against(target, states, res.samples, z_max=4.5)
+
+
+def test_the_targets_differ_so_the_tests_discriminate() -> None:
+    """PLL target vs Potts joint differ by far more than the sampling error: test (a) would fail
+    against the Potts marginals, proving it can fail."""
+    potts = small_potts()
+    states, p_pll = exact_distribution(pll_energy(potts.conditionals), L, Q)
+    _, p_potts = exact_distribution(potts.energy, L, Q)
+    assert 0.5 * (p_pll - p_potts).abs().sum() > 0.1
+    with pytest.raises(AssertionError, match="max \\|z\\|"):
+        check_against(p_potts, states, run(potts, "pll"), z_max=4.5)
+
+
+def test_exact_gibbs_proposals_always_accepted_and_callback_streams() -> None:
+    potts = small_potts()
+    seen: list[dict[str, float]] = []
+    res = metropolis_hastings(
+        potts.conditionals, torch.zeros(64, L, dtype=torch.long), n_sweeps=4, burn_in=1, thin=2,
+        energy=potts.energy, generator=torch.Generator().manual_seed(0), on_sweep=seen.append,
+    )
+    assert res.acceptance_rate > 0.999  # MH with exact-conditional proposals = Gibbs
+    assert len(seen) == 4 and seen == list(res.stats) and res.samples.shape == (1, 64, L)
+    assert [r["burn_in"] for r in seen] == [1.0, 0.0, 0.0, 0.0]
+    assert all(r["tokens_per_second"] > 0 and 0 <= r["change_rate"] <= r["acceptance_rate"] for r in seen)
+
+
+def test_masked_conditionals_wrapper() -> None:
+    """Wrapping masks s_t for row t: for a one-layer factored model (zero mask embedding, masked
+    diagonal) it equals the direct forward; for two layers it removes the i -> j -> i leak."""
+    torch.manual_seed(0)
+    s = torch.randint(4, (6, 7), generator=torch.Generator().manual_seed(1))
+    one = FactoredAttention(FactoredAttentionConfig(vocab_size=4, seq_len=7)).double()
+    wrapped = masked_conditionals(one, one.cfg.mask_id, chunk=5)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(s), one(s))
+        two = FactoredAttention(FactoredAttentionConfig(vocab_size=4, seq_len=7, n_layers=2)).double()
+        got = torch.log_softmax(masked_conditionals(two, two.cfg.mask_id, chunk=5)(s), -1)
+        torch.testing.assert_close(got, two.conditionals(s))
+
+
+def test_runs_on_a_two_layer_factored_model() -> None:
+    torch.manual_seed(0)
+    model = FactoredAttention(FactoredAttentionConfig(vocab_size=5, seq_len=6, n_layers=2, init_std=0.5))
+    init = torch.randint(5, (8, 6), generator=torch.Generator().manual_seed(0))
+    res = metropolis_hastings(model.conditionals, init, n_sweeps=3, generator=torch.Generator().manual_seed(0))
+    assert res.final.shape == (8, 6) and 0 < res.acceptance_rate <= 1 and res.final.max() < 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_sweeps=0), "n_sweeps"),
+        (dict(n_sweeps=3, burn_in=3), "burn_in"),
+        (dict(n_sweeps=3, order="backwards"), "order"),
+        (dict(n_sweeps=3, energy="logits"), "energy"),
+    ],
+)
+def test_bad_arguments_raise(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        metropolis_hastings(small_potts().conditionals, torch.zeros(2, L, dtype=torch.long), **kwargs)
+    with pytest.raises(ValueError, match="integer token ids"):
+        metropolis_hastings(small_potts().conditionals, torch.zeros(2, L), n_sweeps=1)
+
+
+@pytest.mark.bench
+def test_bench_throughput() -> None:
+    """Prints acceptance and chains x tokens per second (CPU, 1 thread)."""
+    for name, fn, q, T in [
+        ("potts L=20 q=10", small_potts_big().conditionals, 10, 20),
+        ("factored 1 layer q=10 T=20", FactoredAttention(FactoredAttentionConfig(10, 20)).conditionals, 10, 20),
+        ("factored 2 layers q=10 T=20", FactoredAttention(FactoredAttentionConfig(10, 20, n_layers=2)).conditionals, 10, 20),
+    ]:
+        init = torch.randint(q, (256, T), generator=torch.Generator().manual_seed(0))
+        t0 = time.perf_counter()
+        res = metropolis_hastings(fn, init, n_sweeps=3, generator=torch.Generator().manual_seed(0))
+        dt = time.perf_counter() - t0
+        print(f"{name}: acceptance {res.acceptance_rate:.3f}, {256 * T * 3 / dt:,.0f} chain-tokens/s")
+
+
+def small_potts_big() -> PottsModel:
+    from dsb_widgets.potts import random_factored_potts
+
+    return random_factored_potts(20, 10, 1.0, torch.Generator().manual_seed(0))
