@@ -32,9 +32,9 @@ are far below the language's true conditional entropies, most trigram contexts a
   4.005 bytes/token: unigram 5.152, bigram 3.182, trigram 2.290 (1.856 / 1.146 / 0.825 bits/byte).
 - Tiny Shakespeare, characters (V = 65), 1.00M tokens: unigram 3.309, bigram 2.452, trigram 1.903.
 
-Speed on the TinyStories setting (2 shared CPU cores, CPU time): counting orders 1-3 ~0.2 s,
-1000 x 128 trigram tokens sampled ~0.2 s, exact trigram entropy rate ~0.3 s (53,825 states,
-241,270 transitions), ``loss_floor(stats, 128)`` ~1.3 s.
+Speed on the TinyStories setting (2 shared CPU cores, CPU time, varies ~2x under load):
+counting orders 1-3 0.07-0.2 s, 1000 x 128 trigram tokens sampled 0.1-0.2 s, exact trigram
+entropy rate 0.2-0.3 s (53,825 states, 241,270 transitions), ``loss_floor(stats, 128)`` 0.6-1.3 s.
 """
 
 from __future__ import annotations
