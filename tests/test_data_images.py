@@ -338,6 +338,26 @@ def test_hub_path_converts_and_caches(tmp_cache, monkeypatch):
     assert len(list((tmp_cache / "images").glob("cifar10-test-*.npz"))) == 1
 
 
+def test_hub_grey_dataset_keeps_our_class_names(tmp_cache, monkeypatch):
+    """Shaped like zalando-datasets/fashion_mnist: grey PIL images, the hub's own class spelling."""
+    import datasets
+
+    hub_names = ["T - shirt / top"] + images.FASHION[1:]
+    arrays = [np.full((28, 28), 10 * k, np.uint8) for k in range(3)]
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=hub_names)}
+    )
+    fake = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(a) for a in arrays], "label": [9, 0, 5]}, features=features
+    )
+    monkeypatch.delenv("DSB_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: fake)
+    data = load_images("fashion_mnist")
+    assert data.x.shape == (3, 1, 28, 28) and data.classes == images.FASHION
+    assert data.x[:, 0, 0, 0].tolist() == pytest.approx([0.0, 10 / 255, 20 / 255])
+    assert data.y.tolist() == [9, 0, 5]
+
+
 # ------------------------------------------------------------------------------------ cache
 def test_cache_is_used_and_invalidated_when_the_file_changes(tmp_path, tmp_cache, monkeypatch):
     write_mnist_folder(tmp_path)
@@ -396,6 +416,7 @@ def cifar() -> dict:
     return {split: load_images("cifar10", split, data_dir=root) for split in ("train", "test")}
 
 
+@pytest.mark.slow  # the first run on a machine decodes 60,000 JPEGs (~17 s CPU); CI runs it
 def test_cifar10_real_shapes_balance_and_channel_statistics(cifar):
     train, test = cifar["train"], cifar["test"]
     assert train.x.shape == (50000, 3, 32, 32) and test.x.shape == (10000, 3, 32, 32)
@@ -408,6 +429,7 @@ def test_cifar10_real_shapes_balance_and_channel_statistics(cifar):
     assert torch.allclose(stds, torch.tensor([0.2452, 0.2428, 0.2606]), atol=1e-3), stds
 
 
+@pytest.mark.slow
 def test_cifar10_reload_is_served_from_cache(cifar, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("decoded the tar again instead of using the cache")

@@ -86,10 +86,10 @@ def read_idx_pair(images: Path, labels: Path, classes: list[str]) -> RawImages:
         raise MalformedDataError(
             f"count mismatch: {images} has {len(x)} images but {labels} has {len(y)} labels"
         )
-    return RawImages(x[:, None], _check_labels(y, len(classes), labels), classes)
+    return RawImages(x[:, None], check_labels(y, len(classes), labels), classes)
 
 
-def _check_labels(y: np.ndarray, num_classes: int, source: object) -> np.ndarray:
+def check_labels(y: np.ndarray, num_classes: int, source: object) -> np.ndarray:
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise MalformedDataError(
@@ -265,7 +265,7 @@ def read_npz(
             if len(y) == 0 or int(y.max()) < len(classes)
             else [str(k) for k in range(int(y.max()) + 1)]
         )
-    return x, _check_labels(y, len(names), path), names
+    return x, check_labels(y, len(names), path), names
 
 
 def read_cifar_pickles(paths: list[Path], classes: list[str]) -> RawImages:
@@ -284,7 +284,7 @@ def read_cifar_pickles(paths: list[Path], classes: list[str]) -> RawImages:
                 f"{path}: data {data.shape} / {len(labels)} labels, need (N, 3072)"
             )
         xs.append(data.reshape(-1, 3, 32, 32))
-        ys.append(_check_labels(np.asarray(labels), len(classes), path))
+        ys.append(check_labels(np.asarray(labels), len(classes), path))
     return RawImages(np.concatenate(xs), np.concatenate(ys), classes)
 
 
@@ -305,6 +305,6 @@ def read_svhn_mat(path: Path, classes: list[str]) -> RawImages:
     y[y == 10] = 0
     return RawImages(
         np.ascontiguousarray(x.transpose(3, 2, 0, 1).astype(np.uint8)),
-        _check_labels(y, len(classes), path),
+        check_labels(y, len(classes), path),
         classes,
     )

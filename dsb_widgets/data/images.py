@@ -375,13 +375,18 @@ def _load_hub(key: str, split: str) -> formats.RawImages:
     cached = _read_cache(path)
     if cached is not None:
         return cached
+    # hub labels follow the standard order; keep our names so hub and local copies agree
+    # (the hub spells Fashion-MNIST's first class "T - shirt / top")
     names = getattr(ds.features[label_col], "names", None) or spec.classes
+    names = spec.classes if len(names) == len(spec.classes) else [str(n) for n in names]
     mode = "L" if key in ("mnist", "fashion_mnist") else "RGB"
     arrays = [np.asarray(image.convert(mode)) for image in ds[image_col]]  # (H, W) or (H, W, 3)
     x = np.stack([a[None] if a.ndim == 2 else a.transpose(2, 0, 1) for a in arrays])  # (N, C, H, W)
     y = np.asarray(ds[label_col], dtype=np.int64)
     if len(y) != len(x):
         raise MalformedDataError(f"{spec.hub}: {len(x)} images but {len(y)} labels")
-    raw = formats.RawImages(x.astype(np.uint8), y, [str(n) for n in names])
+    raw = formats.RawImages(
+        x.astype(np.uint8), formats.check_labels(y, len(names), spec.hub), names
+    )
     _write_cache(path, raw)
     return raw
