@@ -1,0 +1,294 @@
+"""Clones of a text corpus that keep token interactions up to a chosen order (Rende et al. 2024).
+
+Rende, Gerace, Laio, Goldt, "A distributional simplicity bias in the learning dynamics of
+transformers" (NeurIPS 2024), Sec. 3: train a masked LM made of L layers of factored attention
+(:mod:`dsb_widgets.factored_attention`; its conditionals p(s_i | s_-i) hold interactions of at
+most 2^(L-1)+1 bodies) on the corpus, then sample sequences from it with Metropolis-Hastings
+(:mod:`dsb_widgets.mh_sampler`, Goyal et al. 2022), chains started at real test sentences. The
+samples are the "(2^(L-1)+1)-body clone" of the corpus: L = 1, 2, 3, 4, 6 -> 2, 3, 5, 9, 33 bodies.
+
+Pipeline (``dsb clone --corpus NAME_OR_FILE --layers 1 2 --out DIR``):
+
+1. tokenise (``tokenize_corpus``; top-V vocabulary, the rest -> ``<unk>``), cut the token
+   stream into windows of ``context`` tokens;
+2. per L: train a factored model with AdamW (L = 1: exact pseudo-likelihood, one pass; L >= 2:
+   BERT-style masked LM with ``mask_rate``), report train/test pseudo-likelihood;
+3. run ``chains`` MH chains from random test windows for ``sweeps`` sweeps, drop ``burn_in``,
+   keep every ``thin``-th sweep; write ``DIR/clone_L{L}.pt`` (``tokens`` int64 (N, T)),
+   ``DIR/vocab.json`` (tokenizer, token strings to decode) and ``DIR/provenance.json`` (model,
+   layers, bodies, sweeps, burn-in, acceptance per sweep, chain-tokens/s, losses, corpus, seed),
+   rewritten after every order so a killed run keeps the finished ones.
+
+Caveat (as in the paper): chains start at real sentences, so with few sweeps a clone still
+remembers them; the per-sweep change rate in the provenance says how far the chains moved.
+Measured numbers: see ``notebooks/clones.py`` and the module docstring of
+:mod:`dsb_widgets.engine.clones`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dsb_widgets.factored_attention import (
+    FactoredAttention, FactoredAttentionConfig, masked_lm_loss, n_bodies, pseudo_likelihood_loss,
+)
+from dsb_widgets.mh_sampler import metropolis_hastings
+
+__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "fast_conditionals",
+           "add_parser"]
+
+VOCAB_FILE, PROVENANCE_FILE = "vocab.json", "provenance.json"
+MAX_LAYERS = 7  # 65 bodies; deeper x^2 stacks are numerically unusable
+
+
+@dataclass(frozen=True)
+class CloneConfig:
+    """Everything that defines a set of clones (saved in the provenance record)."""
+
+    corpus: str
+    layers: tuple[int, ...] = (1, 2)
+    tokenizer: str = "gpt2"
+    vocab_size: int = 1000
+    context: int = 16
+    steps: int = 1500  # factored-model training steps per L
+    batch_size: int = 128
+    lr: float = 3e-3
+    d_embed: int = 64
+    n_heads: int = 4
+    attention: str = "softmax"
+    mask_rate: float = 0.15
+    sweeps: int = 20
+    burn_in: int = 10
+    thin: int = 1
+    chains: int = 128
+    seed: int = 0
+    data_dir: str | None = None
+    max_train_chars: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.layers or any(not 1 <= L <= MAX_LAYERS for L in self.layers):
+            raise ValueError(f"--layers must be integers in [1, {MAX_LAYERS}], e.g. --layers 1 2 3; got {self.layers}")
+        for name in ("vocab_size", "context", "steps", "batch_size", "sweeps", "chains", "thin", "d_embed", "n_heads"):
+            if getattr(self, name) < (2 if name in ("vocab_size", "context") else 1):
+                raise ValueError(f"--{name.replace('_', '-')} is too small ({getattr(self, name)}); pass a positive value")
+        if not 0 <= self.burn_in < self.sweeps:
+            raise ValueError(f"--burn-in must lie in [0, --sweeps) = [0, {self.sweeps}); got {self.burn_in}")
+
+
+@dataclass(frozen=True, eq=False)
+class CloneSet:
+    """Clones read back from a folder: tokens[L] (N, T) int64, bodies[L], vocab and provenance."""
+
+    path: Path
+    tokens: dict[int, Tensor]
+    bodies: dict[int, int]
+    token_strings: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def decode(self, ids: Tensor | np.ndarray | list[int]) -> str:
+        """Text of one token sequence (token strings joined; ``<unk>`` spelled out)."""
+        return "".join(self.token_strings[int(i)] for i in ids)
+
+
+def windows(stream: np.ndarray, context: int, n: int | None, gen: torch.Generator) -> Tensor:
+    """``n`` random windows (n, context) int64 of a token stream; n=None: all non-overlapping ones."""
+    if stream.size < context + 1:
+        raise ValueError(f"the text has {stream.size} tokens, fewer than --context {context} + 1; "
+                         "give more text or a smaller --context")
+    if n is None:
+        k = stream.size // context
+        return torch.from_numpy(stream[: k * context].astype(np.int64)).view(k, context)
+    starts = torch.randint(0, stream.size - context + 1, (n,), generator=gen)
+    idx = starts[:, None] + torch.arange(context)  # (n, T)
+    return torch.from_numpy(stream.astype(np.int64))[idx]
+
+
+def fast_conditionals(model: FactoredAttention) -> Callable[[Tensor], Tensor]:
+    """tokens (B, T) -> log p(s_t | s_-t) (B, T, q), exactly ``model.conditionals`` but reading
+    out only the masked position of each of the B*T masked copies (T x less read-out work)."""
+    if model.cfg.n_layers == 1:
+        return lambda s: F.log_softmax(model(s), dim=-1)
+    mask_id = model.cfg.mask_id
+
+    def fn(tokens: Tensor) -> Tensor:
+        B, T = tokens.shape
+        eye = torch.eye(T, dtype=torch.bool, device=tokens.device)
+        masked = torch.where(eye, mask_id, tokens[:, None, :]).reshape(B * T, T)  # (B*T, T)
+        x = model.embed(masked)
+        for k, layer in enumerate(model.layers):
+            x = layer(x * x if k > 0 else x)  # (B*T, T, d)
+        pos = torch.arange(T, device=tokens.device).repeat(B)  # (B*T,)
+        h = x[torch.arange(B * T, device=tokens.device), pos]  # (B*T, d)
+        logits = model.readout(h) if model.readout is not None else h
+        if model.fields is not None:
+            logits = logits + model.fields[pos]
+        return F.log_softmax(logits, dim=-1).view(B, T, -1)
+
+    return fn
+
+
+def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig, vocab: int,
+                   progress: bool = True) -> tuple[FactoredAttention, dict[str, float]]:
+    """Fit an L-layer factored MLM to random train windows; returns it and its losses (nats/token)."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(cfg.seed + 101 * L)
+    gen = torch.Generator().manual_seed(cfg.seed + 7 * L)
+    fcfg = FactoredAttentionConfig(vocab_size=vocab, seq_len=cfg.context, n_layers=L, n_heads=cfg.n_heads,
+                                   d_embed=cfg.d_embed, attention=cfg.attention)  # type: ignore[arg-type]
+    model = FactoredAttention(fcfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    bar = tqdm(range(cfg.steps), desc=f"factored L={L} ({n_bodies(L)}-body)", unit="step", disable=not progress)
+    recent: list[float] = []
+    for _ in bar:
+        x = windows(train, cfg.context, cfg.batch_size, gen)
+        loss = pseudo_likelihood_loss(model, x) if L == 1 else masked_lm_loss(model, x, cfg.mask_rate, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"factored L={L} diverged (loss {float(loss)}); pass a smaller --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        recent = (recent + [float(loss.detach())])[-50:]
+        bar.set_postfix(loss=f"{np.mean(recent):.3f}", refresh=False)
+    model.eval()
+    cond = fast_conditionals(model)
+    with torch.no_grad():
+        evals = {}
+        for split, stream in (("train", train), ("test", test)):
+            x = windows(stream, cfg.context, 256, torch.Generator().manual_seed(cfg.seed + 1))
+            evals[f"{split}_pll"] = float(-cond(x).gather(-1, x[..., None]).mean())
+    return model, {"train_loss": float(np.mean(recent)), **evals}
+
+
+def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
+                on_sweep: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Train one factored model per L in ``cfg.layers``, sample its clone, write files to ``out``.
+
+    Returns the provenance record (also written to ``out/provenance.json``). ``on_sweep(L, stats)``
+    receives the MH statistics of every sweep (acceptance_rate, tokens_per_second, ...).
+    """
+    from tqdm.auto import tqdm
+
+    from dsb_widgets.data.text import tokenize_corpus
+
+    out = Path(out)
+    tc = tokenize_corpus(cfg.corpus, tokenizer=cfg.tokenizer, vocab_size=cfg.vocab_size,
+                         data_dir=cfg.data_dir, max_train_chars=cfg.max_train_chars)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = {"tokenizer": cfg.tokenizer, "vocab_size": tc.vocab_size, "token_strings": tc.token_strings,
+             "corpus": cfg.corpus, "source": tc.source, "bytes_per_token": tc.bytes_per_token}
+    (out / VOCAB_FILE).write_text(json.dumps(vocab))
+    prov: dict[str, Any] = {"config": asdict(cfg), "corpus": cfg.corpus, "source": tc.source,
+                            "tokenizer": cfg.tokenizer, "vocab_size": tc.vocab_size, "context": cfg.context,
+                            "seed": cfg.seed, "train_tokens": int(tc.train.size),
+                            "test_tokens": int(tc.test.size), "orders": {}}
+    for L in cfg.layers:
+        t0 = time.perf_counter()
+        model, losses = train_factored(tc.train, tc.test, L, cfg, tc.vocab_size, progress)
+        t_train = time.perf_counter() - t0
+        init = windows(tc.test, cfg.context, cfg.chains, torch.Generator().manual_seed(cfg.seed + 13 * L))
+        bar = tqdm(total=cfg.sweeps, desc=f"MH L={L}", unit="sweep", disable=not progress)
+
+        def sweep_cb(row: dict[str, float], L: int = L, bar: Any = bar) -> None:
+            bar.update(1)
+            bar.set_postfix(acc=f"{row['acceptance_rate']:.3f}", tok_s=f"{row['tokens_per_second']:.0f}")
+            if on_sweep is not None:
+                on_sweep(L, row)
+
+        res = metropolis_hastings(fast_conditionals(model), init, n_sweeps=cfg.sweeps, burn_in=cfg.burn_in,
+                                  thin=cfg.thin, generator=torch.Generator().manual_seed(cfg.seed + 17 * L),
+                                  on_sweep=sweep_cb)
+        bar.close()
+        tokens = res.samples.reshape(-1, cfg.context)  # (S * chains, T)
+        torch.save({"tokens": tokens, "layers": L, "bodies": n_bodies(L), "init": init}, out / f"clone_L{L}.pt")
+        kept = [r for r in res.stats if not r["burn_in"]]
+        prov["orders"][str(L)] = {
+            "file": f"clone_L{L}.pt", "model": "factored_attention", "layers": L, "bodies": n_bodies(L),
+            "model_config": asdict(model.cfg), "sweeps": cfg.sweeps, "burn_in": cfg.burn_in, "thin": cfg.thin,
+            "chains": cfg.chains, "n_sequences": int(tokens.shape[0]),
+            "acceptance_rate": res.acceptance_rate,
+            "acceptance_per_sweep": [r["acceptance_rate"] for r in res.stats],
+            "change_rate_per_sweep": [r["change_rate"] for r in res.stats],
+            "mean_energy_per_sweep": [r["mean_energy"] for r in res.stats],
+            "chain_tokens_per_second": float(np.mean([r["tokens_per_second"] for r in kept])),
+            "fraction_changed_from_init": float((res.final != init).float().mean()),
+            **losses, "train_seconds": t_train, "sample_seconds": float(sum(r["seconds"] for r in res.stats)),
+        }
+        (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=1))
+    return prov
+
+
+def load_clones(path: str | Path) -> CloneSet:
+    """Read a folder written by :func:`make_clones` (``dsb clone``)."""
+    path = Path(path)
+    if not (path / PROVENANCE_FILE).is_file() or not (path / VOCAB_FILE).is_file():
+        raise FileNotFoundError(f"no clones in {path} (missing {PROVENANCE_FILE}); make them with "
+                                f"`dsb clone --corpus NAME --layers 1 2 --out {path}`")
+    prov = json.loads((path / PROVENANCE_FILE).read_text())
+    vocab = json.loads((path / VOCAB_FILE).read_text())
+    tokens, bodies = {}, {}
+    for key, rec in prov["orders"].items():
+        blob = torch.load(path / rec["file"], weights_only=True)
+        tokens[int(key)], bodies[int(key)] = blob["tokens"].long(), int(blob["bodies"])
+    return CloneSet(path, tokens, bodies, list(vocab["token_strings"]), prov)
+
+
+def add_parser(sub: Any) -> None:
+    """The ``dsb clone`` subcommand (loaded by :mod:`dsb_widgets.cli` as a plugin)."""
+    d = CloneConfig(corpus="")
+    p = sub.add_parser("clone", help="make (2^(L-1)+1)-body clones of a text corpus (Rende et al. 2024)")
+    p.add_argument("--corpus", required=True, help="tinystories | wikitext2 | tinyshakespeare | path to text")
+    p.add_argument("--layers", type=int, nargs="+", default=list(d.layers), help="factored layers L (one clone each)")
+    p.add_argument("--out", required=True, help="output folder (clone_L{L}.pt, vocab.json, provenance.json)")
+    p.add_argument("--tokenizer", default=d.tokenizer, help="gpt2 | char")
+    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep the top-V tokens (incl. <unk>)")
+    p.add_argument("--context", type=int, default=d.context, help="sequence length T")
+    p.add_argument("--steps", type=int, default=d.steps, help="training steps per factored model")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--d-embed", type=int, default=d.d_embed)
+    p.add_argument("--heads", type=int, default=d.n_heads)
+    p.add_argument("--attention", choices=["softmax", "free"], default=d.attention)
+    p.add_argument("--sweeps", type=int, default=d.sweeps, help="MH sweeps (one proposal per position each)")
+    p.add_argument("--burn-in", type=int, default=d.burn_in, help="sweeps dropped before keeping samples")
+    p.add_argument("--thin", type=int, default=d.thin, help="keep every n-th sweep after burn-in")
+    p.add_argument("--chains", type=int, default=d.chains, help="parallel MH chains (from real test windows)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR, else the hub)")
+    p.add_argument("--max-train-chars", type=int, help="train on the head of the corpus only")
+    p.set_defaults(func=_cmd_clone)
+
+
+def _cmd_clone(args: argparse.Namespace) -> int:
+    from dsb_widgets.engine.task import ConfigError
+
+    try:
+        cfg = CloneConfig(corpus=args.corpus, layers=tuple(args.layers), tokenizer=args.tokenizer,
+                          vocab_size=args.vocab_size, context=args.context, steps=args.steps,
+                          batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
+                          attention=args.attention, sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin,
+                          chains=args.chains, seed=args.seed, data_dir=args.data_dir,
+                          max_train_chars=args.max_train_chars)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    prov = make_clones(cfg, args.out, progress=True)
+    print(f"\n{'L':>3}{'bodies':>8}{'train':>8}{'test pll':>10}{'accept':>8}{'chain-tok/s':>13}{'moved':>7}")
+    for L, r in prov["orders"].items():
+        print(f"{L:>3}{r['bodies']:>8}{r['train_loss']:>8.3f}{r['test_pll']:>10.3f}{r['acceptance_rate']:>8.3f}"
+              f"{r['chain_tokens_per_second']:>13.0f}{r['fraction_changed_from_init']:>7.2f}")
+    print(f"\nclones: {args.out}  (next: dsb run clones --corpus {args.corpus} --clones {args.out})")
+    return 0

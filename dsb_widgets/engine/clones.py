@@ -1,0 +1,159 @@
+"""The clones experiment: a BERT trained on real text, probed with clones of increasing order.
+
+Rende, Gerace, Laio, Goldt (NeurIPS 2024), Sec. 4: a BERT-style masked LM trained on the real
+corpus first fits the low-order clones of it (samples of L-layer factored-attention models,
+2^(L-1)+1 bodies, made by ``dsb clone``, :mod:`dsb_widgets.clones`): its loss on the 3- and
+9-body TinyStories clones saturates after ~3e4 steps while the loss on the 33-body clone and on
+real text keeps falling.
+
+========== ========= ===========================================================================
+probe      order     what it keeps
+========== ========= ===========================================================================
+real       inf       held-out test windows of the corpus
+N-body     N         MH samples of an L-layer factored MLM, N = 2^(L-1)+1 (from ``--clones DIR``)
+========== ========= ===========================================================================
+
+Every probe is masked once (fixed by ``cfg.seed``): ``mask_prob`` of the positions (at least one
+per window) replaced by the mask token; the loss is the mean -log p(s_i | rest) over the masked
+positions, in nats/token. Probe masks are pure [MASK] tokens (``-o probe_mask=bert`` uses BERT's
+80/10/10 as in training), so the loss is the model's conditional on that position alone.
+
+The corpus, tokenizer, vocabulary and context come from the clone folder's provenance: the BERT
+must read the same token ids the clones were written in (checked token by token; a mismatch is
+a one-line error). ``--corpus`` may be left out (the clones' corpus is used).
+
+Sizes (options ``n_layer``, ``n_head``, ``d_model``, ``mask_prob``): defaults run on 2 CPU cores
+in minutes. Measured results: see ``notebooks/clones.py`` and the README.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment
+
+CLONE_LAYERS = tuple(range(1, 8))
+CLONE_PROBES = ("real",) + tuple(f"{2 ** (L - 1) + 1}-body" for L in CLONE_LAYERS)
+DEFAULT_OPTIONS: dict[str, Any] = {"n_layer": 2, "n_head": 4, "d_model": 64, "mask_prob": 0.15,
+                                   "probe_mask": "mask"}
+
+
+def _clone_dir(cfg: RunConfig) -> Path:
+    d = cfg.options.get("clones")
+    if not d:
+        raise ConfigError("the clones experiment needs --clones DIR; make one with "
+                          "`dsb clone --corpus tinystories --layers 1 2 4 --out DIR`")
+    path = Path(str(d)).expanduser()
+    if not (path / "provenance.json").is_file():
+        raise ConfigError(f"no clones in {path}; make them with `dsb clone --corpus NAME --layers 1 2 4 --out {path}`")
+    return path
+
+
+def _probe_mask(w: torch.Tensor, gen: torch.Generator, mask_id: int, p: float,
+                style: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from dsb_widgets.models.bert import mask_tokens
+
+    if style == "bert":
+        return mask_tokens(w, gen, mask_id, p=p)
+    return mask_tokens(w, gen, mask_id, p=p, random_frac=0.0, keep_frac=0.0)
+
+
+def build_clones_task(cfg: RunConfig) -> Task:
+    """Read the clones, tokenise the real corpus the same way, build the probes and the BERT."""
+    from dsb_widgets.clones import load_clones, windows
+    from dsb_widgets.data.text import tokenize_corpus
+    from dsb_widgets.models.bert import Bert, BertConfig, mask_tokens
+
+    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
+    clones = load_clones(_clone_dir(cfg))
+    prov = clones.provenance
+    ccfg = prov["config"]
+    corpus = str(cfg.dataset) if cfg.dataset is not None else str(prov["corpus"])
+    context = int(prov["context"])
+    if o.get("context") is not None and int(o["context"]) != context:
+        raise ConfigError(f"--context {o['context']} differs from the clones' context {context}; drop --context")
+    tc = tokenize_corpus(corpus, tokenizer=str(ccfg["tokenizer"]), vocab_size=int(ccfg["vocab_size"]),
+                         data_dir=cfg.data_dir if cfg.data_dir is not None else ccfg.get("data_dir"),
+                         max_train_chars=ccfg.get("max_train_chars"))
+    if tc.token_strings != clones.token_strings:
+        raise ConfigError(f"corpus {corpus!r} tokenises to another vocabulary than the clones in {clones.path} "
+                          f"(made from {prov['corpus']!r}); pass --corpus {prov['corpus']}")
+    V, p = tc.vocab_size, float(o["mask_prob"])
+    wanted = tuple(cfg.probes) if cfg.probes is not None else CLONE_PROBES
+    explicit = set(wanted) != set(CLONE_PROBES)
+    by_name = {f"{clones.bodies[L]}-body": L for L in clones.tokens}
+    probes: list[Probe] = []
+    n = int(cfg.probe_size)
+    for i, name in enumerate(CLONE_PROBES):
+        if name not in wanted:
+            continue
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + i)
+        if name == "real":
+            w, order, desc = windows(tc.test, context, n, gen), math.inf, "held-out test windows"
+        elif name in by_name:
+            L = by_name[name]
+            tok = clones.tokens[L]
+            w = tok[torch.randperm(tok.shape[0], generator=gen)[:n]]
+            acc = prov["orders"][str(L)]["acceptance_rate"]
+            order, desc = float(clones.bodies[L]), f"MH samples of a {L}-layer factored MLM (acceptance {acc:.2f})"
+        elif explicit:
+            raise ConfigError(f"probe {name!r} is not in {clones.path} (it has {', '.join(sorted(by_name))}); "
+                              f"make it with `dsb clone --layers ...` or drop it from --probes")
+        else:
+            continue
+        x, y = _probe_mask(w, gen, V, p, str(o["probe_mask"]))
+        probes.append(Probe(name, order, x, y, description=desc))
+    if not any(pr.name != "real" for pr in probes):
+        raise ConfigError(f"no clone probes selected from {clones.path}; pass --probes with some of {sorted(by_name)}")
+    train = tc.train
+    bcfg = BertConfig(V, context, n_layer=int(o["n_layer"]), n_head=int(o["n_head"]), d_model=int(o["d_model"]))
+
+    def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return mask_tokens(windows(train, context, bs, gen), gen, V, p=p)  # (B, T), (B, T)
+
+    info = {"units": "nats/token", "bytes_per_token": tc.bytes_per_token, "corpus": tc.name, "source": tc.source,
+            "tokenizer": str(ccfg["tokenizer"]), "vocab_size": V, "context": context, "clones": str(clones.path),
+            "train_tokens": int(tc.train.size), "objective": "masked LM",
+            "clone_acceptance": ",".join(f"{clones.bodies[L]}-body:{prov['orders'][str(L)]['acceptance_rate']:.3f}"
+                                         for L in sorted(clones.tokens))}
+    return Task(make_model=lambda seed: Bert(bcfg), sample_batch=sample_batch, probes=probes, info=info)
+
+
+def _validate(cfg: RunConfig) -> None:
+    _clone_dir(cfg)
+    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
+    if int(o["d_model"]) % int(o["n_head"]):
+        raise ConfigError(f"d_model={o['d_model']} is not divisible by n_head={o['n_head']}; pass -o n_head=...")
+    if not 0.0 < float(o["mask_prob"]) <= 1.0:
+        raise ConfigError(f"mask_prob must lie in (0, 1] (got {o['mask_prob']}); pass -o mask_prob=0.15")
+    if o["probe_mask"] not in ("mask", "bert"):
+        raise ConfigError(f"probe_mask must be 'mask' or 'bert' (got {o['probe_mask']!r}); pass -o probe_mask=mask")
+
+
+def saturation_step(steps: np.ndarray, loss: np.ndarray, tol: float = 0.02) -> int:
+    """First checkpoint step after which the loss never falls more than ``tol`` (relative to the
+    total drop from step 0 to the minimum) below its value there: when the curve has saturated."""
+    drop = max(float(loss[0] - loss.min()), 1e-12)
+    for i in range(len(loss)):
+        if float(loss[i] - loss[i:].min()) <= tol * drop:
+            return int(steps[i])
+    return int(steps[-1])
+
+
+register_experiment(Experiment(
+    name="clones",
+    build=build_clones_task,
+    defaults={"model": "bert", "steps": 2048, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
+              "weight_decay": 0.01, "warmup": 64, "per_octave": 4, "probe_size": 512,
+              "options": DEFAULT_OPTIONS},
+    models=("bert",),
+    probes=CLONE_PROBES,
+    datasets=("tinystories", "wikitext2", "tinyshakespeare"),
+    description="a BERT trained on real text, probed with its (2^(L-1)+1)-body factored-attention clones",
+    validate=_validate,
+))
