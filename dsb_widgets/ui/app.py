@@ -1,0 +1,285 @@
+"""The served dashboard: start/stop runs, watch live curves, open saved runs and sweeps.
+
+``dsb serve [--start]`` calls :func:`serve`; ``panel serve dsb_widgets/ui/app.py`` runs this file
+as a script for every session (the ``servable`` block at the bottom). Either way, training runs
+belong to :data:`dsb_widgets.runs.REGISTRY` (one thread per run, however many tabs watch it);
+a page only displays and controls: Start validates the form with
+:func:`dsb_widgets.engine.task.resolve_config` and shows any :class:`ConfigError` as a one-line
+message, Stop sets the run's stop event, and closing a tab only removes that tab's drain
+callback (:mod:`dsb_widgets.ui.sessions`, visible at ``/dsb_status``).
+
+Experiments come from :func:`list_experiments`; the form reads datasets, models, probes and
+defaults from each :class:`Experiment`, so text and clones appear here when they register.
+Served offline: Bokeh/Panel JS and CSS come from the server itself (``pn.config.inline``); the
+only outside reference is the Fast template's Google-fonts stylesheet, which fails harmlessly
+offline (the browser falls back to local fonts). The UI test checks the HTML and the browser's
+requests for anything else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import panel as pn
+import xarray as xr
+
+from dsb_widgets.engine.results import NETCDF_ENGINE, load_results
+from dsb_widgets.engine.task import ConfigError, RunConfig, get_experiment, list_experiments, resolve_config
+from dsb_widgets.runs import REGISTRY, RunHandle, RunRegistry, training_threads
+from dsb_widgets.ui import sessions
+from dsb_widgets.ui.sweep_view import SweepView, dims_summary, extra_dims
+from dsb_widgets.ui.viewer import RunViewer, describe
+
+log = logging.getLogger(__name__)
+TITLE = "dsb_widgets: networks learn statistics of increasing complexity"
+STATUS_PATH = "/dsb_status"
+ACCENT = "#6a00a8"  # plasma purple, the colour family of the order map
+
+
+
+def form_config(experiment: str, dataset: str | None, model: str | None, steps: int | None,
+                seeds: int | None, probes: list[str] | None = None) -> RunConfig:
+    """RunConfig from the sidebar's values; validation is left to ``resolve_config``."""
+    if steps is None:
+        raise ConfigError("steps is empty; enter a number of training steps, e.g. 1024")
+    if seeds is None:
+        raise ConfigError("seeds is empty; enter how many seeds to train together, e.g. 2")
+    dataset = (dataset or "").strip() or None
+    return RunConfig(experiment=experiment, dataset=dataset, model=model or None, steps=int(steps),
+                     seeds=int(seeds), probes=tuple(probes) if probes else None)
+
+
+def run_path(runs_dir: Path, cfg: RunConfig) -> Path:
+    """Where a dashboard run writes its netCDF: runs_dir/<experiment>-<dataset>-<model>-<time>.nc."""
+    stem = Path(str(cfg.dataset or "default")).stem or "data"
+    return runs_dir / f"{cfg.experiment}-{stem}-{cfg.model or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}.nc"
+
+
+def saved_files(runs_dir: Path, limit: int = 200) -> list[Path]:
+    """netCDF results under ``runs_dir`` (runs and sweeps), newest first."""
+    if not runs_dir.is_dir():
+        return []
+    files = [p for p in runs_dir.rglob("*.nc") if not p.name.startswith(".")]
+    return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
+
+
+def status_payload(registry: RunRegistry = REGISTRY) -> dict[str, Any]:
+    """What ``/dsb_status`` returns: live drain callbacks, training threads, RSS, runs."""
+    out = sessions.snapshot()
+    out["training_threads"] = len(training_threads())
+    out["runs"] = [{"id": r.id, "status": r.store.status, "step": r.store.step, "total": r.store.total,
+                    "rows": len(r.store), "alive": r.alive} for r in registry.runs()]
+    return out
+
+
+class Dashboard:
+    """Sidebar form + :class:`RunViewer` + saved-run / sweep panel for one browser session."""
+
+    def __init__(self, runs_dir: str | Path = "runs", registry: RunRegistry = REGISTRY) -> None:
+        self.runs_dir, self.registry = Path(runs_dir), registry
+        names = list_experiments()
+        self.experiment = pn.widgets.Select(name="Experiment", options=names,
+                                            value="images" if "images" in names else names[0])
+        self.dataset = pn.widgets.AutocompleteInput(name="Dataset", options=[], restrict=False,
+                                                    min_characters=0, case_sensitive=False,
+                                                    placeholder="name (or a path, for text)")
+        self.model = pn.widgets.Select(name="Model", options=[])
+        self.steps = pn.widgets.IntInput(name="Steps", value=1024, step=256)
+        self.seeds = pn.widgets.IntInput(name="Seeds (trained together)", value=2, step=1)
+        self.probes = pn.widgets.MultiChoice(name="Probes", options=[], value=[])
+        self.start_btn = pn.widgets.Button(name="Start", button_type="primary", width=110)
+        self.stop_btn = pn.widgets.Button(name="Stop", button_type="danger", width=110)
+        self.message = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
+                                     name="form_message")
+        self.run_select = pn.widgets.Select(name="Watch run", options={})
+        self.files = pn.widgets.Select(name=f"Saved runs / sweeps in {self.runs_dir}/", options={})
+        self.refresh_btn = pn.widgets.Button(name="Refresh list", width=110)
+        self.open_btn = pn.widgets.Button(name="Open", button_type="success", width=110)
+        self.clear_btn = pn.widgets.Button(name="Clear overlays", width=110)
+        self.upload = pn.widgets.FileInput(accept=".nc", name="or upload a .nc")
+        self.sweep_area = pn.Column(sizing_mode="stretch_width", visible=False)
+        self.viewer = RunViewer(registry.latest())
+        self.viewer.hooks.append(self._refresh_runs)
+        self._run_ids: tuple[str, ...] = ()
+
+        self.experiment.param.watch(lambda e: self._fill_from_experiment(), "value")
+        self.run_select.param.watch(self._watch_run, "value")
+        self.start_btn.on_click(lambda e: self.start())
+        self.stop_btn.on_click(lambda e: self.stop())
+        self.refresh_btn.on_click(lambda e: self._refresh_files())
+        self.open_btn.on_click(lambda e: self.open_file(self.files.value))
+        self.clear_btn.on_click(lambda e: self._clear())
+        self.upload.param.watch(lambda e: self._open_upload(), "value")
+        self._fill_from_experiment()
+        self._refresh_runs()
+        self._refresh_files()
+
+    # -- form -------------------------------------------------------------------------------
+    def say(self, text: str, kind: str = "danger") -> None:
+        self.message.alert_type, self.message.object, self.message.visible = kind, text, bool(text)
+
+    def _fill_from_experiment(self) -> None:
+        try:
+            exp = get_experiment(self.experiment.value)
+        except ConfigError as err:
+            self.say(str(err))
+            return
+        d = exp.defaults
+        self.dataset.options = list(exp.datasets)
+        self.dataset.value = str(d.get("dataset", exp.datasets[0] if exp.datasets else ""))
+        self.model.options = list(exp.models)
+        self.model.value = d.get("model", exp.models[0])
+        self.probes.options, self.probes.value = list(exp.probes), list(exp.probes)
+        self.steps.value = int(d.get("steps", 1024))
+        self.say("")
+
+    def start(self) -> RunHandle | None:
+        """Validate the form and start a run in the registry; errors become a page message."""
+        try:
+            cfg = resolve_config(form_config(self.experiment.value, self.dataset.value, self.model.value,
+                                             self.steps.value, self.seeds.value, self.probes.value))
+            run = self.registry.start(cfg, out=run_path(self.runs_dir, cfg))
+        except ConfigError as err:
+            self.say(f"Not started: {err}")
+            return None
+        except Exception as err:  # never a traceback in the page
+            log.exception("start failed")
+            self.say(f"Not started: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            return None
+        self.say(f"Started {describe(run)}", "success")
+        self.viewer.attach(run)
+        self._refresh_runs()
+        return run
+
+    def stop(self) -> None:
+        run = self.viewer.run
+        if run is None or not run.alive:
+            self.say("No running run to stop.", "warning")
+            return
+        run.stop()
+        self.say(f"Stopping {run.id} after its current step (state saved, resumable).", "warning")
+
+    # -- runs of this process ----------------------------------------------------------------
+    def _refresh_runs(self) -> None:
+        runs = self.registry.runs()
+        ids = tuple(r.id for r in runs)
+        if ids == self._run_ids:
+            return
+        self._run_ids = ids
+        self.run_select.options = {describe(r): r.id for r in reversed(runs)}
+        if self.viewer.run is not None:
+            self.run_select.value = self.viewer.run.id
+        self._refresh_files()
+
+    def _watch_run(self, event: Any) -> None:
+        if event.new and (self.viewer.run is None or event.new != self.viewer.run.id):
+            self.viewer.attach(self.registry.get(event.new))
+
+    # -- saved runs and sweeps ---------------------------------------------------------------
+    def _refresh_files(self) -> None:
+        files = saved_files(self.runs_dir)
+        self.files.options = {str(p.relative_to(self.runs_dir)): str(p) for p in files}
+
+    def open_dataset(self, ds: xr.Dataset, label: str) -> str:
+        """Overlay a plain run, or show a sweep (extra grid dims) faceted; returns the message."""
+        dims = extra_dims(ds)
+        if dims:
+            self.sweep_area.objects = [SweepView(ds, label)]
+            self.sweep_area.visible = True
+            return f"Opened sweep {label}: {dims_summary(ds, dims)}, {ds.sizes['seed']} seed(s)."
+        n = self.viewer.add_overlay(ds, label)
+        return f"Overlaid {label} ({n} probes, {ds.sizes['step']} checkpoints, dashed)."
+
+    def open_file(self, path: str | None) -> None:
+        if not path:
+            self.say(f"No saved run selected; runs are written to {self.runs_dir}/", "warning")
+            return
+        try:
+            self.say(self.open_dataset(load_results(path), Path(path).stem), "success")
+        except Exception as err:
+            self.say(f"Could not open {Path(path).name}: {type(err).__name__}: {err}")
+
+    def _open_upload(self) -> None:
+        if not self.upload.value:
+            return
+        name = self.upload.filename or "upload.nc"
+        try:
+            with xr.open_dataset(io.BytesIO(self.upload.value), engine=NETCDF_ENGINE) as ds:
+                self.say(self.open_dataset(ds.load(), Path(name).stem), "success")
+        except Exception as err:
+            self.say(f"Could not open {name} (expected a netCDF3 file from dsb run / dsb sweep): {err}")
+
+    def _clear(self) -> None:
+        self.viewer.clear_overlays()
+        self.sweep_area.objects, self.sweep_area.visible = [], False
+        self.say("")
+
+    # -- layout -------------------------------------------------------------------------------
+    def sidebar(self) -> list[Any]:
+        return [
+            pn.pane.Markdown("### New run"), self.experiment, self.dataset, self.model, self.steps,
+            self.seeds, self.probes, pn.Row(self.start_btn, self.stop_btn), self.message,
+            pn.layout.Divider(), self.run_select,
+            pn.layout.Divider(), pn.pane.Markdown("### Compare"), self.files,
+            pn.Row(self.open_btn, self.refresh_btn), self.upload, self.clear_btn,
+        ]
+
+    def main(self) -> list[Any]:
+        intro = pn.pane.Markdown(
+            "Loss on probe sets that keep only the low-order statistics of the training data "
+            "(order 1: class means; order 2: covariances; black: real data). Early in training the "
+            "network does as well on them as on real data; later it uses higher-order structure and "
+            "their loss rises (Belrose et al., ICML 2024). Dotted: loss floors; dashed: saved runs.",
+            sizing_mode="stretch_width")
+        return [intro, self.viewer, self.sweep_area]
+
+    def template(self) -> pn.template.FastListTemplate:
+        return pn.template.FastListTemplate(title=TITLE, sidebar=self.sidebar(), main=self.main(),
+                                            accent=ACCENT, sidebar_width=330, theme_toggle=False)
+
+
+def build_app(runs_dir: str | Path = "runs", registry: RunRegistry = REGISTRY) -> pn.template.FastListTemplate:
+    """One session's page (Panel calls this for every new browser tab)."""
+    return Dashboard(runs_dir, registry).template()
+
+
+def _status_handler() -> type:
+    from tornado.web import RequestHandler
+
+    class StatusHandler(RequestHandler):
+        def get(self) -> None:
+            self.set_header("Content-Type", "application/json")
+            self.write(json.dumps(status_payload()))
+
+    return StatusHandler
+
+
+def serve(port: int = 5006, address: str = "localhost", show: bool = False, start: bool = False,
+          runs_dir: str | Path = "runs", session_lifetime_ms: int = 3000) -> None:
+    """Serve the dashboard (blocking). ``start``: begin the default digits run before serving.
+
+    ``session_lifetime_ms``: how long after its last websocket closes a session (and its drain
+    callback) is destroyed; the run itself is never affected.
+    """
+    pn.config.inline = True
+    runs = Path(runs_dir)
+    if start:
+        cfg = resolve_config(RunConfig(experiment="images"))
+        run = REGISTRY.start(cfg, out=run_path(runs, cfg))
+        print(f"dsb serve: started {describe(run)} -> {run.out}", flush=True)
+    print(f"dsb serve: http://{address}:{port}/  (status: {STATUS_PATH})", flush=True)
+    pn.serve({"/": lambda: build_app(runs)}, port=port, address=address, show=show, title=TITLE,
+             websocket_origin=[f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"],
+             extra_patterns=[(STATUS_PATH, _status_handler())],
+             check_unused_sessions_milliseconds=min(1000, session_lifetime_ms),
+             unused_session_lifetime_milliseconds=session_lifetime_ms)
+
+
+if pn.state.served:  # `panel serve dsb_widgets/ui/app.py`
+    pn.config.inline = True
+    build_app().servable(title=TITLE)
