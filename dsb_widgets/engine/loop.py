@@ -125,6 +125,10 @@ class _Run:
         self.table = ResultsTable(names, orders, self.seed_values, attrs=attrs, floors=floors)
         self.step = 0
         self.elapsed = 0.0
+        # training-loss accumulators since the last checkpoint (saved with the state, so a resumed
+        # run reports the same batch-averaged train_loss as an uninterrupted one)
+        self.loss_sum = torch.zeros(cfg.seeds, dtype=torch.float64, device=self.device)
+        self.loss_n = 0
         if out is not None:
             self._prepare_files(resume)
 
@@ -165,6 +169,9 @@ class _Run:
         for g, s in zip(self.gens, state["gens"]):
             g.set_state(s)
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
+        if "loss_sum" in state:
+            self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
+            self.loss_n = int(state["loss_n"])
         saved = torch.load(self.probes_path, weights_only=True)
         for p in self.task.probes:  # evaluate on exactly the saved probe sets
             object.__setattr__(p, "x", saved[p.name]["x"])
@@ -172,13 +179,16 @@ class _Run:
             if p.target is not None:
                 object.__setattr__(p, "target", saved[p.name]["target"])
         self.table = ResultsTable.from_dataset(ds)
-        self.table.truncate(self.step - 1 if self.step in self.checkpoints else self.step)
+        # The state is saved after its step's checkpoint row was written, so that row is kept
+        # (re-evaluating it would lose its train_loss); later rows are recomputed identically.
+        self.table.truncate(self.step)
 
     def save_state(self) -> None:
         if self.out is None:
             return
         state = {"step": self.step, "elapsed": self.elapsed, "model": self.stack.state_dict(),
-                 "optim": self.opt.state_dict(), "gens": [g.get_state() for g in self.gens]}
+                 "optim": self.opt.state_dict(), "gens": [g.get_state() for g in self.gens],
+                 "loss_sum": self.loss_sum.detach().cpu(), "loss_n": self.loss_n}
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         torch.save(state, tmp)
         tmp.replace(self.state_path)
@@ -255,18 +265,16 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
     t_eval = t_train = 0.0
     t0 = time.perf_counter() - run.elapsed
     last_save, last_progress = time.perf_counter(), 0.0
-    loss_sum = torch.zeros(cfg.seeds, device=run.device)
-    loss_n = 0
     status = "finished"
     while True:
-        if run.step in ckpts:
+        if run.step in ckpts and not (table.steps and table.steps[-1] == run.step):  # (resumed: done)
             te = time.perf_counter()
             metrics = run.evaluate()
             t_eval += time.perf_counter() - te
             run.elapsed = time.perf_counter() - t0
-            tl = (loss_sum / loss_n).cpu().numpy() if loss_n else np.full(cfg.seeds, np.nan)
-            loss_sum.zero_()
-            loss_n = 0
+            tl = (run.loss_sum / run.loss_n).cpu().numpy() if run.loss_n else np.full(cfg.seeds, np.nan)
+            run.loss_sum.zero_()
+            run.loss_n = 0
             table.add(run.step, run.elapsed, metrics, tl)
             if run.out is not None:
                 write_atomic(table.to_dataset(), run.out)
@@ -286,8 +294,8 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
             run.save_state()
             break
         tt = time.perf_counter()
-        loss_sum += run.update()
-        loss_n += 1
+        run.loss_sum += run.update()
+        run.loss_n += 1
         t_train += time.perf_counter() - tt
         if bar is not None:
             bar.update(1)
