@@ -78,7 +78,7 @@ class RunViewer(pn.viewable.Viewer):
         self.loss_pane = pn.pane.Bokeh(placeholder("no run yet"), sizing_mode="stretch_width")
         self.acc_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width")
         self.progress = pn.indicators.Progress(value=0, max=1, bar_color="primary", width=260,
-                                               name="progress", margin=(12, 10))
+                                               margin=(12, 10))
         self.progress_text = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10))
         self.alert = pn.pane.Alert("", alert_type="secondary", visible=False, sizing_mode="stretch_width")
         self.layout = pn.Column(self.alert, pn.Row(self.progress, self.progress_text, sizing_mode="stretch_width"),
@@ -157,7 +157,7 @@ class RunViewer(pn.viewable.Viewer):
                            title=f"- {c.experiment}/{c.dataset}/{c.model}")
         for probe, cols in (first or {}).items():
             if probe in plots.sources:
-                plots.sources[probe].data = dict(cols)
+                plots.sources[probe].data = {c: v[-self.rollover:] for c, v in cols.items()}
         for ds, label in self._overlays:
             add_saved_overlay(plots, ds, label, self.band)
         self._set_figures(plots)

@@ -1,0 +1,232 @@
+"""Dashboard logic without a browser: seed aggregation, draining into Bokeh sources, sweep facets,
+form validation messages and session bookkeeping."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pn = pytest.importorskip("panel")
+
+from bokeh.models import Span  # noqa: E402
+
+from dsb_widgets.engine.task import RunConfig  # noqa: E402
+from dsb_widgets.runs import RowStore, RunHandle, RunRegistry  # noqa: E402
+from dsb_widgets.ui import sessions  # noqa: E402
+from dsb_widgets.ui.plots import make_plots  # noqa: E402
+from dsb_widgets.ui.stream import SeedAggregator, format_eta, order_color, probe_styles, summarize_saved  # noqa: E402
+from dsb_widgets.ui.sweep_view import SweepView, extra_dims, facet_cells, facet_curves  # noqa: E402
+from dsb_widgets.ui.viewer import RunViewer  # noqa: E402
+
+PROBES = ["real", "maxent1", "maxent2"]
+ORDERS = [math.inf, 1.0, 2.0]
+
+
+def rows(step: int, seed: int, base: float = 2.0) -> list[dict]:
+    """One checkpoint's rows for one seed (engine layout: one row per probe and seed)."""
+    return [{"step": step, "wall_time": 0.1 * step, "probe": p, "order": o, "seed": seed,
+             "loss": base + i + 0.1 * seed, "accuracy": 0.1 * i + 0.01 * seed,
+             "target_loss": math.nan, "target_accuracy": math.nan if p != "maxent2" else 0.5}
+            for i, (p, o) in enumerate(zip(PROBES, ORDERS))]
+
+
+def fake_run(seeds: list[int], floors: list[float] | None = None) -> RunHandle:
+    """A RunHandle whose store we feed by hand (its thread is never started)."""
+    store = RowStore()
+    store.meta = {"probes": PROBES, "orders": ORDERS, "floors": floors or [math.nan] * 3, "seeds": seeds}
+    store.status, store.total = "running", 100
+    cfg = RunConfig(experiment="images", dataset="digits", model="mlp", steps=100, seeds=len(seeds))
+    return RunHandle("runX", cfg, None, store, threading.Event(), threading.Thread(target=lambda: None))
+
+
+def feed(run: RunHandle, new: list[dict]) -> None:
+    with run.store._lock:
+        run.store._rows.extend(new)
+
+
+# -- aggregation ----------------------------------------------------------------------------
+def test_partial_steps_are_held_until_every_seed_arrived() -> None:
+    agg = SeedAggregator(PROBES, seeds=[0, 1, 2])
+    assert agg.add(rows(0, 0) + rows(0, 1)) == {}
+    assert agg.pending == 3
+    out = agg.add(rows(0, 2))
+    assert set(out) == set(PROBES) and agg.pending == 0
+    loss = [2.0, 2.1, 2.2]
+    np.testing.assert_allclose(out["real"]["loss"], [np.mean(loss)])
+    np.testing.assert_allclose(out["real"]["loss_lo"], [2.0])
+    np.testing.assert_allclose(out["real"]["loss_hi"], [2.2])
+    np.testing.assert_allclose(out["real"]["x"], [1.0])  # step 0 at x = 1 on the log axis
+    assert agg.has_target == {"real": False, "maxent1": False, "maxent2": True}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=6), st.sampled_from(["minmax", "std"]))
+def test_band_matches_numpy(values: list[float], band: str) -> None:
+    agg = SeedAggregator(["real"], seeds=list(range(len(values))), band=band)
+    out = agg.add([{"step": 3, "probe": "real", "seed": s, "loss": v, "accuracy": 0.0}
+                   for s, v in enumerate(values)])["real"]
+    v = np.asarray(values)
+    lo, hi = (v.min(), v.max()) if band == "minmax" else (v.mean() - v.std(), v.mean() + v.std())
+    np.testing.assert_allclose([out["loss"][0], out["loss_lo"][0], out["loss_hi"][0]], [v.mean(), lo, hi],
+                               atol=1e-9)
+
+
+def test_rows_arriving_out_of_order_are_emitted_once_in_step_order() -> None:
+    agg = SeedAggregator(PROBES, seeds=[0, 1])
+    out = agg.add(rows(4, 1) + rows(2, 0) + rows(2, 1) + rows(4, 0))
+    np.testing.assert_array_equal(out["real"]["step"], [2, 4])
+    assert agg.emitted["real"] == 2 and agg.add([]) == {}
+
+
+def test_summarize_saved_and_eta() -> None:
+    arr = np.array([[1.0, 3.0], [np.nan, np.nan], [2.0, np.nan]])  # (T=3, S=2)
+    m, lo, hi = summarize_saved(arr)
+    np.testing.assert_allclose(m, [2.0, np.nan, 2.0])
+    np.testing.assert_allclose(lo, [1.0, np.nan, 2.0])
+    assert format_eta(None) == "ETA --" and format_eta(5) == "ETA 5 s" and format_eta(125) == "ETA 2 min 05 s"
+    with pytest.raises(ValueError, match="step, seed"):
+        summarize_saved(np.zeros(3))
+
+
+def test_order_colours_are_fixed_and_distinct() -> None:
+    cols = [order_color(o) for o in (1, 2, 3, 9, 33, math.inf)]
+    assert len(set(cols)) == len(cols) and cols[-1] == "#000000"
+    styles = probe_styles(["a", "b", "c"], [2.0, 2.0, 1.0])
+    assert styles["a"].color == styles["b"].color and styles["a"].marker != styles["b"].marker
+
+
+def test_floor_lines_only_where_finite() -> None:
+    plots = make_plots(PROBES, ORDERS, [math.nan, 1.5, math.inf], {})
+    spans = plots.loss.select({"type": Span})
+    assert [s.location for s in spans] == [1.5]
+
+
+# -- draining into Bokeh sources (no server) ----------------------------------------------------
+def test_drain_streams_only_complete_new_steps() -> None:
+    run = fake_run([0, 1])
+    v = RunViewer(run, poll=False)
+    assert v.drain() == 0 and v.plots is None
+    feed(run, rows(0, 0))
+    v.drain()
+    assert v.plots is None and v.points == 0  # seed 1 of step 0 still missing
+    feed(run, rows(0, 1) + rows(1, 0) + rows(1, 1))
+    v.drain()
+    fig = v.plots.loss
+    assert v.points == 2 * len(PROBES)
+    np.testing.assert_allclose(v.plots.sources["maxent1"].data["loss"], [3.05, 3.05])
+    feed(run, rows(2, 0) + rows(2, 1))
+    assert v.drain() == 6 and v.drain() == 0
+    assert v.plots.loss is fig  # streamed into the same figure, not rebuilt
+    assert list(v.plots.sources["real"].data["step"]) == [0, 1, 2]
+
+
+def test_two_viewers_have_independent_cursors_and_rollover() -> None:
+    run = fake_run([0])
+    a, b = RunViewer(run, poll=False), RunViewer(run, poll=False, rollover=2)
+    for step in range(4):
+        feed(run, rows(step, 0))
+        a.drain()
+    b.drain()
+    assert len(a.plots.sources["real"].data["x"]) == 4
+    assert list(b.plots.sources["real"].data["step"]) == [2, 3]  # rollover keeps the newest
+
+
+def test_failed_run_shows_one_line_message() -> None:
+    run = fake_run([0])
+    run.store.status, run.store.error = "failed", "DataNotFoundError: no mnist under /x; set DSB_DATA_DIR\nTraceback..."
+    v = RunViewer(run, poll=False)
+    v.drain()
+    assert v.alert.alert_type == "danger" and "DSB_DATA_DIR" in v.alert.object
+    assert "Traceback" not in v.alert.object
+
+
+def test_overlay_of_saved_run(tmp_path: Path) -> None:
+    ds = synthetic_sweep(extra={})
+    v = RunViewer(fake_run([0, 1]), poll=False)
+    assert v.add_overlay(ds, "saved") == 3
+    names = [r.name for r in v.loss_pane.object.renderers if r.name]
+    assert any(n.startswith("saved: ") for n in names)
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+def synthetic_sweep(extra: dict[str, list]) -> xr.Dataset:
+    """(step, probe, seed, *extra) with loss = 1 + probe index + seed + 10 * (index on each extra dim)."""
+    steps, seeds = np.array([0, 1, 3, 7]), np.array([0, 1, 2])
+    shape = (len(steps), len(PROBES), len(seeds), *[len(v) for v in extra.values()])
+    grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    loss = 1.0 + grids[1] + grids[2] + sum(10.0 * g for g in grids[3:])
+    dims = ("step", "probe", "seed", *extra)
+    data = {m: (dims, loss if m == "loss" else loss / 100) for m in ("loss", "accuracy", "target_accuracy")}
+    coords = {"step": steps, "probe": PROBES, "seed": seeds, "probe_order": ("probe", ORDERS),
+              "floor": ("probe", [math.nan, 0.5, math.nan]), **extra}
+    return xr.Dataset(data, coords=coords)
+
+
+def test_sweep_facets_mean_and_spread_over_seed() -> None:
+    ds = synthetic_sweep({"model": ["mlp", "cnn"], "lr": [0.001, 0.01]})
+    assert extra_dims(ds) == ("model", "lr")
+    cells = facet_cells(ds)
+    assert len(cells) == 4 and cells[1].title == "model=mlp, lr=0.01"
+    curves = {c.probe: c for c in facet_curves(cells[3].data, band="std")}  # model=cnn, lr=0.01
+    seed_vals = 1.0 + 1 + np.array([0, 1, 2]) + 10 + 10  # probe maxent1
+    np.testing.assert_allclose(curves["maxent1"].mean, np.full(4, seed_vals.mean()))
+    np.testing.assert_allclose(curves["maxent1"].hi - curves["maxent1"].mean, np.full(4, seed_vals.std()))
+    np.testing.assert_allclose(curves["maxent1"].x, [1, 2, 4, 8])
+    assert curves["maxent1"].floor == 0.5 and math.isnan(curves["real"].floor)
+    only = facet_cells(ds, {"model": "cnn", "lr": "all"})
+    assert [c.coords for c in only] == [{"model": "cnn", "lr": 0.001}, {"model": "cnn", "lr": 0.01}]
+    with pytest.raises(ValueError, match="choose one of"):
+        facet_cells(ds, {"model": "resnet"})
+
+
+def test_sweep_cells_without_data_are_dropped_and_view_draws_one_figure_per_cell() -> None:
+    ds = synthetic_sweep({"dataset": ["digits", "mnist", "svhn"]})
+    ds["loss"][dict(dataset=2)] = np.nan  # a failed run
+    assert [c.coords["dataset"] for c in facet_cells(ds)] == ["digits", "mnist"]
+    view = SweepView(ds, "test")
+    assert len(view.grid.objects) == 2
+    view.selectors["dataset"].value = "mnist"
+    assert len(view.grid.objects) == 1
+    fig = view.grid.objects[0].object
+    assert fig.title.text == "dataset=mnist" and len(fig.select({"type": Span})) == 1
+
+
+def test_plain_run_is_not_a_sweep() -> None:
+    ds = synthetic_sweep({})
+    assert extra_dims(ds) == () and len(facet_cells(ds)) == 1
+    with pytest.raises(ValueError, match="lacks dims"):
+        extra_dims(ds.isel(seed=0))
+
+
+# -- the form and sessions -------------------------------------------------------------------------
+def test_bad_form_input_becomes_a_message_not_a_run(tmp_path: Path) -> None:
+    from dsb_widgets.ui.app import Dashboard
+
+    reg = RunRegistry()
+    d = Dashboard(tmp_path, registry=reg)
+    d.viewer.stop_polling()
+    for field, value, text in [("steps", 0, "steps must be >= 1"), ("dataset", "nosuch", "unknown image dataset"),
+                               ("seeds", None, "seeds is empty")]:
+        d._fill_from_experiment()
+        getattr(d, field).value = value
+        assert d.start() is None
+        assert d.message.visible and d.message.alert_type == "danger" and text in d.message.object
+        assert "Traceback" not in d.message.object
+    assert reg.runs() == []
+
+
+def test_sessions_register_and_release_idempotently() -> None:
+    before = sessions.live_count()
+    vid = sessions.register("test")
+    assert sessions.live_count() == before + 1
+    assert sessions.release(vid) and not sessions.release(vid)
+    assert sessions.live_count() == before
+    snap = sessions.snapshot()
+    assert snap["rss_bytes"] > 0 and snap["stopped"] >= 1
