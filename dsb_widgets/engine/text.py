@@ -1,0 +1,212 @@
+"""The text experiment: language models probed with n-gram sequences (Belrose et al., ICML 2024, Sec. 5).
+
+A language model trained on real text is evaluated at log-spaced checkpoints on fixed probe
+sets, all built once from the TRAIN split's statistics and ``cfg.seed``:
+
+========= ===== ===================================================================================
+probe     order what it keeps
+========= ===== ===================================================================================
+real      inf   held-out test windows (everything)
+unigram   1     i.i.d. tokens from the train unigram frequencies (the max-ent chain of 1st moments)
+bigram    2     Markov chain p(b | a) of train bigram counts (max-ent given the 2nd moments)
+trigram   3     second-order chain p(c | a, b), back-off to bigram/unigram for unseen contexts
+shuffled  1     real test windows with their tokens permuted within each window: a bag of tokens
+========= ===== ===================================================================================
+
+``shuffled`` keeps each window's token multiset (topic, per-document word frequencies) but no
+positional interaction at all: every position's marginal given the bag is the bag's empirical
+unigram, so it is order 1 in the positional sense (like ``unigram``, whose bag is the corpus).
+It is off unless asked for (``--probes real unigram bigram trigram shuffled``).
+
+The dotted floors are exact: for a causal LM scoring positions 1..T of a length-(T+1) sample,
+floor = mean_t H(x_t | x_<t) from :func:`dsb_widgets.ngrams.loss_floor` (nats/token). For the
+masked LM (``--model bert``: 15% of positions selected, BERT's 80/10/10 replacement, labels
+-100 elsewhere) the optimum depends on the corruption pattern and is left NaN.
+
+Sizes (options: ``tokenizer``, ``vocab_size``, ``context``, ``n_layer``, ``n_head``,
+``d_model``, ``max_train_chars``, ``mask_prob``): the defaults run on 2 CPU cores in minutes.
+Without a local copy (``--data-dir`` / ``$DSB_DATA_DIR``) a named corpus is downloaded from the
+hub; offline that fails with one line naming both fixes (there is no text that is always
+available, unlike sklearn's digits for the image experiment, and a silent stand-in corpus
+would make results that look like TinyStories but are not).
+
+Measured on 2 shared CPU cores: see the README section "dsb run text" and the class docstrings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from dsb_widgets.data.text import CORPORA, TokenizedCorpus, tokenize_corpus
+from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment
+from dsb_widgets.ngrams import NGramStats, count_ngrams, entropy_rate, loss_floor, sample_sequences
+
+TEXT_PROBES = ("real", "unigram", "bigram", "trigram", "shuffled")
+DEFAULT_PROBES = ("real", "unigram", "bigram", "trigram")
+TEXT_MODELS = ("gpt", "bert")
+TOKENIZERS = ("gpt2", "char")
+PROBE_ORDER = {"real": math.inf, "unigram": 1.0, "bigram": 2.0, "trigram": 3.0, "shuffled": 1.0}
+NGRAM_ORDER = {"unigram": 1, "bigram": 2, "trigram": 3}
+DEFAULT_OPTIONS: dict[str, Any] = {"tokenizer": "gpt2", "vocab_size": 1000, "context": 64, "n_layer": 2,
+                                   "n_head": 4, "d_model": 128, "mask_prob": 0.15, "max_train_chars": None}
+
+
+@dataclass(frozen=True)
+class TextSetup:
+    """Tokenised corpus and its train n-gram statistics; ``window`` = tokens drawn per example."""
+
+    corpus: TokenizedCorpus
+    stats: dict[int, NGramStats]  # order k -> counts of orders 1..k on the train tokens
+    context: int  # T: model input length
+    mlm: bool
+
+    @property
+    def window(self) -> int:
+        """Causal LM: T + 1 tokens (inputs 0..T-1, targets 1..T); masked LM: T tokens."""
+        return self.context if self.mlm else self.context + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.corpus.vocab_size
+
+
+def load_text(cfg: RunConfig) -> TokenizedCorpus:
+    """The run's tokenised corpus (cached on disk by :func:`tokenize_corpus`)."""
+    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
+    vocab = None if o["vocab_size"] in (None, 0, "none", "None") else int(o["vocab_size"])
+    max_chars = None if o["max_train_chars"] in (None, 0) else int(o["max_train_chars"])
+    return tokenize_corpus(str(cfg.dataset), tokenizer=str(o["tokenizer"]), vocab_size=vocab,
+                           data_dir=cfg.data_dir, max_train_chars=max_chars)
+
+
+def setup_text(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> TextSetup:
+    corpus = corpus if corpus is not None else load_text(cfg)
+    context = int({**DEFAULT_OPTIONS, **dict(cfg.options)}["context"])
+    mlm = cfg.model == "bert"
+    window = context if mlm else context + 1
+    for split in ("train", "test"):
+        n = getattr(corpus, split).size
+        if n < window:
+            raise ConfigError(f"the {split} split of {corpus.name!r} has {n} tokens, fewer than a window of "
+                              f"{window}; pass a smaller --context or a larger corpus")
+    stats = {k: count_ngrams(corpus.train, corpus.vocab_size, order=k) for k in (1, 2, 3)}
+    return TextSetup(corpus, stats, context, mlm)
+
+
+def windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> torch.Tensor:
+    """(N, length) int64 windows tokens[s : s + length] for each start s."""
+    idx = starts[:, None] + np.arange(length)[None, :]  # (N, length)
+    return torch.from_numpy(tokens[idx].astype(np.int64))
+
+
+def _split_xy(w: torch.Tensor, setup: TextSetup, gen: torch.Generator,
+              mask_prob: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Windows (N, L) -> model input x (N, T) and labels y (N, T), -100 where not scored."""
+    if not setup.mlm:
+        return w[:, :-1].contiguous(), w[:, 1:].contiguous()  # predict token t+1 from tokens <= t
+    from dsb_widgets.models.bert import mask_tokens
+
+    return mask_tokens(w, gen, mask_id=setup.vocab_size, p=mask_prob)
+
+
+def build_text_probes(setup: TextSetup, names: tuple[str, ...], n: int, seed: int,
+                      mask_prob: float = 0.15) -> list[Probe]:
+    """The probe sets ``names`` with ``n`` windows each, a deterministic function of ``seed``."""
+    L, c = setup.window, setup.corpus
+    probes: list[Probe] = []
+    for name in names:
+        rng = np.random.default_rng([seed, TEXT_PROBES.index(name)])
+        gen = torch.Generator().manual_seed(seed * 7919 + TEXT_PROBES.index(name))
+        floor = math.nan
+        if name in ("real", "shuffled"):  # the same test windows for both: a paired comparison
+            starts = np.random.default_rng([seed, 0]).integers(0, c.test.size - L + 1, size=n)
+            w = windows(c.test, starts, L)  # (n, L)
+            if name == "shuffled":
+                perm = rng.permuted(np.tile(np.arange(L), (n, 1)), axis=1)  # (n, L) one permutation per row
+                w = torch.gather(w, 1, torch.from_numpy(perm))
+            desc = "held-out test windows" + (", tokens permuted within each window" if name == "shuffled" else "")
+        else:
+            stats = setup.stats[NGRAM_ORDER[name]]
+            w = torch.from_numpy(sample_sequences(stats, n, L, seed=rng))  # (n, L) int64
+            if not setup.mlm:
+                floor = float(loss_floor(stats, L)[1:].mean())  # positions 1..T are scored
+            desc = f"sequences from the train {name} max-ent chain (entropy rate {entropy_rate(stats):.3f} nats/token)"
+        x, y = _split_xy(w, setup, gen, mask_prob)
+        probes.append(Probe(name, PROBE_ORDER[name], x, y, floor=floor, description=desc))
+    return probes
+
+
+def make_text_model(cfg: RunConfig, vocab_size: int) -> Callable[[int], nn.Module]:
+    """Factory seed -> fresh model of the run's architecture (``cfg.model``: gpt or bert)."""
+    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
+    dims = {k: int(o[k]) for k in ("n_layer", "n_head", "d_model")}
+    if cfg.model == "bert":
+        from dsb_widgets.models.bert import Bert, BertConfig
+
+        bcfg = BertConfig(vocab_size, int(o["context"]), **dims)
+        return lambda seed: Bert(bcfg)
+    from dsb_widgets.models.gpt import GPT, GPTConfig
+
+    gcfg = GPTConfig(vocab_size, int(o["context"]), **dims)
+    return lambda seed: GPT(gcfg)
+
+
+def build_text_task(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> Task:
+    """Tokenise the corpus, count n-grams, build the probes; return the task for the engine."""
+    setup = setup_text(cfg, corpus)
+    mask_prob = float({**DEFAULT_OPTIONS, **dict(cfg.options)}["mask_prob"])
+    probes = build_text_probes(setup, tuple(cfg.probes or DEFAULT_PROBES), int(cfg.probe_size), cfg.seed, mask_prob)
+    train = setup.corpus.train
+    L, hi = setup.window, setup.corpus.train.size - setup.window + 1
+
+    def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(hi, (bs,), generator=gen).numpy()
+        return _split_xy(windows(train, starts, L), setup, gen, mask_prob)  # (B, T), (B, T)
+
+    c = setup.corpus
+    info = {"units": "nats/token", "bytes_per_token": c.bytes_per_token, "corpus": c.name, "source": c.source,
+            "tokenizer": c.tokenizer, "vocab_size": c.vocab_size, "context": setup.context,
+            "train_tokens": int(c.train.size), "test_tokens": int(c.test.size),
+            "objective": "masked LM" if setup.mlm else "causal LM"}
+    return Task(make_model=make_text_model(cfg, c.vocab_size), sample_batch=sample_batch, probes=probes, info=info)
+
+
+def _validate(cfg: RunConfig) -> None:
+    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
+    name = str(cfg.dataset)
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in CORPORA and not Path(name).expanduser().exists():
+        raise ConfigError(f"unknown corpus {name!r}; pass --corpus one of {', '.join(CORPORA)} or a path to a "
+                          "UTF-8 text file or folder")
+    if o["tokenizer"] not in TOKENIZERS:
+        raise ConfigError(f"unknown tokenizer {o['tokenizer']!r}; pass --tokenizer one of: {', '.join(TOKENIZERS)}")
+    if o["vocab_size"] not in (None, 0, "none", "None") and int(o["vocab_size"]) < 2:
+        raise ConfigError(f"vocab size must be >= 2 (got {o['vocab_size']}); pass e.g. --vocab-size 1000")
+    if int(o["context"]) < 2:
+        raise ConfigError(f"context must be >= 2 tokens (got {o['context']}); pass e.g. --context 64")
+    if int(o["d_model"]) % int(o["n_head"]):
+        raise ConfigError(f"d_model={o['d_model']} is not divisible by n_head={o['n_head']}; "
+                          "pass -o n_head=... that divides it")
+    if not 0.0 < float(o["mask_prob"]) <= 1.0:
+        raise ConfigError(f"mask_prob must lie in (0, 1] (got {o['mask_prob']}); pass -o mask_prob=0.15")
+
+
+register_experiment(Experiment(
+    name="text",
+    build=build_text_task,
+    defaults={"dataset": "tinystories", "model": "gpt", "steps": 1024, "batch_size": 32, "optimizer": "adamw",
+              "lr": 1e-3, "weight_decay": 0.05, "warmup": 32, "per_octave": 2, "probe_size": 256,
+              "probes": DEFAULT_PROBES, "options": DEFAULT_OPTIONS},
+    models=TEXT_MODELS,
+    probes=TEXT_PROBES,
+    datasets=CORPORA,
+    description="language models probed with unigram / bigram / trigram sequences from train statistics",
+    validate=_validate,
+))
