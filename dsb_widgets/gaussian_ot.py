@@ -15,33 +15,57 @@ lambda_max * d * eps(dtype) are dropped, the rule of ``torch.linalg.pinv`` and o
 ``concept_erasure.optimal_transport.ot_map``. Then A S_p A = P S_q P with P the projector on
 range(S_p): directions the source never varies along cannot be transported.
 
-Measured on this 2-core CPU, torch 2.13, 1 thread, float64 (issue "Spine" report): all K x K = 100
-maps for Fashion-MNIST (d = 784) take ~25 s after the covariances; for CIFAR-10 (d = 3072) one
-row of 10 maps takes ~4 min, so the full 100 maps ~40 min on CPU (use a GPU: ``device="cuda"``).
-Agreement with concept-erasure's ``ot_map`` on random SPD matrices in float64: max abs
-difference ~1e-13 (tested to 1e-5).
+Factored, lazy maps. With S_p = U diag(lam) U^T, s = sqrt(lam), r = 1/s on kept eigenvalues
+(0 on dropped ones), the formula above is exactly
+
+    A = U diag(r) B^{1/2} diag(r) U^T,   B = diag(s) (U^T S_q U) diag(s),
+
+so ``GaussianOT`` needs one eigh per *source class* (cached) and one eigh of B per *pair*;
+writing B = V diag(lam_B) V^T, it keeps A = W diag(h) W^T with W = U diag(r) V and
+h = sqrt(lam_B): one d x d matrix per pair, applied to images as (x - mu_p) W diag(h) W^T
+without ever forming A. Pair factors live in an LRU cache bounded in bytes (``cache_bytes``),
+so memory no longer grows as K^2 d^2 (all 90 CIFAR-10 maps in float32 were 3.4 GB).
+
+Cost, measured on this 2-core CPU (torch 2.13, 1 thread, float64, machine shared with other
+jobs; ``benchmarks/bench_spine.py``): per pair, two d x d matmuls and one eigh. For d = 3072
+(CIFAR-10) one eigh takes ~20 s and one matmul ~3.5 s, so a pair costs ~25-30 s and a 1000-image
+probe with a random other class per image (all 90 pairs) ~45 min on CPU; the peak memory of the
+maps is the covariances (K d^2 * 8 = 755 MB) plus ``cache_bytes`` plus ~4 d^2 * 8 bytes of
+workspace. For d = 784 (Fashion-MNIST) all 90 pairs take tens of seconds. On a GPU use
+``device="cuda"``. Agreement with concept-erasure's ``ot_map`` on random SPD matrices in
+float64: max abs difference ~1e-13 (tested to 1e-5).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .stats import ClassStats, Shrinkage
 
+MAPS_LIMIT_BYTES = 2**30
+"""``GaussianOT.maps`` refuses to materialise all K x K maps above this size (1 GiB)."""
 
-def psd_sqrt_rsqrt(cov: Tensor) -> tuple[Tensor, Tensor]:
-    """PSD square root and pseudo-inverse square root of symmetric PSD matrices (..., d, d)."""
+
+def _eig_cut(cov: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """eigh of symmetric PSD (..., d, d) -> (U, sqrt(lam), pinv sqrt(lam)) with the pinv cut-off."""
     cov = (cov + cov.mT) / 2
     evals, evecs = torch.linalg.eigh(cov)  # (..., d), (..., d, d)
     evals = evals.clamp_min(0.0)
     thresh = evals[..., -1:] * cov.shape[-1] * torch.finfo(cov.dtype).eps  # (..., 1)
-    keep = evals > thresh
-    inv_sqrt = torch.where(keep, evals.clamp_min(torch.finfo(cov.dtype).tiny).rsqrt(), 0.0)
-    sqrt = (evecs * evals.sqrt()[..., None, :]) @ evecs.mT
-    rsqrt = (evecs * inv_sqrt[..., None, :]) @ evecs.mT
+    inv_sqrt = torch.where(evals > thresh, evals.clamp_min(torch.finfo(cov.dtype).tiny).rsqrt(), 0.0)
+    return evecs, evals.sqrt(), inv_sqrt
+
+
+def psd_sqrt_rsqrt(cov: Tensor) -> tuple[Tensor, Tensor]:
+    """PSD square root and pseudo-inverse square root of symmetric PSD matrices (..., d, d)."""
+    evecs, sqrt_ev, rsqrt_ev = _eig_cut(cov)
+    sqrt = (evecs * sqrt_ev[..., None, :]) @ evecs.mT
+    rsqrt = (evecs * rsqrt_ev[..., None, :]) @ evecs.mT
     return sqrt, rsqrt
 
 
@@ -70,6 +94,19 @@ def ot_matrix(cov_p: Tensor, cov_q: Tensor) -> Tensor:
     return _ot_from_roots(sqrt_p, rsqrt_p, cov_q)
 
 
+def ot_factor(evecs_p: Tensor, sqrt_p: Tensor, rsqrt_p: Tensor, cov_q: Tensor) -> tuple[Tensor, Tensor]:
+    """Pair factor (W, h) with A_pq = W diag(h) W^T, from S_p's eigh (``_eig_cut``) and S_q.
+
+    evecs_p (d, d), sqrt_p / rsqrt_p (d,); cov_q (..., d, d) batched over targets.
+    Returns W (..., d, d) and h (..., d). Cost: 2 matmuls + 1 eigh + 1 matmul per target.
+    """
+    g = evecs_p.mT @ cov_q @ evecs_p  # (..., d, d) = U^T S_q U
+    b = sqrt_p[:, None] * g * sqrt_p[None, :]  # diag(s) G diag(s)
+    lam, v = torch.linalg.eigh((b + b.mT) / 2)
+    w = (evecs_p * rsqrt_p[None, :]) @ v  # U diag(r) V
+    return w, lam.clamp_min(0.0).sqrt()
+
+
 def _labels(v: Tensor | int, n: int, k: int, device: torch.device, name: str) -> Tensor:
     t = torch.as_tensor(v, device=device).long().expand(n) if not isinstance(v, Tensor) or v.ndim == 0 else v
     if t.shape != (n,):
@@ -79,18 +116,70 @@ def _labels(v: Tensor | int, n: int, k: int, device: torch.device, name: str) ->
     return t.to(device).long()
 
 
+class _ByteLRU:
+    """Least-recently-used cache of tensor tuples, bounded by total bytes (thread-safe)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple[int, ...], tuple[Tensor, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def nbytes(value: tuple[Tensor, ...]) -> int:
+        return sum(t.numel() * t.element_size() for t in value)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.nbytes(v) for v in self._items.values())
+
+    def get(self, key: tuple[int, ...]) -> tuple[Tensor, ...] | None:
+        with self._lock:
+            val = self._items.get(key)
+            if val is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return val
+
+    def put(self, key: tuple[int, ...], value: tuple[Tensor, ...]) -> None:
+        if self.nbytes(value) > self.max_bytes:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while self.bytes > self.max_bytes:
+                self._items.popitem(last=False)
+
+    def keys(self) -> list[tuple[int, ...]]:
+        return list(self._items)
+
+
 @dataclass(frozen=True)
 class GaussianOT:
-    """All K x K class-to-class Gaussian OT maps, fitted from ``ClassStats``.
+    """Class-to-class Gaussian OT maps from class means (K, d) and covariances (K, d, d).
 
-    maps: (K, K, d, d), ``maps[p, q]`` = A from class p to class q (stored in ``dtype``,
-    computed in float64); mean: (K, d); image_shape: shape of one image (for un-flattening).
-    Memory is K^2 d^2 * 4 bytes in float32: 240 MB for Fashion-MNIST, 3.8 GB for CIFAR-10.
+    Maps are computed lazily per (source, target) pair and kept in a byte-bounded LRU cache
+    (see the module docstring for the factorisation); ``transport`` only builds the pairs its
+    batch needs. mean, cov: float64 on the working device; image_shape: one image's shape;
+    dtype: dtype of the matrices ``map``/``maps`` return (transport computes in float64 and
+    returns x's dtype); cache_bytes: bound on cached factors (class eighs and pair factors).
     """
 
-    maps: Tensor
-    mean: Tensor
+    mean: Tensor  # (K, d) float64
+    cov: Tensor  # (K, d, d) float64
     image_shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    cache_bytes: int = 512 * 2**20
+    _cache: _ByteLRU = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        k, d = self.mean.shape
+        if self.cov.shape != (k, d, d):
+            raise ValueError(f"cov must be (K, d, d) = {(k, d, d)} to match mean, got {tuple(self.cov.shape)}")
+        object.__setattr__(self, "_cache", _ByteLRU(self.cache_bytes))
 
     @classmethod
     def fit(
@@ -100,23 +189,96 @@ class GaussianOT:
         shrinkage: Shrinkage = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        cache_bytes: int = 512 * 2**20,
     ) -> GaussianOT:
-        """One batched eigh of the K source covariances, then one batched eigh (over the K
-        targets) per source for the inner square roots. ``shrinkage`` as in ``ClassStats.covariance``."""
+        """Keep the class moments; no eigendecomposition happens until a map is needed.
+        ``shrinkage`` as in ``ClassStats.covariance``."""
         dev = torch.device(device) if device is not None else stats.device
-        cov = stats.covariance(shrinkage).to(dev)  # (K, d, d) float64
-        k, d = cov.shape[0], cov.shape[-1]
-        sqrt, rsqrt = psd_sqrt_rsqrt(cov)  # (K, d, d) each
-        maps = torch.empty(k, k, d, d, dtype=dtype, device=dev)
-        for p in range(k):  # loop over source classes only; targets are batched
-            maps[p] = _ot_from_roots(sqrt[p], rsqrt[p], cov).to(dtype)
-        shape = stats.image_shape or (d,)
-        return cls(maps=maps, mean=stats.mean.to(dev, dtype), image_shape=tuple(shape))
+        cov = stats.covariance(shrinkage).to(dev, torch.float64)  # (K, d, d)
+        shape = tuple(stats.image_shape or (cov.shape[-1],))
+        return cls(stats.mean.to(dev, torch.float64), cov, shape, dtype, cache_bytes)
+
+    @classmethod
+    def from_moments(
+        cls, mean: Tensor, cov: Tensor, image_shape: tuple[int, ...] | None = None, **kwargs: object
+    ) -> GaussianOT:
+        """From explicit class means (K, d) and covariances (K, d, d) (e.g. population moments)."""
+        shape = tuple(image_shape) if image_shape is not None else (int(mean.shape[-1]),)
+        return cls(mean.to(torch.float64), cov.to(mean.device, torch.float64), shape, **kwargs)  # type: ignore[arg-type]
 
     @property
     def num_classes(self) -> int:
-        return int(self.maps.shape[0])
+        return int(self.mean.shape[0])
 
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[1])
+
+    @property
+    def cache_info(self) -> dict[str, int]:
+        """hits, misses, entries and bytes of the factor cache."""
+        c = self._cache
+        return {"hits": c.hits, "misses": c.misses, "entries": len(c.keys()), "bytes": c.bytes}
+
+    # --- factors ---------------------------------------------------------------------------------
+    def _class_factor(self, p: int) -> tuple[Tensor, ...]:
+        key = (-1, p)
+        val = self._cache.get(key)
+        if val is None:
+            val = _eig_cut(self.cov[p])
+            self._cache.put(key, val)
+        return val
+
+    def pair_factors(self, source: int, targets: list[int]) -> list[tuple[Tensor, Tensor]]:
+        """(W, h) with A = W diag(h) W^T for source -> each target; batched over the missing
+        targets in chunks that keep the workspace within ``cache_bytes``."""
+        out: dict[int, tuple[Tensor, Tensor]] = {}
+        missing = []
+        for q in targets:
+            val = self._cache.get((source, q))
+            if val is None:
+                missing.append(q)
+            else:
+                out[q] = (val[0], val[1])
+        if missing:
+            evecs, sqrt_ev, rsqrt_ev = self._class_factor(source)
+            per = 4 * self.dim**2 * 8  # workspace bytes per target (G, B, V, W)
+            chunk = max(1, min(len(missing), self.cache_bytes // per))
+            for i in range(0, len(missing), chunk):
+                qs = missing[i : i + chunk]
+                ws, hs = ot_factor(evecs, sqrt_ev, rsqrt_ev, self.cov[qs])
+                for j, q in enumerate(qs):
+                    out[q] = (ws[j].clone() if len(qs) > 1 else ws[j], hs[j])
+                    self._cache.put((source, q), out[q])
+        return [out[q] for q in targets]
+
+    def map(self, source: int, target: int) -> Tensor:
+        """A from class ``source`` to class ``target``: (d, d) symmetric PSD in ``dtype``."""
+        k = self.num_classes
+        if not (0 <= source < k and 0 <= target < k):
+            raise ValueError(f"source and target must lie in 0..{k - 1}, got {source}, {target}")
+        (w, h), = self.pair_factors(int(source), [int(target)])
+        a = (w * h[None, :]) @ w.mT
+        return ((a + a.mT) / 2).to(self.dtype)
+
+    @property
+    def maps(self) -> Tensor:
+        """All maps (K, K, d, d) in ``dtype``, ``maps[p, q]`` = A from p to q (built on access).
+
+        Refused above ``MAPS_LIMIT_BYTES``: use ``map(p, q)`` or ``transport`` instead."""
+        k, d = self.num_classes, self.dim
+        size = k * k * d * d * torch.empty(0, dtype=self.dtype).element_size()
+        if size > MAPS_LIMIT_BYTES:
+            raise MemoryError(
+                f"all {k}x{k} maps of dim {d} need {size / 2**30:.1f} GiB; use map(p, q) or transport()"
+            )
+        out = torch.empty(k, k, d, d, dtype=self.dtype, device=self.mean.device)
+        for p in range(k):
+            for q in range(k):
+                out[p, q] = self.map(p, q)
+        return out
+
+    # --- transport -------------------------------------------------------------------------------
     def transport(
         self,
         x: Tensor,
@@ -130,6 +292,7 @@ class GaussianOT:
 
         x: (N, ...) with prod(...) = d; source, target: ints or (N,) labels. Returns
         (1 - t) x + t T(x), T(x) = A_{source,target} (x - mu_source) + mu_target, same shape as x.
+        Only the (source, target) pairs present in the batch are computed (and cached).
 
         ``clamp=True`` clips to [0, 1] (valid pixels). Clipping is not moment-preserving: it pulls
         the mean of saturated pixels toward the interior and shrinks their variance. Measured on
@@ -139,24 +302,27 @@ class GaussianOT:
         """
         n = x.shape[0]
         xf = x.reshape(n, -1)
-        if xf.shape[1] != self.maps.shape[-1]:
-            raise ValueError(f"x has {xf.shape[1]} features per sample, the maps have {self.maps.shape[-1]}")
+        if xf.shape[1] != self.dim:
+            raise ValueError(f"x has {xf.shape[1]} features per sample, the maps have {self.dim}")
         k = self.num_classes
-        dev = self.maps.device
+        dev = self.mean.device
         src = _labels(source, n, k, dev, "source")
         tgt = _labels(target, n, k, dev, "target")
-        xw = xf.to(dev, self.maps.dtype)
+        xw = xf.to(dev, torch.float64)
         out = torch.empty_like(xw)
-        pair = src * k + tgt  # (N,)
-        for code in torch.unique(pair).tolist():  # at most K^2 groups, never per pixel
-            idx = (pair == code).nonzero().flatten()
-            p, q = divmod(code, k)
-            out[idx] = (xw[idx] - self.mean[p]) @ self.maps[p, q] + self.mean[q]  # A symmetric
+        for p in torch.unique(src).tolist():  # at most K sources, never per pixel
+            in_p = src == p
+            qs = torch.unique(tgt[in_p]).tolist()
+            for q, (w, h) in zip(qs, self.pair_factors(p, qs)):
+                idx = (in_p & (tgt == q)).nonzero().flatten()
+                z = (xw[idx] - self.mean[p]) @ w  # (n_pq, d) in A's eigenbasis
+                out[idx] = (z * h) @ w.mT + self.mean[q]
         if t != 1.0:
             out = (1 - t) * xw + t * out
         if clamp:
             out = out.clamp(0.0, 1.0)
-        return out.reshape(x.shape).to(x.dtype if x.dtype.is_floating_point else out.dtype)
+        return out.reshape(x.shape).to(x.dtype if x.dtype.is_floating_point else torch.float32)
 
     def to(self, device: torch.device | str) -> GaussianOT:
-        return GaussianOT(self.maps.to(device), self.mean.to(device), self.image_shape)
+        """A copy on ``device`` (with an empty cache)."""
+        return GaussianOT(self.mean.to(device), self.cov.to(device), self.image_shape, self.dtype, self.cache_bytes)
