@@ -1,0 +1,117 @@
+"""`dsb run images`: writes the netCDF, prints the per-probe table, fails early on bad options."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dsb_widgets.cli import main
+from dsb_widgets.engine import RunConfig, load_results
+from dsb_widgets.engine.images import IMAGE_PROBES
+from dsb_widgets.engine.results import summary_table
+
+FAST = ["--steps", "8", "--seeds", "2", "--probe-size", "100", "--device", "cpu", "-o", "width=32"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _table(out: str) -> dict[str, list[str]]:
+    """The printed summary table: probe -> its columns."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("probe") and "min step" in line)
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        cols = line.split()
+        rows[cols[0]] = cols[1:]
+    return rows
+
+
+def test_run_images_writes_netcdf_and_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs" / "d.nc"
+    assert main(["run", "images", *FAST, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    ds = load_results(out)
+    assert dict(ds.sizes) == {"step": 8, "probe": len(IMAGE_PROBES), "seed": 2}  # 0..6, 8 (3/octave)
+    assert (tmp_path / "runs" / "d.probes.pt").exists() and (tmp_path / "runs" / "d.state.pt").exists()
+    cfg = RunConfig.from_json(ds.attrs["config"])
+    assert (cfg.steps, cfg.seeds, cfg.probe_size, cfg.dataset, cfg.model) == (8, 2, 100, "digits", "mlp")
+    rows = _table(printed)
+    assert list(rows) == list(IMAGE_PROBES)
+    for r in summary_table(ds):  # the table shows what the file holds
+        cols = rows[r["probe"]]
+        assert int(cols[1]) == r["min_step"]
+        assert float(cols[2]) == pytest.approx(r["min_loss"], abs=6e-5)
+        assert float(cols[3]) == pytest.approx(r["final_loss"], abs=6e-5)
+        if r["probe"] in ("ot", "cqn"):
+            assert "@" in cols and "->" in cols  # target accuracy: max @ step -> final
+    assert str(out) in printed and "probe evaluation" in printed
+
+
+def test_resume_flag_continues_the_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.nc"
+    assert main(["run", "images", *FAST, "--out", str(out)]) == 0
+    first = load_results(out)
+    assert main(["run", "images", *FAST, "--out", str(out), "--resume"]) == 0
+    np.testing.assert_allclose(load_results(out)["loss"].values, first["loss"].values)
+    capsys.readouterr()
+    # the same file with other options is refused, in one line
+    assert main(["run", "images", *FAST, "--lr", "0.5", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dsb: error:") and "\n" not in err and "--resume" in err
+
+
+def test_default_output_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--steps", "2", "--probe-size", "50", "--probes", "real", "ot", "--device", "cpu"]) == 0
+    assert (tmp_path / "runs" / "images-digits-mlp.nc").exists()
+    assert list(_table(capsys.readouterr().out)) == ["real", "ot"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--dataset", "imagenet"], "--dataset"),
+        (["--model", "vit"], "--model"),
+        (["--probes", "real", "maxent9"], "--probes"),
+        (["--steps", "0"], "--steps"),
+        (["--seeds", "0"], "--seeds"),
+        (["-o", "train_on=noise"], "train_on"),
+        (["-o", "width"], "KEY=VALUE"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(args: list[str], needle: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bad.nc"
+    assert main(["run", "images", *args, "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert "\n" not in err and err.startswith("dsb: error:") and needle in err
+    assert not out.exists()  # failed before training
+
+
+def test_missing_data_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "images", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "none"),
+                 "--steps", "2", "--out", str(tmp_path / "f.nc")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("dsb: error:")
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and every subcommand (~10-30 s on 2 shared cores)
+def test_console_script_rejects_unknown_choice(tmp_path: Path) -> None:
+    """The installed entry point: argparse choices also exit 2, naming the option."""
+    proc = subprocess.run([sys.executable, "-m", "dsb_widgets.cli", "run", "images", "--optimizer", "lbfgs"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "--optimizer" in proc.stderr.strip().splitlines()[-1]
+    assert proc.stdout == ""
