@@ -201,8 +201,8 @@ def _validate(cfg: RunConfig) -> None:
 register_experiment(Experiment(
     name="text",
     build=build_text_task,
-    defaults={"dataset": "tinystories", "model": "gpt", "steps": 1024, "batch_size": 32, "optimizer": "adamw",
-              "lr": 1e-3, "weight_decay": 0.05, "warmup": 32, "per_octave": 2, "probe_size": 256,
+    defaults={"dataset": "tinystories", "model": "gpt", "steps": 512, "batch_size": 32, "optimizer": "adamw",
+              "lr": 1e-3, "weight_decay": 0.05, "warmup": 32, "per_octave": 2, "probe_size": 128,
               "probes": DEFAULT_PROBES, "options": DEFAULT_OPTIONS},
     models=TEXT_MODELS,
     probes=TEXT_PROBES,
