@@ -34,9 +34,9 @@ from dsb_widgets.engine.results import METRICS, NETCDF_ENGINE, summary_table
 from dsb_widgets.engine.schedule import lr_at
 from dsb_widgets.models.vision import VisionConfig, make_vision_model
 
-# A short digits run that still shows the DSB across seeds (see test_dsb_shape_on_digits).
-DSB_CFG = RunConfig(dataset="digits", model="mlp", steps=1024, seeds=3, per_octave=2, weight_decay=0.5,
-                    device="cpu")
+# The default demo (`dsb run images`: digits, MLP, 4096 steps) with 3 seeds: 35-60 s on 2 shared
+# cores. Shorter runs (1024-2048 steps) do not show the max-ent rise reliably (measured).
+DSB_CFG = RunConfig(seeds=3, device="cpu")
 # A tiny run for the mechanics (resume, streaming, ...): a few seconds on a loaded CPU.
 TINY_CFG = RunConfig(dataset="digits", model="mlp", steps=48, seeds=2, per_octave=2, probe_size=200,
                      probes=("real", "maxent2", "ot"), device="cpu", options={"width": 64})
@@ -115,12 +115,12 @@ def test_score_masks_and_sums_per_seed() -> None:
 def test_results_dataset_layout(dsb_run: xr.Dataset) -> None:
     ds = dsb_run
     cfg = resolve_config(DSB_CFG)
-    assert dict(ds.sizes) == {"step": len(log_checkpoints(1024, 2)), "probe": len(IMAGE_PROBES), "seed": 3}
+    assert dict(ds.sizes) == {"step": len(log_checkpoints(4096, 3)), "probe": len(IMAGE_PROBES), "seed": 3}
     assert set(ds.data_vars) == {*METRICS, "train_loss"}
     for m in METRICS:
         assert ds[m].dims == ("step", "probe", "seed")
     assert ds["train_loss"].dims == ("step", "seed")
-    assert ds.step.values.tolist() == log_checkpoints(1024, 2)
+    assert ds.step.values.tolist() == log_checkpoints(4096, 3)
     assert list(ds.probe.values) == list(IMAGE_PROBES)
     assert ds.seed.values.tolist() == [0, 1, 2]
     assert ds.wall_time.dims == ("step",) and np.all(np.diff(ds.wall_time.values) > 0)
@@ -158,12 +158,14 @@ def test_dsb_shape_on_digits(dsb_run: xr.Dataset) -> None:
             at, lo, fin = _min_and_final(ds["loss"].sel(probe=p).isel(seed=s).values, steps)
             rise[p] = fin / lo
             if p != "real":
-                assert lo < 0.5 * math.log(10), (p, s, lo)  # it learned the low-order statistics
-                assert at <= steps[-1] // 2, (p, s, at)  # minimum well before the end
-        # at least one max-ent probe rises by a margin, and by more (relatively) than real does
-        best = max(rise["maxent1"], rise["maxent2"])
-        assert best > 1.3, (s, rise)
-        assert best > rise["real"] + 0.2, (s, rise)
+                assert lo < 0.1, (p, s, lo)  # it learned the low-order statistics (ln 10 = 2.3 at init)
+                assert at <= steps[-1] // 4, (p, s, at)  # minimum well before the end
+        # order-1 max-ent loss at least doubles after its minimum, and rises clearly more than real
+        assert rise["maxent1"] > 2.0, (s, rise)
+        assert rise["maxent1"] > 1.2 * rise["real"], (s, rise)
+        # while held-out accuracy stays near its best (the real task keeps being solved)
+        acc = ds["accuracy"].sel(probe="real").isel(seed=s).values
+        assert acc[-1] > acc.max() - 0.015, (s, acc[-1], acc.max())
         for p in ("ot", "cqn"):
             tacc = ds["target_accuracy"].sel(probe=p).isel(seed=s).values
             assert tacc.max() > 0.5, (p, s)  # far above chance (0.1): it follows the moved statistics

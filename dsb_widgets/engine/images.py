@@ -17,8 +17,24 @@ cqn        1     test image of class a moved by coordinatewise quantile normalis
 For ``ot`` and ``cqn``, b is drawn per image uniformly from the other classes; ``y`` is the
 source class a and ``target`` is b. A network that only uses low-order statistics predicts b.
 
-Measured defaults (``dsb run images``: digits, MLP, AdamW lr 1e-3, wd 0, 4096 steps, batch 64,
-2 CPU cores): see README "What the default run shows".
+Defaults (``dsb run images``): digits, MLP width 256, AdamW lr 1e-3, betas (0.9, 0.95), weight
+decay 0.05 (Belrose et al.'s optimiser), cosine to 0 over 4096 steps, batch 64, 3 checkpoints per
+octave. Measured, 3 seeds (min loss @ step -> final loss, per seed), 2 shared CPU cores:
+
+=========== ====================================================
+real        0.129@645 -> 0.280, 0.139@813 -> 0.271, 0.114@512 -> 0.265
+maxent1     0.019@406 -> 0.060, 0.019@406 -> 0.060, 0.016@813 -> 0.066
+maxent2     0.039@813 -> 0.064, 0.044@1024 -> 0.061, 0.041@813 -> 0.073
+gauss_clone 0.015@1024 -> 0.030, 0.016@813 -> 0.033, 0.018@1290 -> 0.036
+ot  (target acc, max@step -> final) 0.98@406 -> 0.96, 0.96@203 -> 0.95, 0.97@512 -> 0.96
+cqn (target acc)                    0.95@161 -> 0.94, 0.96@256 -> 0.94, 0.96@323 -> 0.94
+=========== ====================================================
+
+Max-ent order-1 loss triples after its minimum at step ~400 (3.2-4.1x) while held-out loss
+roughly doubles (1.9-2.3x: digits has 1,438 training images, so the MLP memorises them) and
+held-out accuracy stays at 97%. Tried and rejected: weight decay 0.5-1.0 keeps real loss flat
+(0.11 -> 0.12) but also removes the max-ent rise; 1024-2048 steps or a warm-up change little
+or shrink the rise. Wall time of the default run: 35-60 s for 3 seeds at load 3-12.
 """
 
 from __future__ import annotations
@@ -158,7 +174,7 @@ register_experiment(Experiment(
     name="images",
     build=build_images_task,
     defaults={"dataset": "digits", "model": "mlp", "steps": 4096, "batch_size": 64, "optimizer": "adamw",
-              "lr": 1e-3, "weight_decay": 0.0, "warmup": 0, "per_octave": 3, "probe_size": 1000},
+              "lr": 1e-3, "weight_decay": 0.05, "warmup": 0, "per_octave": 3, "probe_size": 1000},
     models=VISION_MODELS,
     probes=IMAGE_PROBES,
     datasets=IMAGE_DATASETS,
