@@ -47,8 +47,9 @@ SEED = 0
 
 # %%
 import codecs
+import contextlib
+import io
 import math
-import this  # noqa: F401 - the Zen of Python: a corpus that is always there
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,9 @@ import torch
 from dsb_widgets.data import CharTokenizer, Corpus, DataNotFoundError, tokenize_corpus
 from dsb_widgets.engine import RunConfig, train
 from dsb_widgets.ngrams import count_ngrams, entropy_rate, loss_floor, sample_sequences
+
+with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen of Python
+    import this  # a small corpus that is always there (the fallback below)
 
 pn.extension("plotly", inline=True)
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -106,14 +110,15 @@ bigram_table
 # %%
 for k in (1, 2, 3):
     s = count_ngrams(ids, V, order=k)
-    sample = tiny_tok.decode(sample_sequences(s, 1, 30, seed=SEED)[0])
+    sample = tiny_tok.decode(sample_sequences(s, 1, 30, seed=SEED + k)[0])
     print(f"order {k}: entropy rate {entropy_rate(s):.3f} nats/char   sample: {sample}")
 
 # %% [markdown]
 # ## 2. Samplers on a real corpus
 #
 # The same counts on a real corpus (through the project's loader: `DSB_DATA_DIR` / the hub).
-# The local TinyStories copy is a ~1M-token head of the train split, **lowercased**; results
+# The local TinyStories copy is a ~1M-token head of the train split, **lowercased** (and its
+# validation head has some mojibake such as "â€™" for an apostrophe, as distributed); results
 # here are small-data reproductions, not the full corpus. Without any data folder the notebook
 # falls back to the Zen of Python, character by character, so it always runs.
 
@@ -141,7 +146,7 @@ pd.DataFrame(rows)
 n_show = 40 if corpus.tokenizer == "gpt2" else 160
 samples = {"real (test)": corpus.decode(corpus.test[:n_show])}
 for k, name in ((1, "unigram"), (2, "bigram"), (3, "trigram")):
-    samples[name] = corpus.decode(sample_sequences(ngram[k], 1, n_show, seed=SEED)[0])
+    samples[name] = corpus.decode(sample_sequences(ngram[k], 1, n_show, seed=SEED + k)[0])
 for name, text in samples.items():
     print(f"--- {name} ---\n{text}\n")
 
