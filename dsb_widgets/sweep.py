@@ -207,7 +207,7 @@ def run_sweep(source: str | Path | Mapping[str, Any] | SweepConfig, out_dir: str
     attempts = {k: sum(a["event"] == "start" for a in read_attempts(run_path(sweep.out_dir, k))[n:])
                 for k, n in before.items()}
     ds, path = None, None
-    if merge:
+    if merge and any(is_finished(run_path(sweep.out_dir, r.key), r.config) for r in runs):
         ds = merge_runs(sweep, runs)
         path = sweep.out_dir / "sweep.nc"
         write_atomic(ds, path)
@@ -371,7 +371,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  failed {key}: {err}")
     if res.failed:
         print(f"  errors and tracebacks: {sweep.out_dir / 'failures.json'}; rerun the same command to retry")
-    if res.path is not None:
+    if res.path is None:
+        print("nothing finished to merge")
+    else:
         axes = json.loads(res.dataset.attrs["axes"])
         print(f"merged: {res.path}  dims {dict(res.dataset.sizes)} (grid axes {axes}); "
               f"xarray.open_dataset(path, engine='scipy')")

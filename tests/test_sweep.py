@@ -179,7 +179,8 @@ def _kill_a_worker_mid_run(client: Any, out: Path, steps: int, stop: threading.E
 
 @pytest.mark.slow
 def test_sweep_survives_a_killed_worker_reports_failures_and_reruns_nothing(client: Any, tmp_path: Path) -> None:
-    from dsb_widgets.engine.loop import train
+    from dsb_widgets.engine.schedule import log_checkpoints
+    from dsb_widgets.sweep import execute_run
 
     out = tmp_path / "sweep"
     spec = {"name": "t", "out_dir": str(out), "base": TINY, "grid": GRID, "retries": 2}
@@ -196,7 +197,8 @@ def test_sweep_survives_a_killed_worker_reports_failures_and_reruns_nothing(clie
     # Every cell is there, nothing failed, the lost run was retried and resumed from its checkpoint.
     assert not res.failed and len(res.finished) == 8
     ds = xr.open_dataset(out / "sweep.nc", engine="scipy").load()
-    assert dict(ds.sizes) == {"step": 21, "probe": 6, "seed": 2, "model": 2, "train_on": 2}
+    n_steps = len(log_checkpoints(64, res.runs[0].config.per_octave))
+    assert dict(ds.sizes) == {"step": n_steps, "probe": 6, "seed": 2, "model": 2, "train_on": 2}
     assert not np.isnan(ds["loss"]).any() and (ds["run_key"] != "").all()
     assert json.loads(ds.attrs["missing"]) == []
     starts = {r.key: [a for a in read_attempts(run_path(out, r.key)) if a["event"] == "start"] for r in res.runs}
@@ -205,8 +207,8 @@ def test_sweep_survives_a_killed_worker_reports_failures_and_reruns_nothing(clie
     assert res.attempts[victim] == 2 and json.loads((out / "failures.json").read_text()) == []
     # The resumed run reproduces an uninterrupted one (the engine's determinism through Dask).
     run = next(r for r in res.runs if r.key == victim)
-    ref = train(run.config).dataset
-    got = load_results(run_path(out, victim))
+    client.submit(execute_run, run.config.to_json(), str(tmp_path / "ref.nc"), 1, pure=False).result()
+    ref, got = load_results(tmp_path / "ref.nc"), load_results(run_path(out, victim))
     np.testing.assert_allclose(got["loss"].values, ref["loss"].values, rtol=1e-5, atol=1e-6)
 
     # A rerun skips every finished run: no new attempt is logged, the merge is identical.
@@ -220,7 +222,7 @@ def test_sweep_survives_a_killed_worker_reports_failures_and_reruns_nothing(clie
 
     # A run that raises is retried, then reported with its error; the other run still finishes.
     bad = {"name": "bad", "out_dir": str(tmp_path / "bad"), "retries": 1,
-           "base": {**TINY, "steps": 8, "model": "mlp"}, "grid": {"options.width": [16, -1]}}
+           "base": {**TINY, "steps": 8, "model": "mlp", "options": {}}, "grid": {"options.width": [16, -1]}}
     res = run_sweep(bad, client=client, threads=1, progress=False)
     assert len(res.finished) == 1 and len(res.failed) == 1
     (key, error), = res.failed.items()
