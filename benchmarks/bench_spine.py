@@ -1,0 +1,154 @@
+"""Spine benchmark: data load (cold vs cached), class statistics, Gaussian OT maps, oracle agreement.
+
+Run (real data from the shared copies; a temporary cache folder makes the first load cold):
+
+    DSB_DATA_DIR=../shared/data python benchmarks/bench_spine.py [--full-cifar] [--threads 1]
+
+Prints one table. Times are wall-clock seconds on whatever machine runs it (DEVELOPERS.md: quote
+ratios side by side; absolute times are only indicative on a shared CPU). Memory is the peak
+resident set size sampled during the step, minus the RSS at its start.
+
+* load: ``load_images(name, "train")`` with an empty ``DSB_CACHE_DIR`` (cold: decode the IDX /
+  JPEG files) and again (cached .npy).
+* stats: ``ClassStats().fit`` on the train split (float64 streaming moments).
+* ot: ``GaussianOT.fit(stats).transport`` of a 1000-image test probe with a random other class
+  per image, as the engine does (all K(K-1) pairs). For CIFAR-10 this is ~45 min on 2 CPU cores,
+  so by default one class eigh and one pair are timed and the full probe is extrapolated
+  (K class eighs + K(K-1) pair factors); ``--full-cifar`` runs it.
+* agreement: our map vs ``concept_erasure.optimal_transport.ot_map`` on the same float64
+  covariances: max abs difference, relative Frobenius difference, and each map's relative
+  residual ||A S_p A - P S_q P||_F / ||S_q||_F (P projects on range(S_p)), which shows whether
+  a difference is error or the freedom of an ill-conditioned problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dsb_widgets.data import load_images
+from dsb_widgets.gaussian_ot import GaussianOT
+from dsb_widgets.stats import ClassStats
+
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measured(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, seconds, peak RSS increase in MB) of fn()."""
+    start, peak, done = rss_bytes(), [0], threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.02)
+
+    th = threading.Thread(target=watch, daemon=True)
+    th.start()
+    t0 = time.perf_counter()
+    out = fn()
+    sec = time.perf_counter() - t0
+    done.set()
+    th.join()
+    return out, sec, (max(peak[0], rss_bytes()) - start) / 2**20
+
+
+def row(dataset: str, step: str, value: str, note: str = "") -> None:
+    ROWS.append((dataset, step, value, note))
+    print(f"{dataset:14s} {step:34s} {value:>14s}  {note}", flush=True)
+
+
+def agreement(cov_p: torch.Tensor, cov_q: torch.Tensor, ours: torch.Tensor) -> tuple[float, float, float, float]:
+    from concept_erasure.optimal_transport import ot_map
+
+    ref = ot_map(cov_p, cov_q)
+    proj = cov_p @ torch.linalg.pinv(cov_p, hermitian=True)
+    target = proj @ cov_q @ proj
+
+    def resid(a: torch.Tensor) -> float:
+        return float((a @ cov_p @ a - target).norm() / cov_q.norm())
+
+    return float((ours - ref).abs().max()), float((ours - ref).norm() / ref.norm()), resid(ours), resid(ref)
+
+
+def bench_dataset(name: str, data_dir: str | None, full: bool, pairs: list[tuple[int, int]]) -> None:
+    if name == "digits":
+        train, test = load_images("digits", "train"), load_images("digits", "test")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["DSB_CACHE_DIR"] = tmp
+            train, cold, _ = measured(lambda: load_images(name, "train", data_dir))
+            _, warm, _ = measured(lambda: load_images(name, "train", data_dir))
+            test = load_images(name, "test", data_dir)
+        row(name, "load train cold / cached (s)", f"{cold:.2f} / {warm:.2f}", f"ratio {cold / warm:.0f}x")
+    k, d = train.num_classes, train.x[0].numel()
+    stats, sec, mb = measured(lambda: ClassStats(k).fit(train.x, train.y))
+    row(name, "ClassStats.fit train (s, MB)", f"{sec:.2f}, {mb:.0f}", f"N={len(train)}, d={d}")
+    ot = GaussianOT.fit(stats, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(test), generator=gen)[:1000]
+    x, y = test.x[idx], test.y[idx]
+    b = (y + torch.randint(1, k, y.shape, generator=gen)) % k
+    npairs = len(torch.unique(y * k + b))
+    if d <= 1024 or full:
+        _, sec, mb = measured(lambda: ot.transport(x, y, b))
+        row(name, "OT 1000-image probe, cold (s, MB)", f"{sec:.1f}, {mb:.0f}",
+            f"{k} class eighs + {npairs} pair factors")
+        _, sec2, _ = measured(lambda: ot.transport(x, y, b))
+        row(name, "  same probe again (cached) (s)", f"{sec2:.2f}", f"cache {ot.cache_info['bytes'] / 2**20:.0f} MB")
+    else:
+        p, q = pairs[0]
+        _, t_cls, mb1 = measured(lambda: ot._class_factor(p))
+        _, t_pair, mb2 = measured(lambda: ot.pair_factors(p, [q]))
+        row(name, "OT one class eigh (s, MB)", f"{t_cls:.1f}, {mb1:.0f}")
+        row(name, "OT one pair factor (s, MB)", f"{t_pair:.1f}, {mb2:.0f}")
+        row(name, "OT 1000-image probe, extrapolated", f"{(k * t_cls + npairs * t_pair) / 60:.0f} min",
+            f"{k} x eigh + {npairs} x pair; --full-cifar runs it")
+    row(name, "OT cov storage (MB)", f"{ot.cov.numel() * 8 / 2**20:.0f}", "float64 (K, d, d)")
+    worst = [0.0, 0.0, 0.0, 0.0]
+    for p, q in pairs:
+        got = agreement(ot.cov[p], ot.cov[q], ot.map(p, q))
+        worst = [max(a, g) for a, g in zip(worst, got)]
+    row(name, "vs ot_map: max abs / rel Frob", f"{worst[0]:.1e} / {worst[1]:.1e}", f"{len(pairs)} class pairs")
+    row(name, "residual ours / concept-erasure", f"{worst[2]:.1e} / {worst[3]:.1e}",
+        "norm(A Sp A - P Sq P) / norm(Sq), worst pair")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--full-cifar", action="store_true", help="run the full CIFAR-10 OT probe (~45 min on CPU)")
+    ap.add_argument("--datasets", default="digits,fashion_mnist,cifar10")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    data_dir = os.environ.get("DSB_DATA_DIR")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), DSB_DATA_DIR={data_dir}")
+    for name in args.datasets.split(","):
+        if name != "digits" and not data_dir:
+            print(f"skip {name}: set DSB_DATA_DIR (e.g. ../shared/data)")
+            continue
+        if name == "digits":
+            pairs = [(p, q) for p in range(10) for q in range(10) if p != q]
+        elif name == "fashion_mnist":
+            pairs = [(0, 6), (2, 4), (5, 7), (8, 9)]
+        else:
+            pairs = [(3, 5)]
+        bench_dataset(name, data_dir, args.full_cifar, pairs)
+    print("\n| dataset | step | value | note |\n|---|---|---|---|")
+    for r in ROWS:
+        print("| " + " | ".join(r) + " |")
+
+
+if __name__ == "__main__":
+    main()
