@@ -230,3 +230,15 @@ def test_sessions_register_and_release_idempotently() -> None:
     assert sessions.live_count() == before
     snap = sessions.snapshot()
     assert snap["rss_bytes"] > 0 and snap["stopped"] >= 1
+
+
+def test_eta_uses_recent_rate_not_startup() -> None:
+    from dsb_widgets.ui.stream import EtaEstimator
+
+    e = EtaEstimator(window_s=5.0)
+    assert e.update(0.0, 0, 1000) is None  # no rate yet
+    e.update(30.0, 6, 1000)  # 30 s of data loading before step 6
+    for k in range(1, 21):  # then 100 steps/s
+        eta = e.update(30.0 + k, 6 + 100 * k, 3000)
+    assert eta == pytest.approx((3000 - 2006) / 100, rel=1e-6)
+    assert e.update(60.0, 3, 3000) is None  # a new run: history dropped

@@ -17,6 +17,7 @@ grows, black for real data (order ``inf``), identical across runs so saved overl
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -190,3 +191,33 @@ def format_eta(seconds: float | None) -> str:
         return f"ETA {m} min {s:02d} s"
     h, m = divmod(m, 60)
     return f"ETA {h} h {m:02d} min"
+
+
+class EtaEstimator:
+    """Seconds left from the *recent* step rate (a sliding window of (time, step) observations).
+
+    The run's own average (elapsed / step) includes data loading and the step-0 probe
+    evaluation, so early on it overestimates by orders of magnitude (seen: "1 h 30 min" at step
+    6 of a 2-minute run). Checkpoint evaluations still slow the rate locally; the window averages
+    over several of them.
+
+    >>> e = EtaEstimator(window_s=10)
+    >>> e.update(0.0, 100, 1000) is None, e.update(2.0, 300, 1000)
+    (True, 7.0)
+    """
+
+    def __init__(self, window_s: float = 20.0) -> None:
+        self.window_s = window_s
+        self._obs: deque[tuple[float, int]] = deque()
+
+    def update(self, t: float, step: int, total: int) -> float | None:
+        """Record step ``step`` at time ``t`` (seconds); return seconds left, or None if unknown."""
+        if self._obs and step < self._obs[-1][1]:
+            self._obs.clear()  # a different (or resumed) run
+        self._obs.append((t, step))
+        while len(self._obs) > 2 and t - self._obs[1][0] >= self.window_s:
+            self._obs.popleft()
+        (t0, s0), (t1, s1) = self._obs[0], self._obs[-1]
+        if s1 <= s0 or t1 <= t0:
+            return 0.0 if step >= total else None
+        return max(0.0, (total - step) * (t1 - t0) / (s1 - s0))

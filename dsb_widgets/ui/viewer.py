@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Callable
 
 import panel as pn
@@ -25,7 +26,7 @@ import xarray as xr
 from dsb_widgets.runs import RunHandle
 from dsb_widgets.ui import sessions
 from dsb_widgets.ui.plots import CurvePlots, add_saved_overlay, make_plots, placeholder
-from dsb_widgets.ui.stream import SeedAggregator, format_eta
+from dsb_widgets.ui.stream import EtaEstimator, SeedAggregator, format_eta
 
 log = logging.getLogger(__name__)
 ROLLOVER = 10_000  # points kept per probe (a run has ~per_octave * log2(steps) checkpoints)
@@ -104,6 +105,7 @@ class RunViewer(pn.viewable.Viewer):
         self.agg: SeedAggregator | None = None
         self._cursor = 0
         self._shown: tuple[Any, ...] = ()
+        self._eta = EtaEstimator()
         self.points = 0  # points streamed so far (all probes)
         self._set_figures(None, "waiting for the first checkpoint..." if run else "no run yet")
         if self._overlays:
@@ -176,7 +178,7 @@ class RunViewer(pn.viewable.Viewer):
         self._shown = shown
         self.progress.max = max(int(st.total), 1)
         self.progress.value = min(int(st.step), self.progress.max)
-        eta = format_eta(st.eta) if st.status == "running" else ""
+        eta = format_eta(self._eta.update(time.monotonic(), st.step, st.total)) if st.status == "running" else ""
         self.progress_text.object = (f"**{describe(run)}** &nbsp; {st.status} &nbsp; step {st.step}/{st.total}"
                                      f" &nbsp; {st.elapsed:.0f} s elapsed &nbsp; {eta}")
         kind, text = status_message(run)
