@@ -30,7 +30,20 @@ hub; offline that fails with one line naming both fixes (there is no text that i
 available, unlike sklearn's digits for the image experiment, and a silent stand-in corpus
 would make results that look like TinyStories but are not).
 
-Measured on 2 shared CPU cores: see the README section "dsb run text" and the class docstrings.
+Measured, default run (``dsb run text``: offline TinyStories head, lowercased, GPT-2 BPE top-1000,
+context 64, GPT 2 x 128 (0.53M parameters), AdamW lr 1e-3, batch 32, 512 steps, probe_size 128;
+one seed; small-data reproduction, not Belrose's Pythia scale):
+
+- unigram probe: minimum 5.321 nats/token at step 32 (floor 5.152), then rises to 6.897 at 512;
+- bigram probe: minimum 3.668 at step 256 (floor 3.182), 3.708 at 512;
+- trigram probe: still falling at 512 (3.530; floor 2.304); real text falls throughout (3.230);
+- shuffled windows track the unigram probe (minimum 5.309 at step 32, 6.717 at 512).
+
+Tiny Shakespeare, characters (V = 65), context 32, GPT 2 x 64, lr 3e-3, batch 16, 160 steps
+(the CI test): unigram minimum 3.325 at step 16 (floor 3.309), bigram 2.611 at 160 (floor 2.452).
+Speed: the default model trains at ~10.7k tokens per CPU-second (one thread, forward + backward
++ AdamW, batch 32 x 64), so the default run is ~2 minutes of CPU; on the shared, heavily loaded
+development machine (load average ~20 on 2 cores) wall time was ~10 minutes.
 """
 
 from __future__ import annotations
