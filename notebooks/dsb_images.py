@@ -223,6 +223,12 @@ gap.iloc[:: max(len(gap) // 12, 1)]
 # but also removes the max-ent rise, i.e. the late phase where the network starts using
 # higher-order pixel statistics is the same phase in which it fits its small training set.
 #
+# Refinetti comparison, full settings (1024 SGD steps, 3 seeds): the real-test loss of the
+# clone-trained MLP stays within 10% of the real-trained one's up to step 54 (0.450 vs 0.481),
+# then they part: 0.275 vs 0.370 at step 76 and 0.140 vs 0.205 (test accuracy 96.3% vs 94.8%) at
+# the end. The clone captures what the network learns in its first ~50 steps, as Refinetti et
+# al. report for ResNet-18 on CIFAR-10 (the matching step count is a coincidence of scales).
+#
 # Scale caveat: digits are 8x8 and the models are small; Belrose et al. train for $2^{16}$ steps
 # on CIFAR-10 and Fashion-MNIST, Refinetti et al. a ResNet-18 on CIFAR-10. The same cells run
 # with `DATASET = "fashion_mnist"` / `"cifar10"` and `MODEL = "cnn"` / `"resnet"` when
