@@ -44,7 +44,7 @@ from dsb_widgets.factored_attention import (
 )
 from dsb_widgets.mh_sampler import metropolis_hastings
 
-__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "fast_conditionals",
+__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "fast_conditionals", "single_site_loss",
            "add_parser"]
 
 VOCAB_FILE, PROVENANCE_FILE = "vocab.json", "provenance.json"
@@ -67,6 +67,7 @@ class CloneConfig:
     n_heads: int = 4
     attention: str = "softmax"
     mask_rate: float = 0.15
+    objective: str = "single_site"  # L >= 2: "single_site" (stochastic PLL) | "mlm" (BERT-style)
     sweeps: int = 20
     burn_in: int = 10
     thin: int = 1
@@ -81,6 +82,10 @@ class CloneConfig:
         for name in ("vocab_size", "context", "steps", "batch_size", "sweeps", "chains", "thin", "d_embed", "n_heads"):
             if getattr(self, name) < (2 if name in ("vocab_size", "context") else 1):
                 raise ValueError(f"--{name.replace('_', '-')} is too small ({getattr(self, name)}); pass a positive value")
+        if self.objective not in ("single_site", "mlm"):
+            raise ValueError(f"--objective must be single_site or mlm, got {self.objective!r}")
+        if not 0.0 < self.mask_rate <= 1.0:
+            raise ValueError(f"--mask-rate must lie in (0, 1], got {self.mask_rate}")
         if not 0 <= self.burn_in < self.sweeps:
             raise ValueError(f"--burn-in must lie in [0, --sweeps) = [0, {self.sweeps}); got {self.burn_in}")
 
@@ -113,28 +118,42 @@ def windows(stream: np.ndarray, context: int, n: int | None, gen: torch.Generato
     return torch.from_numpy(stream.astype(np.int64))[idx]
 
 
+def masked_site_logits(model: FactoredAttention, rows: Tensor, pos: Tensor) -> Tensor:
+    """Logits (N, q) at position pos[n] of rows[n] (N, T) with that position set to the mask token;
+    only the masked position is read out (the read-out dominates the cost when q >> d)."""
+    n = torch.arange(rows.shape[0], device=rows.device)
+    masked = rows.clone()
+    masked[n, pos] = model.cfg.mask_id
+    x = model.embed(masked)
+    for k, layer in enumerate(model.layers):
+        x = layer(x * x if k > 0 else x)  # (N, T, d)
+    h = x[n, pos]  # (N, d)
+    logits = model.readout(h) if model.readout is not None else h
+    return logits + model.fields[pos] if model.fields is not None else logits
+
+
 def fast_conditionals(model: FactoredAttention) -> Callable[[Tensor], Tensor]:
     """tokens (B, T) -> log p(s_t | s_-t) (B, T, q), exactly ``model.conditionals`` but reading
     out only the masked position of each of the B*T masked copies (T x less read-out work)."""
     if model.cfg.n_layers == 1:
         return lambda s: F.log_softmax(model(s), dim=-1)
-    mask_id = model.cfg.mask_id
 
     def fn(tokens: Tensor) -> Tensor:
         B, T = tokens.shape
-        eye = torch.eye(T, dtype=torch.bool, device=tokens.device)
-        masked = torch.where(eye, mask_id, tokens[:, None, :]).reshape(B * T, T)  # (B*T, T)
-        x = model.embed(masked)
-        for k, layer in enumerate(model.layers):
-            x = layer(x * x if k > 0 else x)  # (B*T, T, d)
+        rows = tokens.repeat_interleave(T, dim=0)  # (B*T, T)
         pos = torch.arange(T, device=tokens.device).repeat(B)  # (B*T,)
-        h = x[torch.arange(B * T, device=tokens.device), pos]  # (B*T, d)
-        logits = model.readout(h) if model.readout is not None else h
-        if model.fields is not None:
-            logits = logits + model.fields[pos]
-        return F.log_softmax(logits, dim=-1).view(B, T, -1)
+        return F.log_softmax(masked_site_logits(model, rows, pos), dim=-1).view(B, T, -1)
 
     return fn
+
+
+def single_site_loss(model: FactoredAttention, x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """Stochastic pseudo-likelihood: k random sites per sequence, each masked ALONE (the exact
+    conditionals the MH sampler uses), mean -log p(s_i | s_-i) in nats."""
+    B, T = x.shape
+    pos = torch.rand(B, T, generator=gen).argsort(dim=1)[:, :k].reshape(-1)  # (B*k,)
+    rows = x.repeat_interleave(k, dim=0)  # (B*k, T)
+    return F.cross_entropy(masked_site_logits(model, rows, pos), rows[torch.arange(B * k), pos])
 
 
 def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig, vocab: int,
@@ -153,7 +172,12 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
     recent: list[float] = []
     for _ in bar:
         x = windows(train, cfg.context, cfg.batch_size, gen)
-        loss = pseudo_likelihood_loss(model, x) if L == 1 else masked_lm_loss(model, x, cfg.mask_rate, gen)
+        if L == 1:
+            loss = pseudo_likelihood_loss(model, x)  # exact: one pass gives every conditional
+        elif cfg.objective == "single_site":
+            loss = single_site_loss(model, x, max(1, round(cfg.mask_rate * cfg.context)), gen)
+        else:
+            loss = masked_lm_loss(model, x, cfg.mask_rate, gen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"factored L={L} diverged (loss {float(loss)}); pass a smaller --lr")
         opt.zero_grad(set_to_none=True)
@@ -262,6 +286,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--d-embed", type=int, default=d.d_embed)
     p.add_argument("--heads", type=int, default=d.n_heads)
     p.add_argument("--attention", choices=["softmax", "free"], default=d.attention)
+    p.add_argument("--objective", choices=["single_site", "mlm"], default=d.objective,
+                   help="L >= 2 training: one site masked at a time (the sampler's conditionals) or BERT-style")
+    p.add_argument("--mask-rate", type=float, default=d.mask_rate, help="fraction of sites scored per sequence")
     p.add_argument("--sweeps", type=int, default=d.sweeps, help="MH sweeps (one proposal per position each)")
     p.add_argument("--burn-in", type=int, default=d.burn_in, help="sweeps dropped before keeping samples")
     p.add_argument("--thin", type=int, default=d.thin, help="keep every n-th sweep after burn-in")
@@ -279,7 +306,7 @@ def _cmd_clone(args: argparse.Namespace) -> int:
         cfg = CloneConfig(corpus=args.corpus, layers=tuple(args.layers), tokenizer=args.tokenizer,
                           vocab_size=args.vocab_size, context=args.context, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
-                          attention=args.attention, sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin,
+                          attention=args.attention, objective=args.objective, mask_rate=args.mask_rate, sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin,
                           chains=args.chains, seed=args.seed, data_dir=args.data_dir,
                           max_train_chars=args.max_train_chars)
     except ValueError as err:

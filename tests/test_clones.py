@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsb_widgets.cli import main
-from dsb_widgets.clones import CloneConfig, fast_conditionals, load_clones, train_factored, windows
+from dsb_widgets.clones import (
+    CloneConfig, fast_conditionals, load_clones, single_site_loss, train_factored, windows,
+)
 from dsb_widgets.engine.clones import saturation_step
 from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.task import ConfigError, RunConfig
@@ -107,6 +109,16 @@ def test_fast_conditionals_equal_model_conditionals(L: int) -> None:
     s = torch.randint(0, 7, (4, 6))
     with torch.no_grad():
         torch.testing.assert_close(fast_conditionals(model)(s), model.conditionals(s), rtol=1e-5, atol=1e-5)
+
+
+def test_single_site_loss_with_every_site_is_the_pseudo_likelihood() -> None:
+    torch.manual_seed(0)
+    model = FactoredAttention(FactoredAttentionConfig(vocab_size=9, seq_len=5, n_layers=2, n_heads=2, d_embed=8))
+    s = torch.randint(0, 9, (6, 5))
+    pll = -fast_conditionals(model)(s).gather(-1, s[..., None]).mean()
+    torch.testing.assert_close(single_site_loss(model, s, 5, torch.Generator().manual_seed(1)), pll)
+    one = single_site_loss(model, s, 1, torch.Generator().manual_seed(1))  # one random site: another value
+    assert not torch.allclose(one, pll)
 
 
 def test_windows_are_slices_of_the_stream() -> None:
