@@ -15,7 +15,7 @@ resident set size sampled during the step, minus the RSS at its start.
   per image, as the engine does (all K(K-1) pairs). For CIFAR-10 this is ~45 min on 2 CPU cores,
   so by default one class eigh and one pair are timed and the full probe is extrapolated
   (K class eighs + K(K-1) pair factors); ``--full-cifar`` runs it.
-* agreement: our map vs ``concept_erasure.optimal_transport.ot_map`` on the same float64
+* agreement (for the plain sample covariances and for ``shrinkage="optimal"``): our map vs ``concept_erasure.optimal_transport.ot_map`` on the same float64
   covariances: max abs difference, relative Frobenius difference, and each map's relative
   residual ||A S_p A - P S_q P||_F / ||S_q||_F (P projects on range(S_p)), which shows whether
   a difference is error or the freedom of an ill-conditioned problem.
@@ -82,7 +82,8 @@ def agreement(cov_p: torch.Tensor, cov_q: torch.Tensor, ours: torch.Tensor) -> t
     return float((ours - ref).abs().max()), float((ours - ref).norm() / ref.norm()), resid(ours), resid(ref)
 
 
-def bench_dataset(name: str, data_dir: str | None, full: bool, pairs: list[tuple[int, int]]) -> None:
+def bench_dataset(name: str, data_dir: str | None, full: bool, pairs: list[tuple[int, int]],
+                  shrinkages: list[str], skip_ot: bool) -> None:
     if name == "digits":
         train, test = load_images("digits", "train"), load_images("digits", "test")
     else:
@@ -101,7 +102,9 @@ def bench_dataset(name: str, data_dir: str | None, full: bool, pairs: list[tuple
     x, y = test.x[idx], test.y[idx]
     b = (y + torch.randint(1, k, y.shape, generator=gen)) % k
     npairs = len(torch.unique(y * k + b))
-    if d <= 1024 or full:
+    if skip_ot:
+        pass
+    elif d <= 1024 or full:
         _, sec, mb = measured(lambda: ot.transport(x, y, b))
         row(name, "OT 1000-image probe, cold (s, MB)", f"{sec:.1f}, {mb:.0f}",
             f"{k} class eighs + {npairs} pair factors")
@@ -116,13 +119,18 @@ def bench_dataset(name: str, data_dir: str | None, full: bool, pairs: list[tuple
         row(name, "OT 1000-image probe, extrapolated", f"{(k * t_cls + npairs * t_pair) / 60:.0f} min",
             f"{k} x eigh + {npairs} x pair; --full-cifar runs it")
     row(name, "OT cov storage (MB)", f"{ot.cov.numel() * 8 / 2**20:.0f}", "float64 (K, d, d)")
-    worst = [0.0, 0.0, 0.0, 0.0]
-    for p, q in pairs:
-        got = agreement(ot.cov[p], ot.cov[q], ot.map(p, q))
-        worst = [max(a, g) for a, g in zip(worst, got)]
-    row(name, "vs ot_map: max abs / rel Frob", f"{worst[0]:.1e} / {worst[1]:.1e}", f"{len(pairs)} class pairs")
-    row(name, "residual ours / concept-erasure", f"{worst[2]:.1e} / {worst[3]:.1e}",
-        "norm(A Sp A - P Sq P) / norm(Sq), worst pair")
+    for shrink in shrinkages:
+        ots = ot if shrink == "none" else GaussianOT.fit(stats, shrinkage=shrink, dtype=torch.float64)
+        worst = [0.0, 0.0, 0.0, 0.0]
+        for p, q in pairs:
+            got = agreement(ots.cov[p], ots.cov[q], ots.map(p, q))
+            worst = [max(a, g) for a, g in zip(worst, got)]
+        ev = torch.linalg.eigvalsh(ots.cov[pairs[0][0]])  # conditioning of the first source
+        cond = "singular" if ev[0] <= ev[-1] * d * 2.2e-16 else f"{float(ev[-1] / ev[0]):.0e}"
+        note = f"{len(pairs)} class pairs; cond(S_p) {cond}"
+        row(name, f"vs ot_map, shrink={shrink}: max abs / rel F", f"{worst[0]:.1e} / {worst[1]:.1e}", note)
+        row(name, f"  residual ours / ot_map, shrink={shrink}", f"{worst[2]:.1e} / {worst[3]:.1e}",
+            "norm(A Sp A - P Sq P) / norm(Sq), worst pair")
 
 
 def main() -> None:
@@ -130,10 +138,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--full-cifar", action="store_true", help="run the full CIFAR-10 OT probe (~45 min on CPU)")
     ap.add_argument("--datasets", default="digits,fashion_mnist,cifar10")
+    ap.add_argument("--shrinkage", default="none,optimal", help="covariances for the ot_map agreement rows")
+    ap.add_argument("--skip-ot-timing", action="store_true", help="only load, stats and agreement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data_dir = os.environ.get("DSB_DATA_DIR")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), DSB_DATA_DIR={data_dir}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"torch {torch.__version__}, {args.threads} thread(s), load average {load}, DSB_DATA_DIR={data_dir}")
     for name in args.datasets.split(","):
         if name != "digits" and not data_dir:
             print(f"skip {name}: set DSB_DATA_DIR (e.g. ../shared/data)")
@@ -144,7 +155,7 @@ def main() -> None:
             pairs = [(0, 6), (2, 4), (5, 7), (8, 9)]
         else:
             pairs = [(3, 5)]
-        bench_dataset(name, data_dir, args.full_cifar, pairs)
+        bench_dataset(name, data_dir, args.full_cifar, pairs, args.shrinkage.split(","), args.skip_ot_timing)
     print("\n| dataset | step | value | note |\n|---|---|---|---|")
     for r in ROWS:
         print("| " + " | ".join(r) + " |")
