@@ -59,7 +59,7 @@ import torch
 
 from dsb_widgets.data import CharTokenizer, Corpus, DataNotFoundError, tokenize_corpus
 from dsb_widgets.engine import RunConfig, train
-from dsb_widgets.ngrams import count_ngrams, entropy_rate, loss_floor, sample_sequences
+from dsb_widgets.ngrams import count_ngrams, entropy_rate, sample_sequences
 
 with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen of Python
     import this  # a small corpus that is always there (the fallback below)

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dsb_widgets.engine import ConfigError, RunConfig, resolve_config, train
 from dsb_widgets.engine.ensemble import ModelStack
