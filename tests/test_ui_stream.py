@@ -242,3 +242,25 @@ def test_eta_uses_recent_rate_not_startup() -> None:
         eta = e.update(30.0 + k, 6 + 100 * k, 3000)
     assert eta == pytest.approx((3000 - 2006) / 100, rel=1e-6)
     assert e.update(60.0, 3, 3000) is None  # a new run: history dropped
+
+
+def test_dashboard_opens_runs_and_sweeps_from_files(tmp_path: Path) -> None:
+    from dsb_widgets.engine.results import write_atomic
+    from dsb_widgets.ui.app import Dashboard, saved_files
+    from dsb_widgets.ui.sweep_view import SweepView
+
+    write_atomic(synthetic_sweep({}), tmp_path / "a-run.nc")
+    write_atomic(synthetic_sweep({"model": ["mlp", "cnn"]}), tmp_path / "grid" / "sweep.nc")
+    (tmp_path / "junk.nc").write_text("not netcdf")
+    assert {p.name for p in saved_files(tmp_path)} == {"a-run.nc", "sweep.nc", "junk.nc"}
+    d = Dashboard(tmp_path, registry=RunRegistry())
+    d.viewer.stop_polling()
+    assert set(d.files.options) == {"a-run.nc", "grid/sweep.nc", "junk.nc"}
+    d.open_file(str(tmp_path / "a-run.nc"))
+    assert d.message.alert_type == "success" and "Overlaid a-run" in d.message.object
+    assert not d.sweep_area.visible and d.viewer._overlays[0][1] == "a-run"
+    d.open_file(str(tmp_path / "grid" / "sweep.nc"))
+    assert d.sweep_area.visible and isinstance(d.sweep_view, SweepView)
+    assert len(d.sweep_view.grid.objects) == 2 and "model (2)" in d.message.object
+    d.open_file(str(tmp_path / "junk.nc"))
+    assert d.message.alert_type == "danger" and "Could not open junk.nc" in d.message.object

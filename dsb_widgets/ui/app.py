@@ -103,6 +103,7 @@ class Dashboard:
         self.clear_btn = pn.widgets.Button(name="Clear overlays", width=110)
         self.upload = pn.widgets.FileInput(accept=".nc", name="or upload a .nc")
         self.sweep_area = pn.Column(sizing_mode="stretch_width", visible=False)
+        self.sweep_view: SweepView | None = None
         self.viewer = RunViewer(registry.latest())
         self.viewer.hooks.append(self._refresh_runs)
         self._run_ids: tuple[str, ...] = ()
@@ -189,7 +190,8 @@ class Dashboard:
         """Overlay a plain run, or show a sweep (extra grid dims) faceted; returns the message."""
         dims = extra_dims(ds)
         if dims:
-            self.sweep_area.objects = [SweepView(ds, label)]
+            self.sweep_view = SweepView(ds, label)
+            self.sweep_area.objects = [self.sweep_view]
             self.sweep_area.visible = True
             return f"Opened sweep {label}: {dims_summary(ds, dims)}, {ds.sizes['seed']} seed(s)."
         n = self.viewer.add_overlay(ds, label)
@@ -216,7 +218,7 @@ class Dashboard:
 
     def _clear(self) -> None:
         self.viewer.clear_overlays()
-        self.sweep_area.objects, self.sweep_area.visible = [], False
+        self.sweep_area.objects, self.sweep_area.visible, self.sweep_view = [], False, None
         self.say("")
 
     # -- layout -------------------------------------------------------------------------------
