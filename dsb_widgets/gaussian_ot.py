@@ -26,14 +26,26 @@ h = sqrt(lam_B): one d x d matrix per pair, applied to images as (x - mu_p) W di
 without ever forming A. Pair factors live in an LRU cache bounded in bytes (``cache_bytes``),
 so memory no longer grows as K^2 d^2 (all 90 CIFAR-10 maps in float32 were 3.4 GB).
 
-Cost, measured on this 2-core CPU (torch 2.13, 1 thread, float64, machine shared with other
-jobs; ``benchmarks/bench_spine.py``): per pair, two d x d matmuls and one eigh. For d = 3072
-(CIFAR-10) one eigh takes ~20 s and one matmul ~3.5 s, so a pair costs ~25-30 s and a 1000-image
-probe with a random other class per image (all 90 pairs) ~45 min on CPU; the peak memory of the
-maps is the covariances (K d^2 * 8 = 755 MB) plus ``cache_bytes`` plus ~4 d^2 * 8 bytes of
-workspace. For d = 784 (Fashion-MNIST) all 90 pairs take tens of seconds. On a GPU use
-``device="cuda"``. Agreement with concept-erasure's ``ot_map`` on random SPD matrices in
-float64: max abs difference ~1e-13 (tested to 1e-5).
+Cost, measured with ``benchmarks/bench_spine.py`` (torch 2.13, 1 thread, float64, on this
+2-core CPU shared with other jobs, load average ~17, so wall times are inflated): per pair, two
+d x d matmuls and one eigh. CIFAR-10 (d = 3072): one class eigh 34 s, one pair factor 90 s wall;
+a 1000-image probe with a random other class per image needs all 10 class eighs and 90 pairs,
+extrapolated to ~2 h on this loaded CPU (roughly 30-40 min unloaded): use a GPU
+(``device="cuda"``) for CIFAR-sized OT probes. Fashion-MNIST (d = 784): the whole 1000-image
+probe (10 eighs + 90 pairs) 153 s wall; again, from the cache, 1.8 s; digits 0.2 s. Memory: the
+covariances (K d^2 * 8 bytes: 720 MB for CIFAR-10) + at most ``cache_bytes`` of factors + ~4 d^2
+* 8 bytes of workspace per target in flight (peak RSS increase measured for one CIFAR pair:
+0.5 GB), instead of K^2 d^2 for all maps.
+
+Accuracy. Agreement with concept-erasure's ``ot_map`` on random SPD matrices in float64: max abs
+difference ~1e-13 (tested to 1e-5). On real pixel covariances the formula is ill-conditioned:
+without shrinkage (Fashion-MNIST: lambda_max / lambda_min ~ 1e9) our maps and ``ot_map``
+differ by O(1) in relative Frobenius norm, yet both satisfy A S_p A = P S_q P to the same 2e-4;
+the difference lives in near-null directions of S_p that the data never excite. With
+``shrinkage="optimal"`` the maps agree to 3e-6 (Fashion-MNIST) and 2e-12 (digits). Held-out
+images do excite those directions: unshrunk maps send some Fashion-MNIST test pixels to +-500
+(shrunk: within [-2, 4]), so use ``shrinkage="optimal"`` to edit images the statistics were not
+fitted on.
 """
 
 from __future__ import annotations
@@ -172,7 +184,7 @@ class GaussianOT:
     cov: Tensor  # (K, d, d) float64
     image_shape: tuple[int, ...]
     dtype: torch.dtype = torch.float32
-    cache_bytes: int = 512 * 2**20
+    cache_bytes: int = 256 * 2**20
     _cache: _ByteLRU = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -189,7 +201,7 @@ class GaussianOT:
         shrinkage: Shrinkage = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
-        cache_bytes: int = 512 * 2**20,
+        cache_bytes: int = 256 * 2**20,
     ) -> GaussianOT:
         """Keep the class moments; no eigendecomposition happens until a map is needed.
         ``shrinkage`` as in ``ClassStats.covariance``."""

@@ -287,8 +287,7 @@ fig
 
 # %%
 def blowup(name: str) -> pd.DataFrame:
-    train, test = DATA[name]
-    n = len(train) if MAX_TRAIN is None else min(MAX_TRAIN, len(train))
+    _, test = DATA[name]
     a, b = PAIRS[name]
     xa = test.x[test.y == a]
     rows = {}
