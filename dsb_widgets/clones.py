@@ -75,6 +75,7 @@ class CloneConfig:
     seed: int = 0
     data_dir: str | None = None
     max_train_chars: int | None = None
+    device: str = "cpu"  # "cpu" | "cuda" | "auto"
 
     def __post_init__(self) -> None:
         if not self.layers or any(not 1 <= L <= MAX_LAYERS for L in self.layers):
@@ -151,9 +152,17 @@ def single_site_loss(model: FactoredAttention, x: Tensor, k: int, gen: torch.Gen
     """Stochastic pseudo-likelihood: k random sites per sequence, each masked ALONE (the exact
     conditionals the MH sampler uses), mean -log p(s_i | s_-i) in nats."""
     B, T = x.shape
-    pos = torch.rand(B, T, generator=gen).argsort(dim=1)[:, :k].reshape(-1)  # (B*k,)
+    pos = torch.rand(B, T, generator=gen).argsort(dim=1)[:, :k].reshape(-1).to(x.device)  # (B*k,)
     rows = x.repeat_interleave(k, dim=0)  # (B*k, T)
     return F.cross_entropy(masked_site_logits(model, rows, pos), rows[torch.arange(B * k), pos])
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no GPU is visible; pass --device cpu")
+    return torch.device(name)
 
 
 def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig, vocab: int,
@@ -165,13 +174,14 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
     gen = torch.Generator().manual_seed(cfg.seed + 7 * L)
     fcfg = FactoredAttentionConfig(vocab_size=vocab, seq_len=cfg.context, n_layers=L, n_heads=cfg.n_heads,
                                    d_embed=cfg.d_embed, attention=cfg.attention)  # type: ignore[arg-type]
-    model = FactoredAttention(fcfg)
+    dev = _device(cfg.device)
+    model = FactoredAttention(fcfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     bar = tqdm(range(cfg.steps), desc=f"factored L={L} ({n_bodies(L)}-body)", unit="step", disable=not progress)
     recent: list[float] = []
     for _ in bar:
-        x = windows(train, cfg.context, cfg.batch_size, gen)
+        x = windows(train, cfg.context, cfg.batch_size, gen).to(dev)
         if L == 1:
             loss = pseudo_likelihood_loss(model, x)  # exact: one pass gives every conditional
         elif cfg.objective == "single_site":
@@ -192,7 +202,7 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
     with torch.no_grad():
         evals = {}
         for split, stream in (("train", train), ("test", test)):
-            x = windows(stream, cfg.context, 256, torch.Generator().manual_seed(cfg.seed + 1))
+            x = windows(stream, cfg.context, 256, torch.Generator().manual_seed(cfg.seed + 1)).to(dev)
             evals[f"{split}_pll"] = float(-cond(x).gather(-1, x[..., None]).mean())
     return model, {"train_loss": float(np.mean(recent)), **evals}
 
@@ -232,11 +242,16 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             if on_sweep is not None:
                 on_sweep(L, row)
 
-        res = metropolis_hastings(fast_conditionals(model), init, n_sweeps=cfg.sweeps, burn_in=cfg.burn_in,
-                                  thin=cfg.thin, generator=torch.Generator().manual_seed(cfg.seed + 17 * L),
-                                  on_sweep=sweep_cb)
+        dev = next(model.parameters()).device
+        if dev.type == "cpu":
+            gen: torch.Generator | None = torch.Generator().manual_seed(cfg.seed + 17 * L)
+        else:  # the sampler draws on the chains' device: use its global generator, seeded
+            torch.manual_seed(cfg.seed + 17 * L)
+            gen = None
+        res = metropolis_hastings(fast_conditionals(model), init.to(dev), n_sweeps=cfg.sweeps,
+                                  burn_in=cfg.burn_in, thin=cfg.thin, generator=gen, on_sweep=sweep_cb)
         bar.close()
-        tokens = res.samples.reshape(-1, cfg.context)  # (S * chains, T)
+        tokens = res.samples.reshape(-1, cfg.context).cpu()  # (S * chains, T)
         torch.save({"tokens": tokens, "layers": L, "bodies": n_bodies(L), "init": init}, out / f"clone_L{L}.pt")
         kept = [r for r in res.stats if not r["burn_in"]]
         prov["orders"][str(L)] = {
@@ -248,7 +263,7 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             "change_rate_per_sweep": [r["change_rate"] for r in res.stats],
             "mean_energy_per_sweep": [r["mean_energy"] for r in res.stats],
             "chain_tokens_per_second": float(np.mean([r["tokens_per_second"] for r in kept])),
-            "fraction_changed_from_init": float((res.final != init).float().mean()),
+            "fraction_changed_from_init": float((res.final.cpu() != init).float().mean()),
             **losses, "train_seconds": t_train, "sample_seconds": float(sum(r["seconds"] for r in res.stats)),
         }
         (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=1))
@@ -296,6 +311,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR, else the hub)")
     p.add_argument("--max-train-chars", type=int, help="train on the head of the corpus only")
+    p.add_argument("--device", default=d.device, help="cpu | cuda | auto")
     p.set_defaults(func=_cmd_clone)
 
 
@@ -308,7 +324,7 @@ def _cmd_clone(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
                           attention=args.attention, objective=args.objective, mask_rate=args.mask_rate, sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin,
                           chains=args.chains, seed=args.seed, data_dir=args.data_dir,
-                          max_train_chars=args.max_train_chars)
+                          max_train_chars=args.max_train_chars, device=args.device)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     torch.set_num_threads(max(1, torch.get_num_threads()))
