@@ -8,10 +8,16 @@ timed into a fresh folder. Runs are single-threaded (torch.set_num_threads(1)), 
 speed-up on 2 cores is 2x; the machine's load average is printed next to every timing because
 these machines are shared.
 
-Measured 2026-11-23 on the 2-core shared dev machine (8 runs: mlp, width 64, 512 steps, probe
-size 200, train_on real/gauss_clone x 4 seeds; load average 10-17 from other jobs, so the
-absolute times are several times the idle ones and only the side-by-side ratio means anything):
-see the numbers quoted in README "Sweeps".
+Measured 2026-11-23, ``--steps 256``, on the 2-core dev machine while ~7 other agents kept its
+load average at 17 (so every absolute time is tens of times the idle one):
+
+    1 worker(s): sweep   573.1 s  (cluster start + warm-up  88.0 s; load average 17.7 -> 17.1)
+    2 worker(s): sweep   237.0 s  (cluster start + warm-up 101.0 s; load average 17.1 -> 17.0)
+    speed-up 1 -> 2 workers: 2.42x
+
+More than the ideal 2x because under that load the kernel shares the cores per process, so two
+workers also won a larger share from the other jobs; on an idle machine expect <= 2x. Runs are
+independent tasks, so the sweep scales with workers until the cores (or GPUs) are used up.
 """
 
 from __future__ import annotations
