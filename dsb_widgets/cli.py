@@ -159,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dsb: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ndsb: interrupted; rerun with --resume to continue", file=sys.stderr)
+        hint = {"run": "rerun with --resume to continue", "sweep": "rerun the same command; finished runs are skipped"}
+        print(f"\ndsb: interrupted; {hint.get(args.command, 'stopped')}", file=sys.stderr)
         return 130
 
 
