@@ -23,7 +23,7 @@ from dsb_widgets.engine.loop import train
 from dsb_widgets.engine.schedule import log_checkpoints
 from dsb_widgets.engine.task import ConfigError, RunConfig, resolve_config
 from dsb_widgets.models.vision import VisionConfig, make_vision_model
-from dsb_widgets.taylor import taylor_expansion
+from dsb_widgets.taylor import class_taylor_expansion, taylor_expansion
 
 STEPS = 4
 CFG = RunConfig(experiment="images", dataset="digits", steps=STEPS, seeds=2, probe_size=400,
@@ -222,9 +222,32 @@ def test_order4_adds_gaussian_fourth_moment_term(digits):
     terms = m.class_terms(model)  # (K, 3): T0, T0+T2, T0+T2+T4
     assert terms.shape == (10, 3) and torch.isfinite(terms).all()
     y = 3
-    fn = lambda x: F.cross_entropy(model(x.view(-1, 1, 8, 8)), torch.full((x.shape[0],), y), reduction="none")  # noqa: E731
+    def fn(x):
+        return F.cross_entropy(model(x.view(-1, 1, 8, 8)), torch.full((x.shape[0],), y), reduction="none")
+
     ref = taylor_expansion(fn, m.means[y], m.factors[y], 4, n_samples=64, seed=0)
     assert terms[y, 2] - terms[y, 1] == pytest.approx(ref.terms[4].item(), rel=1e-4, abs=1e-9)
     assert terms[y, 1] - terms[y, 0] == pytest.approx(ref.terms[2].item(), rel=1e-4)
     # a ReLU MLP is piecewise linear, so D^4 L comes from the softmax alone: T4 << T2 at init
     assert (terms[:, 2] - terms[:, 1]).abs().max() < (terms[:, 1] - terms[:, 0]).abs().min()
+
+
+def test_batched_exact_path_equals_class_by_class(digits):
+    """The one-batch order-2 path gives class_taylor_expansion's exact numbers for every class."""
+    torch.set_num_threads(1)
+    m = tp.make_taylor_measure(digits, {})
+    assert m.batched
+    torch.manual_seed(1)
+    model = make_vision_model("mlp", VisionConfig((1, 8, 8), 10, width=64)).train()
+    with torch.no_grad():  # a less trivial point than init: scale the weights up
+        for p in model.parameters():
+            p.mul_(3.0)
+    got = m.class_terms(model)  # (K, 2)
+    assert model.training  # mode restored
+    ref = class_taylor_expansion(model, m.means, m.factors, input_shape=(1, 8, 8), order=2, method="exact")
+    expect = torch.tensor([[r.terms[0].item(), r.terms[0].item() + r.terms[2].item()] for r in ref],
+                          dtype=torch.float64)
+    np.testing.assert_allclose(got.numpy(), expect.numpy(), rtol=1e-5, atol=1e-7)
+    assert (got[:, 1] - got[:, 0] > 1e-4).all()  # the order-2 terms are resolved
+    loop = tp.make_taylor_measure(digits, {"taylor_method": "topk", "taylor_samples": 4})
+    assert not loop.batched
