@@ -26,16 +26,16 @@ h = sqrt(lam_B): one d x d matrix per pair, applied to images as (x - mu_p) W di
 without ever forming A. Pair factors live in an LRU cache bounded in bytes (``cache_bytes``),
 so memory no longer grows as K^2 d^2 (all 90 CIFAR-10 maps in float32 were 3.4 GB).
 
-Cost, measured with ``benchmarks/bench_spine.py`` (torch 2.13, 1 thread, float64, on this
-2-core CPU shared with other jobs, load average ~17, so wall times are inflated): per pair, two
-d x d matmuls and one eigh. CIFAR-10 (d = 3072): one class eigh 34 s, one pair factor 90 s wall;
-a 1000-image probe with a random other class per image needs all 10 class eighs and 90 pairs,
-extrapolated to ~2 h on this loaded CPU (roughly 30-40 min unloaded): use a GPU
-(``device="cuda"``) for CIFAR-sized OT probes. Fashion-MNIST (d = 784): the whole 1000-image
-probe (10 eighs + 90 pairs) 153 s wall; again, from the cache, 1.8 s; digits 0.2 s. Memory: the
-covariances (K d^2 * 8 bytes: 720 MB for CIFAR-10) + at most ``cache_bytes`` of factors + ~4 d^2
-* 8 bytes of workspace per target in flight (peak RSS increase measured for one CIFAR pair:
-0.5 GB), instead of K^2 d^2 for all maps.
+Cost, measured with ``benchmarks/bench_spine.py`` (torch 2.13, 1 thread, float64, this 2-core
+CPU shared with other jobs; CPU seconds, wall time was 1.5-3x more): per pair, two d x d matmuls
+and one eigh. CIFAR-10 (d = 3072): one class eigh 9.7 s, one pair factor 13.6 s; a 1000-image
+probe with a random other class per image needs all 10 class eighs and 90 pairs, ~22 CPU min
+(use a GPU, ``device="cuda"``, for CIFAR-sized OT probes). Fashion-MNIST (d = 784): the whole
+1000-image probe 29 s; digits 0.1 s. Memory: the covariances (K d^2 * 8 bytes: 720 MB for
+CIFAR-10) + at most ``cache_bytes`` of factors + ~4 d^2 * 8 bytes of workspace per target in
+flight (peak RSS increase for one CIFAR pair: 0.43 GB), instead of K^2 d^2 for all maps (3.4 GB
+in float32). The cache helps repeated pairs (notebooks, dashboards); all 100 Fashion-MNIST
+factors take ~490 MB, so pass ``cache_bytes=600 * 2**20`` to keep a whole probe's maps.
 
 Accuracy. Agreement with concept-erasure's ``ot_map`` on random SPD matrices in float64: max abs
 difference ~1e-13 (tested to 1e-5). On real pixel covariances the formula is ill-conditioned:
