@@ -258,18 +258,25 @@ def _status_handler() -> type:
 
     class StatusHandler(RequestHandler):
         def get(self) -> None:
+            out = status_payload()
+            contexts = getattr(self.application, "_applications", {})  # BokehTornado: path -> context
+            out["bokeh_sessions"] = [
+                {"connections": ses.connection_count, "blocked": ses.expiration_blocked_count,
+                 "idle_ms": int(ses.milliseconds_since_last_unsubscribe)}
+                for ctx in contexts.values() for ses in ctx.sessions]
             self.set_header("Content-Type", "application/json")
-            self.write(json.dumps(status_payload()))
+            self.write(json.dumps(out))
 
     return StatusHandler
 
 
 def serve(port: int = 5006, address: str = "localhost", show: bool = False, start: bool = False,
-          runs_dir: str | Path = "runs", session_lifetime_ms: int = 3000) -> None:
+          runs_dir: str | Path = "runs", session_lifetime_ms: int = 15_000) -> None:
     """Serve the dashboard (blocking). ``start``: begin the default digits run before serving.
 
-    ``session_lifetime_ms``: how long after its last websocket closes a session (and its drain
-    callback) is destroyed; the run itself is never affected.
+    ``session_lifetime_ms``: how long a session with no open websocket lives (Bokeh's default,
+    15 s): a page must open its websocket within it or its document is rebuilt, and a closed
+    tab's drain callback is released that long after it closed. The run is never affected.
     """
     pn.config.inline = True
     runs = Path(runs_dir)
@@ -281,7 +288,7 @@ def serve(port: int = 5006, address: str = "localhost", show: bool = False, star
     pn.serve({"/": lambda: build_app(runs)}, port=port, address=address, show=show, title=TITLE,
              websocket_origin=[f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"],
              extra_patterns=[(STATUS_PATH, _status_handler())],
-             check_unused_sessions_milliseconds=min(1000, session_lifetime_ms),
+             check_unused_sessions_milliseconds=min(2000, session_lifetime_ms),
              unused_session_lifetime_milliseconds=session_lifetime_ms)
 
 

@@ -23,6 +23,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 TOKEN_RE = re.compile(r'"token":"([^"]+)"')
+_START_AND_SERVE = """
+from pathlib import Path
+from dsb_widgets.engine.task import RunConfig, resolve_config
+from dsb_widgets.runs import REGISTRY
+from dsb_widgets.ui.app import run_path, serve
+cfg = resolve_config(RunConfig(**{run!r}))
+REGISTRY.start(cfg, out=run_path(Path({runs!r}), cfg))
+serve(port={port}, address="127.0.0.1", runs_dir={runs!r})
+"""
 
 
 def free_port() -> int:
@@ -41,12 +50,15 @@ def get_status(url: str, timeout: float = 30.0) -> dict[str, Any]:
 class ServedDashboard:
     """``dsb serve`` on a free port in a subprocess; use as a context manager.
 
-    ``args``: extra CLI arguments (e.g. ``["--start"]``). Training uses one torch thread so a
-    test server does not fight the test runner for the cores.
+    ``args``: extra CLI arguments (e.g. ``["--start"]``). ``run``: RunConfig fields of a run to
+    start in the server process before serving (what ``--start`` does with the default config),
+    e.g. a long run that outlives a load test. Training uses one torch thread so a test server
+    does not fight the test runner for the cores.
     """
 
     runs_dir: Path
     args: Sequence[str] = ()
+    run: dict[str, Any] | None = None
     port: int = field(default_factory=free_port)
     startup_timeout: float = 180.0
     proc: subprocess.Popen | None = None
@@ -63,6 +75,9 @@ class ServedDashboard:
         log = open(self.log_path, "w")
         cmd = [sys.executable, "-m", "dsb_widgets.cli", "serve", "--port", str(self.port), "--address",
                "127.0.0.1", "--runs-dir", str(self.runs_dir), *self.args]
+        if self.run is not None:
+            cmd = [sys.executable, "-c", _START_AND_SERVE.format(run=self.run, port=self.port,
+                                                                 runs=str(self.runs_dir))]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + self.startup_timeout
         while time.time() < deadline:
@@ -156,8 +171,8 @@ async def _watch(url: str, n: int, hold_s: float, concurrency: int, timeout: flo
     return stats
 
 
-def watch_sessions(url: str, n: int = 20, hold_s: float = 10.0, concurrency: int = 4,
-                   timeout: float = 240.0) -> SessionStats:
+def watch_sessions(url: str, n: int = 20, hold_s: float = 10.0, concurrency: int = 2,
+                   timeout: float = 420.0) -> SessionStats:
     """Open ``n`` sessions, hold them all connected ``hold_s`` seconds, then close them all."""
     return asyncio.run(_watch(url, n, hold_s, concurrency, timeout))
 
