@@ -63,6 +63,16 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def _clones_corpus(folder: Path) -> str | None:
+    """The corpus a `dsb clone` folder was made from (its provenance.json), or None."""
+    import json
+
+    try:
+        return str(json.loads((folder / "provenance.json").read_text())["corpus"])
+    except (OSError, ValueError, KeyError):
+        return None  # the experiment reports the missing/broken folder with its own message
+
+
 def config_from_args(args: argparse.Namespace) -> "RunConfig":
     from dsb_widgets.engine.task import ConfigError, RunConfig
 
@@ -75,6 +85,8 @@ def config_from_args(args: argparse.Namespace) -> "RunConfig":
     for key in ("tokenizer", "vocab_size", "context", "clones"):
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
+    if args.experiment == "clones" and args.dataset is None and args.clones:
+        args.dataset = _clones_corpus(Path(args.clones))
     return RunConfig(
         experiment=args.experiment, dataset=args.dataset, model=args.model, steps=args.steps,
         seeds=args.seeds, seed=args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
