@@ -91,6 +91,7 @@ class RunViewer(pn.viewable.Viewer):
         self._vid: int | None = None
         self._poll = poll
         self._unconnected_since: float | None = None
+        self._was_connected = False
         self.orphan_s = ORPHAN_S
         self.run: RunHandle | None = None
         self.attach(run)
@@ -261,12 +262,14 @@ class RunViewer(pn.viewable.Viewer):
         if session is None:
             return False
         if session.connection_count > 0:
-            self._unconnected_since = None
+            self._unconnected_since, self._was_connected = None, True
             return False
         now = time.monotonic()
         if self._unconnected_since is None:
             self._unconnected_since = now
-        return now - self._unconnected_since > self.orphan_s
+        # A page still loading its JS (slow machine) has not connected yet: give it longer.
+        limit = self.orphan_s if self._was_connected else 6 * self.orphan_s
+        return now - self._unconnected_since > limit
 
     def _tick(self) -> None:
         if not self.notebook and self._orphaned():
