@@ -190,7 +190,7 @@ def some_pairs(k: int, n: int) -> list[tuple[int, int]]:
     return [pairs[i] for i in idx.tolist()]
 
 
-ks_all = pd.concat([ks_table(name, some_pairs(10, 12 if FAST else 90), split)
+ks_all = pd.concat([ks_table(name, some_pairs(10, 5 if FAST else 90), split)
                     for name in DATA if name != "cifar10" for split in ("train", "test")])
 ks_all.groupby(["dataset", "images", "edit"], sort=False)[["mean KS", "max KS", "critical 5%"]].mean().round(3)
 
@@ -230,7 +230,7 @@ def compare(name: str, pairs: list[tuple[int, int]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-cmp = pd.concat([compare(name, some_pairs(10, 6 if FAST else 30)) for name in DATA if name != "cifar10"])
+cmp = pd.concat([compare(name, some_pairs(10, 4 if FAST else 30)) for name in DATA if name != "cifar10"])
 cmp_summary = cmp.groupby(["dataset", "edit"], sort=False).mean().round(3)
 cmp_summary
 

@@ -49,7 +49,7 @@ import os
 FAST = os.environ.get("DSB_FAST", "0") == "1"
 DATA_DIR = os.environ.get("DSB_DATA_DIR")  # folder with fashion-mnist/ and cifar10/ (optional)
 MAX_TRAIN = 6_000 if FAST else None  # training images for the statistics (None: all)
-N_PER_CLASS = 300 if FAST else 2_000  # samples per class for the moment checks
+N_PER_CLASS = 200 if FAST else 2_000  # samples per class for the moment checks
 USE_CIFAR = not FAST
 CIFAR_FULL_COV = False  # full 3072x3072 Gaussian per class: ~10 eighs, several minutes on 2 cores
 SEED = 0
@@ -199,7 +199,7 @@ grids.get("cifar10", "CIFAR-10 skipped (FAST mode or not in DSB_DATA_DIR)")
 #
 # Sampling error sets the floor: with $n$ = `N_PER_CLASS` samples a pixel mean is off by
 # $\sigma/\sqrt n$ ($\sigma \le 0.5$), so the maximum over hundreds of pixels is a few times
-# $0.5/\sqrt n$ (0.03–0.09 in fast mode) even for a perfect sampler; ratios and KS are taken
+# $0.5/\sqrt n$ (0.035–0.1 in fast mode) even for a perfect sampler; ratios and KS are taken
 # over pixels whose class standard deviation exceeds 0.03.
 
 # %%
