@@ -37,7 +37,7 @@ one seed; small-data reproduction, not Belrose's Pythia scale):
 - unigram probe: minimum 5.321 nats/token at step 32 (floor 5.152), then rises to 6.897 at 512;
 - bigram probe: minimum 3.668 at step 256 (floor 3.182), 3.708 at 512;
 - trigram probe: still falling at 512 (3.530; floor 2.304); real text falls throughout (3.230);
-- shuffled windows track the unigram probe (minimum 5.309 at step 32, 6.717 at 512).
+- shuffled windows track the unigram probe (minimum 5.312 at step 45, 6.675 at 512).
 
 WikiText-2 (offline: the 259k-token VALIDATION split is the train split, v1 text with its own
 ``<unk>``), same settings (``dsb run text --corpus wikitext2``, 240 s user CPU, 6.3 min wall on
@@ -48,8 +48,9 @@ shuffled minimum 4.456 at step 45. The small train split is seen ~4 times in 512
 Tiny Shakespeare, characters (V = 65), context 32, GPT 2 x 64, lr 3e-3, batch 16, 160 steps
 (the CI test): unigram minimum 3.325 at step 16 (floor 3.309), bigram 2.611 at 160 (floor 2.452).
 Speed: the default model trains at ~10.7k tokens per CPU-second (one thread, forward + backward
-+ AdamW, batch 32 x 64), so the default run is ~2 minutes of CPU; on the shared, heavily loaded
-development machine (load average ~20 on 2 cores) wall time was ~10 minutes.
++ AdamW, batch 32 x 64); with 2 threads on an idle 2-core machine ~13 steps/s (~27k tokens/s),
+so the default run takes 1-2 minutes there. On the shared development machine (load average
+3-20 on 2 cores) ``dsb run text`` took 11 min wall, 432 s user CPU, probe evaluation 13%.
 """
 
 from __future__ import annotations
