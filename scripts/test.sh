@@ -17,6 +17,8 @@ if [[ -z "${DSB_DATA_DIR:-}" && -d ../shared/data ]]; then
   export DSB_DATA_DIR="$(cd ../shared/data && pwd)"
 fi
 export DSB_FAST=1                      # notebooks in fast mode
+export HYPOTHESIS_PROFILE=ci           # reproducible property-based examples (tests/conftest.py)
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # tests never reach for the hub (local data or skip)
 export DSB_CACHE_DIR="${DSB_CACHE_DIR:-$HOME/.cache/dsb_widgets}"
 export PYTHONUNBUFFERED=1
 mkdir -p artifacts

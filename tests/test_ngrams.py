@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dsb_widgets.ngrams import (
@@ -138,6 +138,10 @@ def _dense_backoff_chain(x: np.ndarray, V: int, k: int) -> tuple[np.ndarray, np.
 
 @settings(max_examples=25, deadline=None)
 @given(tokens_v3, st.sampled_from([2, 3]))
+@example(
+    x=np.array([1, 1, 1, 0]),
+    k=2,
+)  # a failure hypothesis found during development
 def test_entropy_rate_and_loss_floor_match_a_dense_back_off_oracle(x: np.ndarray, k: int) -> None:
     V = 3
     stats = count_ngrams(x, V, order=k)

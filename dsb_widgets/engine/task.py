@@ -193,7 +193,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     options = {**exp.defaults.get("options", {}), **dict(cfg.options)}
     cfg = cfg.replace(**filled, options=options)
     if cfg.probes is None:
-        cfg = cfg.replace(probes=tuple(exp.probes))
+        cfg = cfg.replace(probes=tuple(exp.defaults.get("probes", exp.probes)))  # opt-in probes left out
     if cfg.steps is None or cfg.steps < 1:
         raise ConfigError(f"steps must be >= 1 (got {cfg.steps}); pass e.g. --steps 512")
     if cfg.seeds < 1:
