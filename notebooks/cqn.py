@@ -58,7 +58,6 @@ N_SHOW = 8
 SEED = 0
 
 # %%
-import numpy as np
 import pandas as pd
 import panel as pn
 import plotly.express as px
@@ -66,10 +65,11 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from dsb_widgets.data import DataNotFoundError, load_images
+from dsb_widgets.data.images import load_if_available
+from dsb_widgets.ui.figures import image_grid
 from dsb_widgets.gaussian_ot import GaussianOT
 from dsb_widgets.quantile import QuantileNormalizer
-from dsb_widgets.stats import ClassStats
+from dsb_widgets.stats import ClassStats, ks_per_coordinate
 
 pn.extension("plotly", inline=True)
 torch.set_num_threads(1 if FAST else torch.get_num_threads())
@@ -83,19 +83,9 @@ GEN = torch.Generator().manual_seed(SEED)
 # and class moments come from the training split; edits are applied to held-out test images.
 
 # %%
-def load(name: str) -> tuple | None:
-    if name != "digits" and not DATA_DIR:
-        return None
-    try:
-        return load_images(name, "train", DATA_DIR), load_images(name, "test", DATA_DIR)
-    except (DataNotFoundError, FileNotFoundError) as err:
-        print(f"{name}: not available ({err})")
-        return None
-
-
 DATA, QN, OT, STATS = {}, {}, {}, {}
 for name in ["digits", "fashion_mnist"] + (["cifar10"] if USE_CIFAR else []):
-    got = load(name)
+    got = load_if_available(name, DATA_DIR)
     if got is None:
         continue
     train, test = got
@@ -115,16 +105,6 @@ for name in ["digits", "fashion_mnist"] + (["cifar10"] if USE_CIFAR else []):
 # CQN. The edited histogram lies on top of the target's, atoms included.
 
 # %%
-def ks_per_coordinate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Two-sample KS statistic sup_z |F_a(z) - F_b(z)| per column; a (n1, d), b (n2, d) -> (d,)."""
-    a_s = a.T.contiguous().sort(dim=1).values.double()  # (d, n1)
-    b_s = b.T.contiguous().sort(dim=1).values.double()  # (d, n2)
-    z = torch.cat([a_s, b_s], dim=1)  # the sup is attained at a data point
-    fa = torch.searchsorted(a_s, z, side="right").double() / a_s.shape[1]
-    fb = torch.searchsorted(b_s, z, side="right").double() / b_s.shape[1]
-    return (fa - fb).abs().amax(dim=1)
-
-
 def edits(name: str, a: int, b: int, t: float = 1.0, split: str = "test") -> dict[str, torch.Tensor]:
     """Flattened class-a images of ``split``, their CQN and OT edits (interpolated by t), and the
     class-b training images the tables and moments describe."""
@@ -249,30 +229,12 @@ fig
 # smooth "ghost" of the target.
 
 # %%
-def image_grid(x: torch.Tensor, rows: list[str], title: str, shape: tuple[int, ...]) -> go.Figure:
-    img = x.reshape(-1, *shape).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
-    if img.shape[-1] == 1:
-        fig = px.imshow(img[..., 0], facet_col=0, facet_col_wrap=N_SHOW, color_continuous_scale="gray",
-                        zmin=0, zmax=1, facet_row_spacing=0.02, facet_col_spacing=0.01)
-        fig.update_coloraxes(showscale=False)
-    else:
-        fig = px.imshow((img * 255).astype(np.uint8), facet_col=0, facet_col_wrap=N_SHOW,
-                        facet_row_spacing=0.02, facet_col_spacing=0.01)
-    fig.for_each_annotation(lambda a: a.update(text=""))
-    for r, label in enumerate(rows):
-        fig.add_annotation(text=label, xref="paper", yref="paper", x=-0.01, xanchor="right",
-                           y=1 - (r + 0.5) / len(rows), showarrow=False, textangle=-90)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(title=title, height=110 * len(rows) + 60, margin=dict(l=40, r=10, t=50, b=10))
-    return fig
-
-
 def edit_grid(name: str, a: int, b: int, t: float = 1.0) -> go.Figure:
     e = edits(name, a, b, t)
     cls, shape = DATA[name][3], tuple(DATA[name][2].x.shape[1:])
     x = torch.cat([e[k][:N_SHOW] for k in ["source a", "CQN a→b", "OT a→b", "target b"]])
-    return image_grid(x, [cls[a], "CQN", "OT", cls[b]], f"{name}: '{cls[a]}' → '{cls[b]}' (t = {t:.2f})", shape)
+    return image_grid(x.reshape(-1, *shape), [cls[a], "CQN", "OT", cls[b]], N_SHOW,
+                      f"{name}: '{cls[a]}' → '{cls[b]}' (t = {t:.2f})")
 
 
 PAIRS = {"digits": (3, 8), "fashion_mnist": (7, 1), "cifar10": (1, 9)}

@@ -72,7 +72,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from dsb_widgets.data import DataNotFoundError, load_images
+from dsb_widgets.data.images import load_if_available
+from dsb_widgets.ui.figures import image_grid
 from dsb_widgets.gaussian_ot import GaussianOT, ot_matrix
 from dsb_widgets.stats import ClassStats
 
@@ -148,21 +149,10 @@ check
 # `data/README.md`). In fast mode only a subset of the training images is used.
 
 # %%
-def load(name: str) -> tuple | None:
-    """(train, test) of a dataset, or None when it is not available offline."""
-    if name != "digits" and not DATA_DIR:
-        return None
-    try:
-        return load_images(name, "train", DATA_DIR), load_images(name, "test", DATA_DIR)
-    except (DataNotFoundError, FileNotFoundError) as err:
-        print(f"{name}: not available ({err})")
-        return None
-
-
 names = ["digits", "fashion_mnist"] + (["cifar10"] if USE_CIFAR else [])
 DATA, OTS, EXACT = {}, {}, {}
 for name in names:
-    got = load(name)
+    got = load_if_available(name, DATA_DIR)
     if got is None:
         continue
     train, test = got
@@ -187,33 +177,13 @@ for name in names:
 # first two moments but leaves most higher-order structure in place.
 
 # %%
-def image_grid(x: torch.Tensor, rows: list[str], title: str) -> go.Figure:
-    """x: (R * N_SHOW, C, H, W) in [0, 1] -> a Plotly grid, one labelled row per group."""
-    img = x.clamp(0, 1).permute(0, 2, 3, 1).numpy()  # (n, H, W, C)
-    if img.shape[-1] == 1:
-        fig = px.imshow(img[..., 0], facet_col=0, facet_col_wrap=N_SHOW, color_continuous_scale="gray",
-                        zmin=0, zmax=1, facet_row_spacing=0.02, facet_col_spacing=0.01)
-        fig.update_coloraxes(showscale=False)
-    else:
-        fig = px.imshow((img * 255).astype(np.uint8), facet_col=0, facet_col_wrap=N_SHOW,
-                        facet_row_spacing=0.02, facet_col_spacing=0.01)
-    fig.for_each_annotation(lambda a: a.update(text=""))
-    for r, label in enumerate(rows):
-        fig.add_annotation(text=label, xref="paper", yref="paper", x=-0.01, xanchor="right",
-                           y=1 - (r + 0.5) / len(rows), showarrow=False, textangle=-90)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(title=title, height=120 * len(rows) + 60, margin=dict(l=40, r=10, t=50, b=10))
-    return fig
-
-
 def transport_grid(name: str, a: int, b: int, t: float = 1.0) -> go.Figure:
     train, test = DATA[name]
     xa = test.x[test.y == a][:N_SHOW]
     xb = test.x[test.y == b][:N_SHOW]
     moved = OTS[name].transport(xa, a, b, t=t)
     cls = train.classes
-    return image_grid(torch.cat([xa, moved, xb]), [f"{cls[a]}", f"{cls[a]} → {cls[b]}", f"{cls[b]}"],
+    return image_grid(torch.cat([xa, moved, xb]), [f"{cls[a]}", f"{cls[a]} → {cls[b]}", f"{cls[b]}"], N_SHOW,
                       f"{name}: Gaussian OT of class '{cls[a]}' onto '{cls[b]}' (t = {t:.2f})")
 
 

@@ -55,17 +55,17 @@ CIFAR_FULL_COV = False  # full 3072x3072 Gaussian per class: ~10 eighs, several 
 SEED = 0
 
 # %%
-import numpy as np
 import pandas as pd
 import panel as pn
 import plotly.express as px
 import plotly.graph_objects as go
 import torch
 
-from dsb_widgets.data import DataNotFoundError, load_images
+from dsb_widgets.data.images import load_if_available
+from dsb_widgets.ui.figures import image_grid
 from dsb_widgets.maxent import (REFINETTI_RIDGE, ExponentialMaxEnt, GaussianSampler, IndependentMarginals,
                                 exp_icdf, exp_mean, solve_rate)
-from dsb_widgets.stats import ClassStats
+from dsb_widgets.stats import ClassStats, ks_per_coordinate
 
 pn.extension("plotly", inline=True)
 torch.set_num_threads(1 if FAST else torch.get_num_threads())
@@ -102,19 +102,9 @@ fig
 # it uses the per-channel covariance (Refinetti et al.'s choice) for both order-2 samplers.
 
 # %%
-def load(name: str) -> tuple | None:
-    if name != "digits" and not DATA_DIR:
-        return None
-    try:
-        return load_images(name, "train", DATA_DIR), load_images(name, "test", DATA_DIR)
-    except (DataNotFoundError, FileNotFoundError) as err:
-        print(f"{name}: not available ({err})")
-        return None
-
-
 DATA, SAMPLERS = {}, {}
 for name in ["digits", "fashion_mnist"] + (["cifar10"] if USE_CIFAR else []):
-    got = load(name)
+    got = load_if_available(name, DATA_DIR)
     if got is None:
         continue
     train, test = got
@@ -144,26 +134,6 @@ for name in ["digits", "fashion_mnist"] + (["cifar10"] if USE_CIFAR else []):
 # class; what is missing is higher-order structure (sharp edges, consistent strokes).
 
 # %%
-def image_grid(x: torch.Tensor, rows: list[str], cols: int, title: str) -> go.Figure:
-    """x: (R * cols, C, H, W) in [0, 1] -> a Plotly grid with a label per row."""
-    img = x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
-    if img.shape[-1] == 1:
-        fig = px.imshow(img[..., 0], facet_col=0, facet_col_wrap=cols, color_continuous_scale="gray",
-                        zmin=0, zmax=1, facet_row_spacing=0.02, facet_col_spacing=0.01)
-        fig.update_coloraxes(showscale=False)
-    else:
-        fig = px.imshow((img * 255).astype(np.uint8), facet_col=0, facet_col_wrap=cols,
-                        facet_row_spacing=0.02, facet_col_spacing=0.01)
-    fig.for_each_annotation(lambda a: a.update(text=""))
-    for r, label in enumerate(rows):
-        fig.add_annotation(text=label, xref="paper", yref="paper", x=-0.01, xanchor="right", font=dict(size=10),
-                           y=1 - (r + 0.5) / len(rows), showarrow=False, textangle=-90)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(title=title, height=105 * len(rows) + 60, margin=dict(l=60, r=10, t=50, b=10))
-    return fig
-
-
 def sample_grid(name: str, seed: int = SEED) -> go.Figure:
     x, y, classes, _ = DATA[name]
     k = len(classes)
@@ -203,16 +173,6 @@ grids.get("cifar10", "CIFAR-10 skipped (FAST mode or not in DSB_DATA_DIR)")
 # over pixels whose class standard deviation exceeds 0.03.
 
 # %%
-def ks_per_coordinate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Two-sample KS statistic per column; a (n1, d), b (n2, d) -> (d,)."""
-    a_s = a.T.contiguous().sort(dim=1).values.double()
-    b_s = b.T.contiguous().sort(dim=1).values.double()
-    z = torch.cat([a_s, b_s], dim=1)
-    fa = torch.searchsorted(a_s, z, side="right").double() / a_s.shape[1]
-    fb = torch.searchsorted(b_s, z, side="right").double() / b_s.shape[1]
-    return (fa - fb).abs().amax(dim=1)
-
-
 def moment_table(name: str) -> pd.DataFrame:
     x, y, classes, test = DATA[name]
     k, d = len(classes), x[0].numel()

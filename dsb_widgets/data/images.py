@@ -390,3 +390,18 @@ def _load_hub(key: str, split: str) -> formats.RawImages:
     )
     _write_cache(path, raw)
     return raw
+
+
+def load_if_available(name: str, data_dir: str | os.PathLike[str] | None = None) -> tuple[ImageData, ImageData] | None:
+    """(train, test) of ``name`` from local data, or None (with a printed reason) when absent.
+
+    For notebooks and demos that use real datasets when present: never reaches for the hub
+    (``digits`` is always available; the others need ``data_dir`` or ``DSB_DATA_DIR``).
+    """
+    if name != "digits" and resolve_data_dir(data_dir) is None:
+        return None
+    try:
+        return load_images(name, "train", data_dir), load_images(name, "test", data_dir)
+    except (DataNotFoundError, FileNotFoundError) as err:
+        print(f"{name}: not available ({err})")
+        return None
