@@ -25,8 +25,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dsb_widgets.models.gpt import Block, GPTConfig
 
 __all__ = ["BertConfig", "Bert", "mask_tokens", "IGNORE"]
 
@@ -57,44 +58,6 @@ class BertConfig:
         return self.vocab_size
 
 
-class SelfAttention(nn.Module):
-    """Bidirectional multi-head self-attention (no causal mask: a masked LM sees both sides)."""
-
-    def __init__(self, cfg: BertConfig) -> None:
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, d) -> (B, T, d)
-        B, T, d = x.shape
-        h = self.n_head
-        q, k, v = self.qkv(x).split(d, dim=-1)  # 3 x (B, T, d)
-        q, k, v = (t.reshape(B, T, h, d // h).transpose(1, 2) for t in (q, k, v))  # (B, h, T, dh)
-        att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // h), dim=-1)  # (B, h, T, T)
-        y = (att @ v).transpose(1, 2).reshape(B, T, d)  # (B, T, d)
-        return self.proj(y)
-
-
-class Block(nn.Module):
-    """Pre-LN transformer encoder block: x + attn(LN(x)), then x + MLP(LN(x)) (GELU)."""
-
-    def __init__(self, cfg: BertConfig) -> None:
-        super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model)
-        self.attn = SelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model),
-            nn.GELU(),
-            nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, d) -> (B, T, d)
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
-
-
 class Bert(nn.Module):
     """Masked LM: ``forward(tokens (B, T') int64, T' <= context) -> logits (B, T', V)``."""
 
@@ -103,7 +66,10 @@ class Bert(nn.Module):
         self.cfg = cfg
         self.tok = nn.Embedding(cfg.vocab_size + 1, cfg.d_model)  # + the mask token
         self.pos = nn.Embedding(cfg.context, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        # the GPT's pre-LN blocks without the causal mask: a masked LM sees both sides
+        enc = GPTConfig(vocab_size=cfg.vocab_size, context=cfg.context, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                        d_model=cfg.d_model, mlp_ratio=cfg.mlp_ratio, causal=False)
+        self.blocks = nn.ModuleList(Block(enc) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
         self.register_buffer("positions", torch.arange(cfg.context), persistent=False)  # (T,)
