@@ -8,9 +8,22 @@ Failures found that way are pinned with ``@example`` in the tests.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
 from hypothesis import settings
+
+from dsb_widgets.data import ImageData, load_images
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("dev", print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_test() -> ImageData:
+    """Fashion-MNIST's test split from ``$DSB_DATA_DIR`` (CI: ../shared/data), else skip."""
+    root = os.environ.get("DSB_DATA_DIR")
+    if not root or not (Path(root) / "fashion-mnist").is_dir():
+        pytest.skip("DSB_DATA_DIR with fashion-mnist/ not set (CI sets it to ../shared/data)")
+    return load_images("fashion_mnist", split="test", data_dir=root)  # 1,000 images per class

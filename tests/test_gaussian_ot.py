@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
+from dsb_widgets.data import ImageData
 import dsb_widgets.gaussian_ot as got
 from dsb_widgets.gaussian_ot import GaussianOT, ot_matrix, psd_sqrt_rsqrt
 from dsb_widgets.stats import ClassStats
@@ -139,15 +138,8 @@ def test_vectorised_labels_t_and_clamp() -> None:
         ot.transport(torch.zeros(2, 10), 0, 1)
 
 
-def test_fashion_mnist_transport_if_present() -> None:
-    root = os.environ.get("DSB_DATA_DIR")
-    if not root or not (Path(root) / "fashion-mnist").is_dir():
-        pytest.skip("DSB_DATA_DIR with fashion-mnist/ not set (CI sets it to ../shared/data)")
-    try:
-        from dsb_widgets.data import load_images
-    except ImportError as err:
-        pytest.skip(f"dsb_widgets.data.load_images not available yet: {err}")
-    data = load_images("fashion_mnist", split="test", data_dir=root)
+def test_fashion_mnist_transport_if_present(fashion_mnist_test: ImageData) -> None:
+    data = fashion_mnist_test
     keep = data.y < 3  # three classes keep the test to a few seconds
     stats = ClassStats().fit(data.x[keep], data.y[keep])
     ot = GaussianOT.fit(stats, shrinkage="optimal", dtype=F64)

@@ -3,17 +3,16 @@ and source == target is the identity."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import ks_2samp
 from sklearn.datasets import load_digits
 
+from dsb_widgets.data import ImageData
 from dsb_widgets.quantile import QuantileNormalizer
 
 
@@ -127,15 +126,8 @@ def test_vectorised_labels_and_reproducible_ties() -> None:
         QuantileNormalizer().fit(x[:5], torch.tensor([0, 1, 2, 4, 4]))
 
 
-def test_fashion_mnist_marginals_if_present() -> None:
-    root = os.environ.get("DSB_DATA_DIR")
-    if not root or not (Path(root) / "fashion-mnist").is_dir():
-        pytest.skip("DSB_DATA_DIR with fashion-mnist/ not set (CI sets it to ../shared/data)")
-    try:
-        from dsb_widgets.data import load_images
-    except ImportError as err:
-        pytest.skip(f"dsb_widgets.data.load_images not available yet: {err}")
-    data = load_images("fashion_mnist", split="test", data_dir=root)  # 1,000 images per class
+def test_fashion_mnist_marginals_if_present(fashion_mnist_test: ImageData) -> None:
+    data = fashion_mnist_test
     qn = QuantileNormalizer(256).fit(data.x, data.y)
     xs, xt = data.flat()[data.y == 0], data.flat()[data.y == 9]
     ks = ks_per_coordinate(qn.transform(xs, 0, 9), xt)

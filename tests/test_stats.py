@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
+from dsb_widgets.data import ImageData
 from dsb_widgets.stats import ClassStats, linear_shrinkage
 
 
@@ -106,15 +105,8 @@ def test_to_device_roundtrip() -> None:
         torch.testing.assert_close(gpu.cov.cpu(), stats.cov, atol=1e-12, rtol=0)
 
 
-def test_fashion_mnist_moments_if_present() -> None:
-    root = os.environ.get("DSB_DATA_DIR")
-    if not root or not (Path(root) / "fashion-mnist").is_dir():
-        pytest.skip("DSB_DATA_DIR with fashion-mnist/ not set (CI sets it to ../shared/data)")
-    try:
-        from dsb_widgets.data import load_images
-    except ImportError as err:
-        pytest.skip(f"dsb_widgets.data.load_images not available yet: {err}")
-    data = load_images("fashion_mnist", split="test", data_dir=root)
+def test_fashion_mnist_moments_if_present(fashion_mnist_test: ImageData) -> None:
+    data = fashion_mnist_test
     stats = ClassStats().fit(data.x, data.y)
     assert stats.num_classes == 10 and int(stats.counts.sum()) == len(data)
     xf = data.flat().double()

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,13 +23,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import formats
+from . import formats, image_cache
 from .common import (
     DATA_ENV,
     DataNotFoundError,
     ImageData,
     MalformedDataError,
-    cache_dir,
     resolve_data_dir,
 )
 
@@ -257,48 +254,7 @@ def _find_tar(folder: Path, split: str, key: str, dedicated: bool) -> _Source | 
 
 
 def _fingerprint(source: _Source) -> str:
-    """Hash of the source's kind, resolved paths, sizes and mtimes (a folder: all its files)."""
-    digest = hashlib.sha1(f"v{CACHE_VERSION}|{source.kind}".encode())
-    for path in source.paths:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            stat = file.stat()
-            digest.update(f"|{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def _cache_path(key: str, split: str, fingerprint: str) -> Path:
-    return cache_dir() / "images" / f"{key}-{split}-{fingerprint}.npz"
-
-
-def _read_cache(path: Path) -> formats.RawImages | None:
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return formats.RawImages(
-                archive["x"], archive["y"], [str(c) for c in archive["classes"]]
-            )
-    except Exception as err:  # a half-written or corrupt cache file is rebuilt, not fatal
-        warnings.warn(
-            f"ignoring unreadable cache file {path} ({err}); decoding again", stacklevel=3
-        )
-        return None
-
-
-def _write_cache(path: Path, raw: formats.RawImages) -> None:
-    """Atomic write (temp file + rename) so concurrent loaders never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, x=raw.x, y=raw.y, classes=np.array(raw.classes, dtype=str))
-        os.replace(tmp, path)
-    except OSError as err:
-        warnings.warn(
-            f"could not write cache {path} ({err}); set DSB_CACHE_DIR to a writable folder"
-        )
-        Path(tmp).unlink(missing_ok=True)
+    return image_cache.fingerprint(f"v{CACHE_VERSION}|{source.kind}", source.paths)
 
 
 def _load_local(key: str, split: str, root: Path) -> formats.RawImages:
@@ -314,13 +270,13 @@ def _load_local(key: str, split: str, root: Path) -> formats.RawImages:
         x, y, classes = formats.read_npz(source.paths[0], split, spec.classes)
         return formats.RawImages(x, y, classes)
     fingerprint = _fingerprint(source)
-    cached = _read_cache(_cache_path(key, split, fingerprint))
+    cached = image_cache.read(image_cache.path(key, split, fingerprint))
     if cached is not None:
         return cached
     decoded = _decode(source, split, spec)
     for name, raw in decoded.items():  # archives decode every split in one pass: cache them all
         if name in ("train", "test"):
-            _write_cache(_cache_path(key, name, fingerprint), raw)
+            image_cache.write(image_cache.path(key, name, fingerprint), raw)
     if split not in decoded:
         found = ", ".join(sorted(decoded)) or "none"
         raise DataNotFoundError(
@@ -371,8 +327,8 @@ def _load_hub(key: str, split: str) -> formats.RawImages:
     fingerprint = hashlib.sha1(
         f"v{CACHE_VERSION}|hub|{spec.hub}|{spec.config}|{split}|{tag}".encode()
     ).hexdigest()[:16]
-    path = _cache_path(key, split, fingerprint)
-    cached = _read_cache(path)
+    path = image_cache.path(key, split, fingerprint)
+    cached = image_cache.read(path)
     if cached is not None:
         return cached
     # hub labels follow the standard order; keep our names so hub and local copies agree
@@ -388,7 +344,7 @@ def _load_hub(key: str, split: str) -> formats.RawImages:
     raw = formats.RawImages(
         x.astype(np.uint8), formats.check_labels(y, len(names), spec.hub), names
     )
-    _write_cache(path, raw)
+    image_cache.write(path, raw)
     return raw
 
 
