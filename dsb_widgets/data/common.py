@@ -8,16 +8,12 @@ from pathlib import Path
 
 import torch
 
+from dsb_widgets.errors import DataNotFoundError, MalformedDataError
+
+__all__ = ["DataNotFoundError", "MalformedDataError", "ImageData", "cache_dir", "resolve_data_dir"]
+
 DATA_ENV = "DSB_DATA_DIR"
 CACHE_ENV = "DSB_CACHE_DIR"
-
-
-class DataNotFoundError(FileNotFoundError):
-    """A dataset is neither available locally nor downloadable; the message names both fixes."""
-
-
-class MalformedDataError(ValueError):
-    """A data file exists but cannot be parsed; the message names the file and the problem."""
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path | None:

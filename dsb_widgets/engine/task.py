@@ -17,9 +17,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-
-class ConfigError(ValueError):
-    """A run configuration that cannot work; the message is one line naming the fix."""
+from dsb_widgets.errors import ConfigError  # re-exported for `from dsb_widgets.engine.task import ConfigError`
 
 
 @dataclass(frozen=True)
@@ -127,6 +125,18 @@ class Experiment:
     datasets: tuple[str, ...]
     description: str = ""
     validate: Callable[[RunConfig], None] | None = None
+    # Typed ``-o KEY=VALUE`` options: a frozen dataclass (see dsb_widgets.options). When set,
+    # resolve_config rejects unknown names / bad types / out-of-range values and stores the full,
+    # typed option set in the config; builders read it with ``exp.parse(cfg)``.
+    options: type | None = None
+
+    def parse(self, cfg: "RunConfig") -> Any:
+        """The run's options as this experiment's typed dataclass."""
+        from dsb_widgets.options import parse_options
+
+        if self.options is None:
+            raise ConfigError(f"experiment {self.name!r} declares no typed options")
+        return parse_options(self.options, cfg.options, experiment=self.name)
 
 
 _EXPERIMENTS: dict[str, Experiment] = {}
@@ -191,6 +201,10 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
             elif f.name in _COMMON_DEFAULTS:
                 filled[f.name] = _COMMON_DEFAULTS[f.name]
     options = {**exp.defaults.get("options", {}), **dict(cfg.options)}
+    if exp.options is not None:
+        from dsb_widgets.options import options_dict, parse_options
+
+        options = options_dict(parse_options(exp.options, options, experiment=exp.name))
     cfg = cfg.replace(**filled, options=options)
     if cfg.probes is None:
         cfg = cfg.replace(probes=tuple(exp.defaults.get("probes", exp.probes)))  # opt-in probes left out
