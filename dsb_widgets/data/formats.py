@@ -26,9 +26,12 @@ import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from dsb_widgets.errors import UnsafeInputError
 
 from .common import MalformedDataError
 
@@ -268,16 +271,70 @@ def read_npz(
     return x, check_labels(y, len(names), path), names
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that builds only what a CIFAR-10 batch holds, so a crafted file runs no code.
+
+    A genuine batch (Krizhevsky 2009, Python 2 pickle) references exactly three globals: numpy's
+    array reconstructor, ``numpy.ndarray`` and ``numpy.dtype``; dicts, lists, bytes, str and int
+    are pickle opcodes that need no global. Python 3 re-pickles of it may also use
+    ``_codecs.encode`` (protocol 2 bytes, latin-1 only here) or numpy's ``_frombuffer``
+    (protocol 5). Any other global (``os.system``, ``builtins.eval``, ...) raises
+    :class:`UnsafeInputError` before it is looked up.
+    """
+
+    ALLOWED = frozenset({
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("builtins", "bytes"), ("builtins", "bytearray"), ("builtins", "dict"), ("builtins", "list"),
+        ("builtins", "str"), ("builtins", "int"), ("builtins", "tuple"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise UnsafeInputError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only "
+                                   "numpy arrays, lists, bytes, str and int (crafted pickle?)")
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        return super().find_class(module, name)
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes; only latin-1 is admitted."""
+    if encoding.replace("-", "").replace("_", "").lower() != "latin1" or not isinstance(text, str):
+        raise UnsafeInputError(f"refusing _codecs.encode(..., {encoding!r}) in a CIFAR-10 batch")
+    return text.encode("latin1")
+
+
+def load_cifar_batch(path: Path) -> dict[Any, Any]:
+    """One CIFAR-10 python batch file as a dict, read with :class:`_CifarUnpickler` (no code runs)."""
+    try:
+        with open(path, "rb") as handle:
+            batch = _CifarUnpickler(handle, encoding="bytes").load()
+    except UnsafeInputError as err:
+        raise UnsafeInputError(f"{path}: {err}") from None
+    except Exception as err:
+        raise MalformedDataError(f"{path}: not a CIFAR-10 python batch ({err})") from err
+    if not isinstance(batch, dict):
+        raise MalformedDataError(f"{path}: not a CIFAR-10 python batch (a {type(batch).__name__}, not a dict)")
+    return batch
+
+
 def read_cifar_pickles(paths: list[Path], classes: list[str]) -> RawImages:
-    """CIFAR-10 python batches (Krizhevsky 2009): dict b"data" (N, 3072) uint8, b"labels"."""
+    """CIFAR-10 python batches (Krizhevsky 2009): dict b"data" (N, 3072) uint8, b"labels".
+
+    Read with a restricted unpickler (:func:`load_cifar_batch`): a crafted batch raises
+    :class:`UnsafeInputError` instead of running code.
+    """
     xs, ys = [], []
     for path in paths:
+        batch = load_cifar_batch(path)
         try:
-            with open(path, "rb") as handle:
-                batch = pickle.load(handle, encoding="bytes")
             data, labels = batch[b"data"], batch[b"labels"]
-        except Exception as err:
-            raise MalformedDataError(f"{path}: not a CIFAR-10 python batch ({err})") from err
+        except KeyError as err:
+            raise MalformedDataError(f"{path}: not a CIFAR-10 python batch (no key {err})") from err
+        if not isinstance(data, np.ndarray) or data.dtype.kind not in "ui" or not isinstance(labels, (list, np.ndarray)):
+            raise MalformedDataError(f"{path}: b'data' must be an integer array and b'labels' a list of ints")
         data = np.asarray(data, dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
             raise MalformedDataError(
