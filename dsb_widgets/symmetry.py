@@ -378,13 +378,13 @@ def symmetry_scores(
     same number of codes); plus ``n_windows``, ``dim``, ``rtol``. Defaults: top 64 tokens
     one-hot + <unk>, all overlapping windows, at most 2^17 of them (seeded subset).
     """
-    kw = dict(vocab_size=vocab_size, embedding=embedding, dim=dim, oov=oov, stride=stride,
-              max_windows=max_windows, seed=seed)
-    data, shuffled = _window_covariances(tokens, window, (False, True), **kw)
+    data, shuffled = _window_covariances(tokens, window, (False, True), vocab_size=vocab_size, embedding=embedding,
+                                         dim=dim, oov=oov, stride=stride, max_windows=max_windows, seed=seed)
     runs = {"": data, "_shuffled": shuffled}
     if ordered:
         chain = ordered_chain(len(tokens), max(runs[""].n_codes, 2))
-        runs["_ordered"] = window_covariance(chain, window, **kw)
+        runs["_ordered"] = window_covariance(chain, window, vocab_size=vocab_size, embedding=embedding, dim=dim,
+                                             oov=oov, stride=stride, max_windows=max_windows, seed=seed)
     out: dict[str, float] = {}
     for suffix, wc in runs.items():
         tol = auto_rtol(window, wc.n_windows) if rtol == "auto" else float(rtol)

@@ -287,7 +287,7 @@ def _load_local(key: str, split: str, root: Path) -> formats.RawImages:
 
 def _decode(source: _Source, split: str, spec: ImageSpec) -> dict[str, formats.RawImages]:
     readers: dict[str, Callable[[], dict[str, formats.RawImages]]] = {
-        "idx": lambda: {split: formats.read_idx_pair(*source.paths, classes=spec.classes)},
+        "idx": lambda: {split: formats.read_idx_pair(source.paths[0], source.paths[1], classes=list(spec.classes))},
         "folder": lambda: formats.read_image_folder(source.paths[0], spec.classes),
         "tar": lambda: formats.read_image_tar(source.paths[0], spec.classes),
         "cifar_pickle": lambda: {

@@ -144,8 +144,8 @@ def _local_named(name: str, root: Path, test_fraction: float) -> Corpus | None:
         f = _first(root / "tinyshakespeare", "input.txt")
         if f is None:
             return None
-        train, test = split_text(_read(f), test_fraction)
-        return Corpus(name, train, test, f"local {f} (tail {test_fraction:.0%} as test)")
+        train_text, test_text = split_text(_read(f), test_fraction)
+        return Corpus(name, train_text, test_text, f"local {f} (tail {test_fraction:.0%} as test)")
     raise ValueError(f"unknown corpus {name!r}")
 
 
@@ -340,7 +340,7 @@ def tokenize_corpus(
         tmp.write_text(json.dumps(meta))
         os.replace(tmp, meta_file)
         tmp_npz = folder / f"tmp{os.getpid()}-{key}.npz"
-        np.savez(tmp_npz, **arrays)
+        np.savez(tmp_npz, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds oddly
         os.replace(tmp_npz, npz)
     return _build(meta, arrays, data_dir, base)
 

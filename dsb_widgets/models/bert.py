@@ -72,6 +72,7 @@ class Bert(nn.Module):
         self.blocks = nn.ModuleList(Block(enc) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
+        self.positions: Tensor
         self.register_buffer("positions", torch.arange(cfg.context), persistent=False)  # (T,)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2 scaling of the residual projections
