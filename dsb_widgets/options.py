@@ -138,8 +138,15 @@ def parse_options(schema: type[T], raw: Mapping[str, Any], *, experiment: str = 
         if key not in fields:
             raise ConfigError(f"unknown option {key!r}{where}{suggest(key, sorted(fields))} "
                               f"(options: {', '.join(sorted(fields))})")
-        coerced = _coerce(key, value, types[key])
-        _check_range(key, coerced, fields[key].metadata)
+        try:
+            coerced = _coerce(key, value, types[key])
+            _check_range(key, coerced, fields[key].metadata)
+        except ConfigError as err:  # name the CLI flag where the option has one (e.g. --tokenizer)
+            flag = fields[key].metadata.get("flag")
+            if not flag:
+                raise
+            text = str(err).replace(f"-o {key}= ", f"{flag} ").replace(f"-o {key}=", f"{flag} ")
+            raise ConfigError(f"{text} ({flag})" if flag not in text else text) from None
         values[key] = coerced
     try:
         obj = schema(**values)

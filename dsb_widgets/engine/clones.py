@@ -58,16 +58,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment
+from dsb_widgets.data.text import CORPORA
+from dsb_widgets.options_clones import CloneOptions
+from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, probe_seed, register_experiment
+from dsb_widgets.options import options_dict, parse_options
 
 CLONE_LAYERS = tuple(range(1, 8))
 CLONE_PROBES = ("real",) + tuple(f"{2 ** (L - 1) + 1}-body" for L in CLONE_LAYERS)
-DEFAULT_OPTIONS: dict[str, Any] = {"n_layer": 2, "n_head": 4, "d_model": 64, "mask_prob": 0.15,
-                                   "probe_mask": "mask"}
+DEFAULT_OPTIONS: dict[str, Any] = options_dict(CloneOptions())  # the schema's defaults (read-only view)
+
+
+def clone_options(cfg: RunConfig) -> CloneOptions:
+    """The run's typed options (schema: :mod:`dsb_widgets.options_clones`)."""
+    return parse_options(CloneOptions, cfg.options, experiment="clones")
 
 
 def _clone_dir(cfg: RunConfig) -> Path:
-    d = cfg.options.get("clones")
+    d = clone_options(cfg).clones
     if not d:
         raise ConfigError("the clones experiment needs --clones DIR; make one with "
                           "`dsb clone --corpus tinystories --layers 1 2 4 --out DIR`")
@@ -92,30 +99,30 @@ def build_clones_task(cfg: RunConfig) -> Task:
     from dsb_widgets.data.text import tokenize_corpus
     from dsb_widgets.models.bert import Bert, BertConfig, mask_tokens
 
-    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
+    o = clone_options(cfg)
     clones = load_clones(_clone_dir(cfg))
     prov = clones.provenance
     ccfg = prov["config"]
     corpus = str(cfg.dataset) if cfg.dataset is not None else str(prov["corpus"])
     context = int(prov["context"])
-    if o.get("context") is not None and int(o["context"]) != context:
-        raise ConfigError(f"--context {o['context']} differs from the clones' context {context}; drop --context")
+    if o.context is not None and o.context != context:
+        raise ConfigError(f"--context {o.context} differs from the clones' context {context}; drop --context")
     tc = tokenize_corpus(corpus, tokenizer=str(ccfg["tokenizer"]), vocab_size=int(ccfg["vocab_size"]),
                          data_dir=cfg.data_dir if cfg.data_dir is not None else ccfg.get("data_dir"),
                          max_train_chars=ccfg.get("max_train_chars"))
     if tc.token_strings != clones.token_strings:
         raise ConfigError(f"corpus {corpus!r} tokenises to another vocabulary than the clones in {clones.path} "
                           f"(made from {prov['corpus']!r}); pass --corpus {prov['corpus']}")
-    V, p = tc.vocab_size, float(o["mask_prob"])
+    V, p = tc.vocab_size, o.mask_prob
     wanted = tuple(cfg.probes) if cfg.probes is not None else CLONE_PROBES
     explicit = set(wanted) != set(CLONE_PROBES)
     by_name = {f"{clones.bodies[L]}-body": L for L in clones.tokens}
     probes: list[Probe] = []
     n = int(cfg.probe_size)
-    for i, name in enumerate(CLONE_PROBES):
+    for name in CLONE_PROBES:
         if name not in wanted:
             continue
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + i)
+        gen = torch.Generator().manual_seed(probe_seed(cfg.seed, name))
         if name == "real":
             w, order, desc = windows(tc.test, context, n, gen), math.inf, "held-out test windows"
         elif name in by_name:
@@ -129,12 +136,12 @@ def build_clones_task(cfg: RunConfig) -> Task:
                               f"make it with `dsb clone --layers ...` or drop it from --probes")
         else:
             continue
-        x, y = _probe_mask(w, gen, V, p, str(o["probe_mask"]))
+        x, y = _probe_mask(w, gen, V, p, o.probe_mask)
         probes.append(Probe(name, order, x, y, description=desc))
     if not any(pr.name != "real" for pr in probes):
         raise ConfigError(f"no clone probes selected from {clones.path}; pass --probes with some of {sorted(by_name)}")
     train = tc.train
-    bcfg = BertConfig(V, context, n_layer=int(o["n_layer"]), n_head=int(o["n_head"]), d_model=int(o["d_model"]))
+    bcfg = BertConfig(V, context, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model)
 
     def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         return mask_tokens(windows(train, context, bs, gen), gen, V, p=p)  # (B, T), (B, T)
@@ -148,14 +155,7 @@ def build_clones_task(cfg: RunConfig) -> Task:
 
 
 def _validate(cfg: RunConfig) -> None:
-    _clone_dir(cfg)
-    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
-    if int(o["d_model"]) % int(o["n_head"]):
-        raise ConfigError(f"d_model={o['d_model']} is not divisible by n_head={o['n_head']}; pass -o n_head=...")
-    if not 0.0 < float(o["mask_prob"]) <= 1.0:
-        raise ConfigError(f"mask_prob must lie in (0, 1] (got {o['mask_prob']}); pass -o mask_prob=0.15")
-    if o["probe_mask"] not in ("mask", "bert"):
-        raise ConfigError(f"probe_mask must be 'mask' or 'bert' (got {o['probe_mask']!r}); pass -o probe_mask=mask")
+    _clone_dir(cfg)  # d_model % n_head, mask_prob, probe_mask: checked by CloneOptions
 
 
 def saturation_step(steps: np.ndarray, loss: np.ndarray, tol: float = 0.02) -> int:
@@ -172,11 +172,11 @@ register_experiment(Experiment(
     name="clones",
     build=build_clones_task,
     defaults={"model": "bert", "steps": 2048, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
-              "weight_decay": 0.01, "warmup": 64, "per_octave": 4, "probe_size": 512,
-              "options": DEFAULT_OPTIONS},
+              "weight_decay": 0.01, "warmup": 64, "per_octave": 4, "probe_size": 512},
     models=("bert",),
     probes=CLONE_PROBES,
-    datasets=("tinystories", "wikitext2", "tinyshakespeare"),
+    datasets=CORPORA,  # one list: the text data layer's
     description="a BERT trained on real text, probed with its (2^(L-1)+1)-body factored-attention clones",
     validate=_validate,
+    options=CloneOptions,
 ))

@@ -45,19 +45,23 @@ of ``dsb run images --seeds 3``: 47 s on an idle 2-core machine (38 s in the loo
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
 from dsb_widgets.data import load_images
 from dsb_widgets.data.common import ImageData
-from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment
+from dsb_widgets.data.images import KNOWN_IMAGE_DATASETS
+from dsb_widgets.options_images import TRAIN_ON, ImageOptions
+from dsb_widgets.engine.task import (ConfigError, Experiment, Probe, RunConfig, Task, probe_seed,
+                                     register_experiment)
+from dsb_widgets.errors import MalformedDataError
+from dsb_widgets.options import parse_options
 from dsb_widgets.models.vision import VISION_MODELS, VisionConfig, make_vision_model
 
 IMAGE_PROBES = ("real", "maxent1", "maxent2", "gauss_clone", "ot", "cqn")
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "svhn")
+IMAGE_DATASETS = KNOWN_IMAGE_DATASETS  # one list: the data layer's
 PROBE_ORDER = {"real": math.inf, "maxent1": 1.0, "maxent2": 2.0, "gauss_clone": 2.0, "ot": 2.0, "cqn": 1.0}
-TRAIN_ON = ("real", "gauss_clone")
 
 
 def _balanced_labels(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -78,8 +82,13 @@ def _other_class(y: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def build_image_probes(train: ImageData, test: ImageData, names: tuple[str, ...], n: int,
-                       seed: int, options: dict[str, Any]) -> list[Probe]:
-    """The probe sets ``names`` with ``n`` examples each, deterministic in ``seed``."""
+                       seed: int, options: ImageOptions | Mapping[str, Any] | None = None) -> list[Probe]:
+    """The probe sets ``names`` with ``n`` examples each, deterministic in ``seed``.
+
+    Each probe draws from its own generator seeded by ``(seed, name)`` (:func:`probe_seed`), so a
+    probe's data does not depend on which other probes are built or in what order.
+    """
+    opts = _as_options(options)
     from dsb_widgets.gaussian_ot import GaussianOT
     from dsb_widgets.quantile import QuantileNormalizer
     from dsb_widgets.stats import ClassStats
@@ -88,24 +97,23 @@ def build_image_probes(train: ImageData, test: ImageData, names: tuple[str, ...]
     stats = ClassStats(k).fit(train.x, train.y)
     probes: list[Probe] = []
     for name in names:
-        gen = torch.Generator().manual_seed(seed * 7919 + IMAGE_PROBES.index(name))
+        gen = torch.Generator().manual_seed(probe_seed(seed, name))
         if name == "real":
             x, y = _subset(test, n, gen)
             probes.append(Probe(name, PROBE_ORDER[name], x, y, description="held-out test images"))
         elif name in ("maxent1", "maxent2", "gauss_clone"):
             y = _balanced_labels(n, k, gen)
-            x = _sample_synthetic(name, stats, train, y, gen, options)
+            x = _sample_synthetic(name, stats, train, y, gen, opts)
             probes.append(Probe(name, PROBE_ORDER[name], x.float().reshape(len(y), *train.shape), y,
                                 description=f"{name} samples from training-set class statistics"))
         elif name in ("ot", "cqn"):
             x, y = _subset(test, n, gen)
             b = _other_class(y, k, gen)
             if name == "ot":
-                shrink = options.get("ot_shrinkage", "optimal")  # "none": raw (pseudo-inverse) covariances
-                ot = GaussianOT.fit(stats, shrinkage=None if shrink in (None, "none") else shrink)
-                edited = ot.transport(x, y, b, clamp=bool(options.get("clamp_ot", False)))
+                ot = GaussianOT.fit(stats, shrinkage=opts.shrinkage)  # None: raw (pseudo-inverse) covariances
+                edited = ot.transport(x, y, b, clamp=opts.clamp_ot)
             else:
-                qn = QuantileNormalizer(num_quantiles=int(options.get("num_quantiles", 256))).fit(train.x, train.y)
+                qn = QuantileNormalizer(num_quantiles=opts.num_quantiles).fit(train.x, train.y)
                 edited = qn.transform(x, y, b, generator=gen)
             probes.append(Probe(name, PROBE_ORDER[name], edited.float().reshape(x.shape), y, target=b,
                                 description=f"test images of class a moved onto class b ({name})"))
@@ -113,15 +121,15 @@ def build_image_probes(train: ImageData, test: ImageData, names: tuple[str, ...]
 
 
 def _sample_synthetic(name: str, stats: Any, train: ImageData, y: torch.Tensor, gen: torch.Generator,
-                      options: dict[str, Any]) -> torch.Tensor:
+                      options: ImageOptions) -> torch.Tensor:
     from dsb_widgets.maxent import ExponentialMaxEnt, GaussianSampler, IndependentMarginals
 
     if name == "maxent1":
-        if options.get("maxent1", "exponential") == "marginals":
+        if options.maxent1 == "marginals":
             return IndependentMarginals.fit(train.x, train.y).sample(y, generator=gen)
         return ExponentialMaxEnt.fit(stats).sample(y, generator=gen)
     if name == "maxent2":
-        return GaussianSampler.fit(stats).sample(y, generator=gen, clamp=bool(options.get("clamp_maxent2", False)))
+        return GaussianSampler.fit(stats).sample(y, generator=gen, clamp=options.clamp_maxent2)
     return clone_sampler(stats).sample(y, generator=gen, clamp=True)
 
 
@@ -139,10 +147,13 @@ def _load_split(cfg: RunConfig, split: str) -> ImageData:
 def build_images_task(cfg: RunConfig) -> Task:
     """Load the dataset, build the probes and return the task for the engine."""
     train, test = _load_split(cfg, "train"), _load_split(cfg, "test")
-    opts = dict(cfg.options)
+    if train.num_classes < 2 or len(torch.unique(train.y)) < 2:
+        raise MalformedDataError(f"the {cfg.dataset!r} training split has {len(torch.unique(train.y))} class(es); "
+                                 "a classifier needs at least 2: add class folders (train/<class>/*.png)")
+    opts = _as_options(cfg.options)
     probes = build_image_probes(train, test, tuple(cfg.probes), int(cfg.probe_size), cfg.seed, opts)
-    vcfg = VisionConfig(train.shape, train.num_classes, width=int(opts.get("width", 256)))
-    train_on = str(opts.get("train_on", "real"))
+    vcfg = VisionConfig(train.shape, train.num_classes, width=opts.width)
+    train_on = opts.train_on
     if train_on == "gauss_clone":
         from dsb_widgets.stats import ClassStats
 
@@ -162,19 +173,23 @@ def build_images_task(cfg: RunConfig) -> Task:
     task = Task(make_model=lambda seed: make_vision_model(str(cfg.model), vcfg), sample_batch=sample_batch,
                 probes=probes, info={"classes": ",".join(train.classes), "dataset": str(cfg.dataset),
                                      "train_on": train_on})
-    if opts.get("taylor"):
+    if opts.taylor:
         from dsb_widgets.engine.taylor_probe import attach_taylor
 
         attach_taylor(task, train, opts)
     return task
 
 
+def _as_options(options: ImageOptions | Mapping[str, Any] | None) -> ImageOptions:
+    """The typed options (a mapping, e.g. ``cfg.options``, is validated by the schema)."""
+    if isinstance(options, ImageOptions):
+        return options
+    return parse_options(ImageOptions, options or {}, experiment="images")
+
+
 def _validate(cfg: RunConfig) -> None:
     if cfg.dataset not in IMAGE_DATASETS:
         raise ConfigError(f"unknown image dataset {cfg.dataset!r}; pass --dataset one of: {', '.join(IMAGE_DATASETS)}")
-    train_on = cfg.options.get("train_on", "real")
-    if train_on not in TRAIN_ON:
-        raise ConfigError(f"unknown train_on {train_on!r}; pass -o train_on=real or -o train_on=gauss_clone")
 
 
 register_experiment(Experiment(
@@ -187,4 +202,5 @@ register_experiment(Experiment(
     datasets=IMAGE_DATASETS,
     description="image classifiers probed with max-entropy, Gaussian-clone, OT and CQN data",
     validate=_validate,
+    options=ImageOptions,
 ))

@@ -8,6 +8,7 @@ registry and the dashboard then work with it unchanged.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import json
 import math
@@ -92,6 +93,16 @@ class Probe:
         return int(self.x.shape[0])
 
 
+def probe_seed(seed: int, name: str) -> int:
+    """Seed of probe ``name``'s generator in a run with seed ``seed``: a stable hash of both.
+
+    Probes are seeded by name, never by position, so a probe's data is the same whichever other
+    probes are built and in whatever order (and adding a probe to an experiment changes no other).
+    """
+    digest = hashlib.sha256(f"{int(seed)}/{name}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")  # < 2**56: fits torch's and numpy's seeds
+
+
 # Extra probe-like measurements per checkpoint (e.g. Taylor predictions of the loss): given the
 # model stack, returns {name: tensor (S,)}; the names appear as extra probes (loss only).
 Measurement = Callable[[nn.Module], Mapping[str, torch.Tensor]]
@@ -111,6 +122,9 @@ class Task:
     extra_probes: Mapping[str, float] = field(default_factory=dict)  # name -> order, from measure
     measure: Measurement | None = None
     info: Mapping[str, Any] = field(default_factory=dict)  # units, bytes_per_token, classes...
+    # "ce": cross-entropy on class/token labels; "mse": squared error on float targets, outputs
+    # (B, K), probe y (N, K) with NaN where a probe does not score that output (engine/symmetry.py)
+    loss: str = "ce"
 
 
 @dataclass(frozen=True)
@@ -129,6 +143,11 @@ class Experiment:
     # resolve_config rejects unknown names / bad types / out-of-range values and stores the full,
     # typed option set in the config; builders read it with ``exp.parse(cfg)``.
     options: type | None = None
+    # Evaluation-only experiments (``checkpoints``) bring their own driver instead of the training
+    # loop: ``driver(cfg, out=, resume=, subscribers=, stop_event=, progress=) -> TrainResult``,
+    # writing the same Dataset and publishing the same events; ``train`` hands the run to it.
+    driver: Callable[..., Any] | None = None
+    open_models: bool = False  # --model is free (a path / hub id); ``models`` are only suggestions
 
     def parse(self, cfg: "RunConfig") -> Any:
         """The run's options as this experiment's typed dataclass."""
@@ -145,6 +164,8 @@ _BUILTIN = {
     "images": "dsb_widgets.engine.images",
     "text": "dsb_widgets.engine.text",
     "clones": "dsb_widgets.engine.clones",
+    "symmetry": "dsb_widgets.engine.symmetry",
+    "checkpoints": "dsb_widgets.engine.checkpoints",
 }
 
 
@@ -218,7 +239,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"learning rate must be > 0 (got {cfg.lr}); pass e.g. --lr 0.05")
     if cfg.probe_size is None or cfg.probe_size < 1:
         raise ConfigError(f"probe size must be >= 1 (got {cfg.probe_size}); pass --probe-size 1000")
-    _check_choice(cfg.model, exp.models, "model", "--model")
+    if not exp.open_models:
+        _check_choice(cfg.model, exp.models, "model", "--model")
     _check_choice(cfg.optimizer, ("sgd", "adamw"), "optimizer", "--optimizer")
     _check_choice(cfg.schedule, ("cosine", "constant"), "schedule", "--schedule")
     for p in cfg.probes:

@@ -60,13 +60,14 @@ from torch.func import jvp
 
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.engine.task import ConfigError, Task
+from dsb_widgets.options_images import TAYLOR_METHODS, TAYLOR_ORDERS, TAYLOR_WEIGHTS
 from dsb_widgets.taylor import CovFactor, class_taylor_expansion
 
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "exact", "topk", "hutchinson")
-WEIGHTS = ("maxent2", "prior", "uniform")
-ORDERS = (2, 4)
+METHODS = TAYLOR_METHODS  # the choices live with the typed image options
+WEIGHTS = TAYLOR_WEIGHTS
+ORDERS = TAYLOR_ORDERS
 EXACT_MAX_DIM = 1024  # as dsb_widgets.taylor.taylor_expansion(method="auto")
 CHUNK = 2048  # rows per nested-jvp batch
 
@@ -82,7 +83,11 @@ class TaylorSettings:
     seed: int = 0  # probe directions are fixed across checkpoints (common random numbers)
 
     @classmethod
-    def from_options(cls, opts: Mapping[str, Any]) -> TaylorSettings:
+    def from_options(cls, opts: Any) -> TaylorSettings:
+        """From the typed :class:`~dsb_widgets.options_images.ImageOptions` (or a mapping)."""
+        if not isinstance(opts, Mapping):
+            opts = {k: getattr(opts, k) for k in ("taylor_order", "taylor_method", "taylor_samples",
+                                                  "taylor_per_class", "taylor_weights", "taylor_seed")}
         s = cls(
             order=int(opts.get("taylor_order", 2)),
             method=str(opts.get("taylor_method", "auto")),

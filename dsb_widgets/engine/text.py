@@ -18,6 +18,12 @@ positional interaction at all: every position's marginal given the bag is the ba
 unigram, so it is order 1 in the positional sense (like ``unigram``, whose bag is the corpus).
 It is off unless asked for (``--probes real unigram bigram trigram shuffled``).
 
+Divergence probes (opt-in, ``--probes real unigram bigram kl_unigram kl_bigram js_unigram ...``):
+``kl_<n>`` = KL(n-gram predictor || model) and ``js_<n>`` = Jensen-Shannon divergence between the
+model's next-token distribution and the train unigram / bigram / trigram predictor (back-off for
+unseen contexts), nats per token averaged over the ``real`` windows; measured per checkpoint by
+:mod:`dsb_widgets.divergence` (the same code as ``dsb run checkpoints``), causal LM only.
+
 The dotted floors are exact: for a causal LM scoring positions 1..T of a length-(T+1) sample,
 floor = mean_t H(x_t | x_<t) from :func:`dsb_widgets.ngrams.loss_floor` (nats/token). For the
 masked LM (``--model bert``: 15% of positions selected, BERT's 80/10/10 replacement, labels
@@ -65,17 +71,23 @@ import torch
 from torch import nn
 
 from dsb_widgets.data.text import CORPORA, TokenizedCorpus, tokenize_corpus
-from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment
+from dsb_widgets.divergence import DIVERGENCE_ORDER, DIVERGENCE_PROBES, DivergenceMeter
+from dsb_widgets.options_text import TOKENIZERS, TextOptions
+from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, probe_seed, register_experiment
+from dsb_widgets.options import options_dict, parse_options
 from dsb_widgets.ngrams import NGramStats, count_ngrams, entropy_rate, loss_floor, sample_sequences
 
-TEXT_PROBES = ("real", "unigram", "bigram", "trigram", "shuffled")
+TEXT_PROBES = ("real", "unigram", "bigram", "trigram", "shuffled") + DIVERGENCE_PROBES  # kl_/js_*: opt-in
 DEFAULT_PROBES = ("real", "unigram", "bigram", "trigram")
 TEXT_MODELS = ("gpt", "bert")
-TOKENIZERS = ("gpt2", "char")
-PROBE_ORDER = {"real": math.inf, "unigram": 1.0, "bigram": 2.0, "trigram": 3.0, "shuffled": 1.0}
+PROBE_ORDER = {"real": math.inf, "unigram": 1.0, "bigram": 2.0, "trigram": 3.0, "shuffled": 1.0, **DIVERGENCE_ORDER}
 NGRAM_ORDER = {"unigram": 1, "bigram": 2, "trigram": 3}
-DEFAULT_OPTIONS: dict[str, Any] = {"tokenizer": "gpt2", "vocab_size": 1000, "context": 64, "n_layer": 2,
-                                   "n_head": 4, "d_model": 128, "mask_prob": 0.15, "max_train_chars": None}
+DEFAULT_OPTIONS: dict[str, Any] = options_dict(TextOptions())  # the schema's defaults (read-only view)
+
+
+def text_options(cfg: RunConfig) -> TextOptions:
+    """The run's typed options (validated by the schema in :mod:`dsb_widgets.options_text`)."""
+    return parse_options(TextOptions, cfg.options, experiment="text")
 
 
 @dataclass(frozen=True)
@@ -99,16 +111,14 @@ class TextSetup:
 
 def load_text(cfg: RunConfig) -> TokenizedCorpus:
     """The run's tokenised corpus (cached on disk by :func:`tokenize_corpus`)."""
-    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
-    vocab = None if o["vocab_size"] in (None, 0, "none", "None") else int(o["vocab_size"])
-    max_chars = None if o["max_train_chars"] in (None, 0) else int(o["max_train_chars"])
-    return tokenize_corpus(str(cfg.dataset), tokenizer=str(o["tokenizer"]), vocab_size=vocab,
-                           data_dir=cfg.data_dir, max_train_chars=max_chars)
+    o = text_options(cfg)
+    return tokenize_corpus(str(cfg.dataset), tokenizer=o.tokenizer, vocab_size=o.vocab,
+                           data_dir=cfg.data_dir, max_train_chars=o.max_chars)
 
 
 def setup_text(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> TextSetup:
     corpus = corpus if corpus is not None else load_text(cfg)
-    context = int({**DEFAULT_OPTIONS, **dict(cfg.options)}["context"])
+    context = text_options(cfg).context
     mlm = cfg.model == "bert"
     window = context if mlm else context + 1
     for split in ("train", "test"):
@@ -142,11 +152,11 @@ def build_text_probes(setup: TextSetup, names: tuple[str, ...], n: int, seed: in
     L, c = setup.window, setup.corpus
     probes: list[Probe] = []
     for name in names:
-        rng = np.random.default_rng([seed, TEXT_PROBES.index(name)])
-        gen = torch.Generator().manual_seed(seed * 7919 + TEXT_PROBES.index(name))
+        rng = np.random.default_rng(probe_seed(seed, name))  # by name: independent of the other probes
+        gen = torch.Generator().manual_seed(probe_seed(seed, name))
         floor = math.nan
         if name in ("real", "shuffled"):  # the same test windows for both: a paired comparison
-            starts = np.random.default_rng([seed, 0]).integers(0, c.test.size - L + 1, size=n)
+            starts = np.random.default_rng(probe_seed(seed, "real")).integers(0, c.test.size - L + 1, size=n)
             w = windows(c.test, starts, L)  # (n, L)
             if name == "shuffled":
                 perm = rng.permuted(np.tile(np.arange(L), (n, 1)), axis=1)  # (n, L) one permutation per row
@@ -165,24 +175,27 @@ def build_text_probes(setup: TextSetup, names: tuple[str, ...], n: int, seed: in
 
 def make_text_model(cfg: RunConfig, vocab_size: int) -> Callable[[int], nn.Module]:
     """Factory seed -> fresh model of the run's architecture (``cfg.model``: gpt or bert)."""
-    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
-    dims = {k: int(o[k]) for k in ("n_layer", "n_head", "d_model")}
+    o = text_options(cfg)
+    dims = {"n_layer": o.n_layer, "n_head": o.n_head, "d_model": o.d_model}
     if cfg.model == "bert":
         from dsb_widgets.models.bert import Bert, BertConfig
 
-        bcfg = BertConfig(vocab_size, int(o["context"]), **dims)
+        bcfg = BertConfig(vocab_size, o.context, **dims)
         return lambda seed: Bert(bcfg)
     from dsb_widgets.models.gpt import GPT, GPTConfig
 
-    gcfg = GPTConfig(vocab_size, int(o["context"]), **dims)
+    gcfg = GPTConfig(vocab_size, o.context, **dims)
     return lambda seed: GPT(gcfg)
 
 
 def build_text_task(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> Task:
     """Tokenise the corpus, count n-grams, build the probes; return the task for the engine."""
     setup = setup_text(cfg, corpus)
-    mask_prob = float({**DEFAULT_OPTIONS, **dict(cfg.options)}["mask_prob"])
-    probes = build_text_probes(setup, tuple(cfg.probes or DEFAULT_PROBES), int(cfg.probe_size), cfg.seed, mask_prob)
+    mask_prob = text_options(cfg).mask_prob
+    names = tuple(cfg.probes or DEFAULT_PROBES)
+    divs = tuple(n for n in names if n in DIVERGENCE_ORDER)  # measured on the real windows, not data sets
+    probes = build_text_probes(setup, tuple(n for n in names if n not in DIVERGENCE_ORDER), int(cfg.probe_size),
+                               cfg.seed, mask_prob)
     train = setup.corpus.train
     L, hi = setup.window, setup.corpus.train.size - setup.window + 1
 
@@ -195,27 +208,40 @@ def build_text_task(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> Ta
             "tokenizer": c.tokenizer, "vocab_size": c.vocab_size, "context": setup.context,
             "train_tokens": int(c.train.size), "test_tokens": int(c.test.size),
             "objective": "masked LM" if setup.mlm else "causal LM"}
-    return Task(make_model=make_text_model(cfg, c.vocab_size), sample_batch=sample_batch, probes=probes, info=info)
+    measure = divergence_measure(setup, divs, int(cfg.probe_size), cfg.seed, cfg.eval_batch) if divs else None
+    return Task(make_model=make_text_model(cfg, c.vocab_size), sample_batch=sample_batch, probes=probes, info=info,
+                extra_probes={n: DIVERGENCE_ORDER[n] for n in divs}, measure=measure)
+
+
+def divergence_measure(setup: TextSetup, names: tuple[str, ...], n: int, seed: int,
+                       batch: int) -> Callable[[nn.Module], dict[str, torch.Tensor]]:
+    """Per-checkpoint KL / JS between each seed's model and the train n-gram predictors
+    (:mod:`dsb_widgets.divergence`) on the ``real`` probe's test windows; name -> (S,) nats."""
+    real = build_text_probes(setup, ("real",), n, seed)[0]
+    w = torch.cat([real.x[:, :1], real.y], 1)  # (n, T + 1) windows
+
+    @torch.no_grad()
+    def measure(stack: nn.Module) -> dict[str, torch.Tensor]:
+        meter = DivergenceMeter(setup.stats, names=names)
+        device = next(stack.parameters()).device
+        for i in range(0, n, max(1, batch // setup.context)):
+            chunk = w[i:i + max(1, batch // setup.context)]
+            meter.update(chunk, stack(chunk[:, :-1].to(device), shared=True))  # logits (S, B, T, V)
+        return {k: torch.from_numpy(v) for k, v in meter.means().items()}
+
+    return measure
 
 
 def _validate(cfg: RunConfig) -> None:
-    o = {**DEFAULT_OPTIONS, **dict(cfg.options)}
     name = str(cfg.dataset)
     key = name.lower().replace("-", "").replace("_", "")
     if key not in CORPORA and not Path(name).expanduser().exists():
         raise ConfigError(f"unknown corpus {name!r}; pass --corpus one of {', '.join(CORPORA)} or a path to a "
                           "UTF-8 text file or folder")
-    if o["tokenizer"] not in TOKENIZERS:
-        raise ConfigError(f"unknown tokenizer {o['tokenizer']!r}; pass --tokenizer one of: {', '.join(TOKENIZERS)}")
-    if o["vocab_size"] not in (None, 0, "none", "None") and int(o["vocab_size"]) < 2:
-        raise ConfigError(f"vocab size must be >= 2 (got {o['vocab_size']}); pass e.g. --vocab-size 1000")
-    if int(o["context"]) < 2:
-        raise ConfigError(f"context must be >= 2 tokens (got {o['context']}); pass e.g. --context 64")
-    if int(o["d_model"]) % int(o["n_head"]):
-        raise ConfigError(f"d_model={o['d_model']} is not divisible by n_head={o['n_head']}; "
-                          "pass -o n_head=... that divides it")
-    if not 0.0 < float(o["mask_prob"]) <= 1.0:
-        raise ConfigError(f"mask_prob must lie in (0, 1] (got {o['mask_prob']}); pass -o mask_prob=0.15")
+    # tokenizer, vocab_size, context, d_model % n_head, mask_prob: checked by TextOptions
+    divs = [p for p in (cfg.probes or ()) if p in DIVERGENCE_ORDER]
+    if divs and cfg.model == "bert":
+        raise ConfigError(f"probes {', '.join(divs)} compare next-token distributions; they need --model gpt")
 
 
 register_experiment(Experiment(
@@ -223,10 +249,11 @@ register_experiment(Experiment(
     build=build_text_task,
     defaults={"dataset": "tinystories", "model": "gpt", "steps": 512, "batch_size": 32, "optimizer": "adamw",
               "lr": 1e-3, "weight_decay": 0.05, "warmup": 32, "per_octave": 2, "probe_size": 128,
-              "probes": DEFAULT_PROBES, "options": DEFAULT_OPTIONS},
+              "probes": DEFAULT_PROBES},
     models=TEXT_MODELS,
     probes=TEXT_PROBES,
     datasets=CORPORA,
     description="language models probed with unigram / bigram / trigram sequences from train statistics",
     validate=_validate,
+    options=TextOptions,
 ))

@@ -1,0 +1,66 @@
+"""The image experiment's ``-o KEY=VALUE`` options, typed (see :mod:`dsb_widgets.options`).
+
+One frozen dataclass: the CLI help (``dsb run --help``), the dashboard form, sweep files and the
+builder (:func:`dsb_widgets.engine.images.build_images_task`) all read this schema, so a new option
+is one field here (with ``help`` and, where it applies, ``min`` / ``max`` / ``choices``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsb_widgets.errors import ConfigError
+
+TRAIN_ON = ("real", "gauss_clone")
+MAXENT1 = ("exponential", "marginals")
+TAYLOR_ORDERS = (2, 4)
+TAYLOR_METHODS = ("auto", "exact", "topk", "hutchinson")
+TAYLOR_WEIGHTS = ("maxent2", "prior", "uniform")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """Options of ``dsb run images`` (defaults reproduce the measured runs in engine/images.py)."""
+
+    width: int = field(default=256, metadata={"help": "hidden width of the MLP / CNN / ResNet", "min": 1})
+    train_on: str = field(default="real", metadata={
+        "help": "train on real images or on their Gaussian-mixture clone (Refinetti et al.)",
+        "choices": TRAIN_ON})
+    maxent1: str = field(default="exponential", metadata={
+        "help": "order-1 max-ent sampler: exponential family on [0, 1] or independent class marginals",
+        "choices": MAXENT1})
+    clamp_maxent2: bool = field(default=False, metadata={"help": "clip maxent2 samples to [0, 1]"})
+    ot_shrinkage: str = field(default="optimal", metadata={
+        "help": "covariance shrinkage of the OT maps: optimal, none, or a weight in [0, 1]"})
+    clamp_ot: bool = field(default=False, metadata={"help": "clip OT-edited images to [0, 1]"})
+    num_quantiles: int = field(default=256, metadata={"help": "quantiles per pixel of the CQN tables", "min": 2})
+    taylor: bool = field(default=False, metadata={"help": "also record the Taylor predictions taylor0/taylor2"})
+    taylor_order: int = field(default=2, metadata={"help": "2: taylor0, taylor2; 4: also taylor4",
+                                                   "choices": TAYLOR_ORDERS})
+    taylor_method: str = field(default="auto", metadata={"help": "order-2 estimator", "choices": TAYLOR_METHODS})
+    taylor_samples: int = field(default=128, metadata={
+        "help": "Hutchinson probes / T4 Monte-Carlo draws", "min": 2})
+    taylor_per_class: bool = field(default=False, metadata={"help": "also record taylorJ_cK for every class K"})
+    taylor_weights: str = field(default="maxent2", metadata={"help": "class weights of the Taylor average",
+                                                             "choices": TAYLOR_WEIGHTS})
+    taylor_seed: int = field(default=0, metadata={"help": "seed of the Taylor probe directions"})
+
+    def __post_init__(self) -> None:
+        self.shrinkage  # validates ot_shrinkage
+
+    @property
+    def shrinkage(self) -> str | float | None:
+        """``ot_shrinkage`` as :meth:`dsb_widgets.stats.ClassStats.covariance` takes it."""
+        text = str(self.ot_shrinkage).strip().lower()
+        if text in ("none", "null", ""):
+            return None
+        if text == "optimal":
+            return "optimal"
+        try:
+            weight = float(text)
+        except ValueError:
+            weight = -1.0
+        if not 0.0 <= weight <= 1.0:
+            raise ConfigError(f"bad value {self.ot_shrinkage!r} for option 'ot_shrinkage'; pass "
+                              "-o ot_shrinkage=optimal, none or a weight in [0, 1]")
+        return weight
