@@ -1,0 +1,148 @@
+"""The checkpoints experiment: a toy GPT-NeoX suite evaluated offline, the Dataset contract, resume, errors."""
+
+from __future__ import annotations
+
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+
+from dsb_widgets.checkpoint_suite import find_suite, log_spaced, suite_steps, train_toy_suite  # noqa: E402
+from dsb_widgets.cli import main  # noqa: E402
+from dsb_widgets.divergence import DIVERGENCE_PROBES  # noqa: E402
+from dsb_widgets.engine import RunConfig, train  # noqa: E402
+from dsb_widgets.engine.results import load_results  # noqa: E402
+from dsb_widgets.errors import ConfigError, DataNotFoundError  # noqa: E402
+
+WORDS = ["the", "cat", "dog", "sat", "on", "mat", "ran", "to", "a", "big", "red", "house", "and", "saw", "bird"]
+
+
+def _corpus(path: Path, n_words: int, seed: int = 0) -> Path:
+    """A text of words from a random sparse word-bigram chain (unigram != bigram statistics)."""
+    rng = np.random.default_rng(seed)
+    V = len(WORDS)
+    P = rng.dirichlet(np.full(V, 0.2), size=V)  # sparse-ish transition rows
+    w, out = 0, []
+    for i in range(n_words):
+        w = int(rng.choice(V, p=P[w]))
+        out.append(WORDS[w] + ("\n\n" if i % 40 == 39 else ""))
+    path.write_text(" ".join(out))
+    return path
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("suite")
+    text = _corpus(root / "corpus.txt", 6000)
+    train_toy_suite(root / "suite", corpus=str(text), tokenizer="bpe", vocab_size=300, max_step=8,
+                    d_model=32, n_head=2, context=32, batch_size=8, warmup=2)
+    return root / "suite", text
+
+
+def test_suite_layout(suite: tuple[Path, Path]) -> None:
+    folder, _ = suite
+    assert sorted(int(p.name[4:]) for p in folder.glob("step*")) == [0, 1, 2, 4, 8]
+    for p in folder.glob("step*"):
+        assert (p / "model.safetensors").is_file() and (p / "tokenizer.json").is_file()
+    assert [c.step for c in find_suite(str(folder))] == [0, 1, 2, 4, 8]
+    assert [c.step for c in find_suite(str(folder), ("step8", "step1"))] == [1, 8]
+    assert suite_steps(512) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    pythia = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512] + list(range(1000, 144000, 1000))
+    assert log_spaced(pythia) == [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 4000, 8000, 16000,
+                                  32000, 64000, 128000, 143000]
+
+
+def test_cli_contract(suite: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, text = suite
+    out = tmp_path / "ck.nc"
+    assert main(["run", "checkpoints", "--model", str(folder), "--corpus", str(text), "--out", str(out),
+                 "--probe-size", "8", "-o", "context=16"]) == 0
+    ds = load_results(out)
+    assert ds.step.values.tolist() == [0, 1, 2, 4, 8]
+    probes = ds.probe.values.tolist()
+    assert {"real", "unigram", "bigram", "trigram", *DIVERGENCE_PROBES} <= set(probes)
+    assert ds.sizes["seed"] == 1 and np.isnan(ds.train_loss).all()
+    loss = ds.loss.isel(seed=0)
+    assert np.isfinite(loss).all()
+    for name in ("unigram", "bigram", "trigram"):
+        floor = float(ds.floor.sel(probe=name))
+        assert 0 < floor <= float(loss.sel(probe=name).min()) + 1e-6  # no model beats the exact floor
+    js = loss.sel(probe=[p for p in probes if p.startswith("js_")]).values
+    kl = loss.sel(probe=[p for p in probes if p.startswith("kl_")]).values
+    assert (js >= 0).all() and (js <= math.log(2) + 1e-9).all() and (kl >= 0).all()
+    assert float(ds.probe_order.sel(probe="kl_bigram")) == 2.0
+    assert math.isinf(float(ds.probe_order.sel(probe="real")))
+    # the untrained step-0 model is near uniform: loss ~ log V on every probe
+    assert abs(float(loss.sel(step=0, probe="real")) - math.log(ds.attrs["vocab_size"])) < 0.2
+
+
+def test_resume_continues_at_the_next_checkpoint(suite: tuple[Path, Path], tmp_path: Path) -> None:
+    folder, text = suite
+    cfg = RunConfig(experiment="checkpoints", model=str(folder), dataset=str(text), probe_size=6,
+                    probes=("real", "unigram", "bigram", "kl_unigram", "js_bigram"), options={"context": 12})
+    full = train(cfg, out=tmp_path / "full.nc").dataset
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def on_event(ev: dict) -> None:
+        if ev["type"] == "checkpoint":
+            seen.append(ev["step"])
+            if len(seen) == 2:
+                stop.set()
+
+    first = train(cfg, out=tmp_path / "part.nc", subscribers=[on_event], stop_event=stop)
+    assert first.status == "stopped" and first.dataset.step.values.tolist() == [0, 1]
+    seen.clear()
+    rest = train(cfg, out=tmp_path / "part.nc", resume=True, subscribers=[on_event])
+    assert rest.status == "finished" and seen == [2, 4, 8]  # only the missing checkpoints were loaded
+    np.testing.assert_allclose(rest.dataset.loss.values, full.loss.values, rtol=1e-6)
+    with pytest.raises(ConfigError, match="another config"):
+        train(cfg.replace(probe_size=7), out=tmp_path / "part.nc", resume=True)
+
+
+def test_offline_hub_id_fails_with_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import huggingface_hub
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "list_repo_refs", offline)
+    with pytest.raises(DataNotFoundError, match="local folder of step<N>/"):
+        find_suite("EleutherAI/pythia-70m", ("step0",))
+    assert main(["run", "checkpoints", "--model", "EleutherAI/pythia-70m", "--corpus", "tinyshakespeare",
+                 "--out", "/nonexistent/x.nc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model a local folder" in err[0]
+
+
+def test_bad_inputs(tmp_path: Path, suite: tuple[Path, Path]) -> None:
+    folder, text = suite
+    with pytest.raises(DataNotFoundError, match="no step<N>/ folder"):
+        find_suite(str(tmp_path))
+    with pytest.raises(ConfigError, match="lacks some of the revisions"):
+        find_suite(str(folder), ("step3",))
+    from dsb_widgets.engine.task import resolve_config
+
+    with pytest.raises(ConfigError, match="--seeds 1"):
+        resolve_config(RunConfig(experiment="checkpoints", model=str(folder), dataset=str(text), seeds=2))
+
+
+def test_text_experiment_divergence_probes(tmp_path: Path) -> None:
+    """``dsb run text`` measures the same KL / JS per checkpoint for every seed."""
+    text = _corpus(tmp_path / "c.txt", 3000, seed=1)
+    cfg = RunConfig(experiment="text", dataset=str(text), steps=4, seeds=2, probe_size=8, batch_size=8,
+                    probes=("real", "unigram", "kl_unigram", "kl_bigram", "js_trigram"),
+                    options={"tokenizer": "char", "vocab_size": 0, "context": 16, "d_model": 16, "n_head": 2})
+    ds = train(cfg).dataset
+    assert ds.probe.values.tolist() == ["real", "unigram", "kl_unigram", "kl_bigram", "js_trigram"]
+    vals = ds.loss.sel(probe=["kl_unigram", "kl_bigram", "js_trigram"]).values  # (step, 3, seed)
+    assert np.isfinite(vals).all() and (vals >= 0).all()
+    assert not np.allclose(vals[..., 0], vals[..., 1])  # two seeds, two models
+    with pytest.raises(ConfigError, match="need --model gpt"):
+        from dsb_widgets.engine.task import resolve_config
+
+        resolve_config(cfg.replace(model="bert"))
