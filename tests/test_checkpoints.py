@@ -125,8 +125,15 @@ def test_bad_inputs(tmp_path: Path, suite: tuple[Path, Path]) -> None:
         find_suite(str(tmp_path))
     with pytest.raises(ConfigError, match="lacks some of the revisions"):
         find_suite(str(folder), ("step3",))
+    from dsb_widgets.cli import build_parser, config_from_args
     from dsb_widgets.engine.task import resolve_config
 
+    args = build_parser().parse_args(["run", "checkpoints", "--model", str(folder), "--corpus", str(text),
+                                      "--revisions", "step8", "step0"])
+    cfg = resolve_config(config_from_args(args))
+    assert cfg.options["revisions"] == ["step8", "step0"] and cfg.model == str(folder)
+    with pytest.raises(ConfigError, match="lacks some of the revisions"):
+        resolve_config(cfg.replace(options={"revisions": ["step5"]}))
     with pytest.raises(ConfigError, match="--seeds 1"):
         resolve_config(RunConfig(experiment="checkpoints", model=str(folder), dataset=str(text), seeds=2))
 
