@@ -24,15 +24,17 @@ def _one_thread() -> None:
 
 
 def _table(out: str) -> dict[str, list[str]]:
-    """The printed summary table: probe -> its columns."""
+    """The printed summary tables (DSB probes, then edit probes): probe -> its columns."""
     lines = out.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("probe") and "min step" in line)
+    starts = [i for i, line in enumerate(lines) if line.startswith("probe") and "min step" in line]
+    assert starts, "no summary table printed"
     rows = {}
-    for line in lines[start + 1:]:
-        if not line.strip():
-            break
-        cols = line.split()
-        rows[cols[0]] = cols[1:]
+    for start in starts:
+        for line in lines[start + 1:]:
+            if not line.strip() or line.startswith(("results:", "wall ")):
+                break
+            cols = line.split()
+            rows[cols[0]] = cols[1:]
     return rows
 
 
@@ -55,6 +57,36 @@ def test_run_images_writes_netcdf_and_prints_table(tmp_path: Path, capsys: pytes
         if r["probe"] in ("ot", "cqn"):
             assert "@" in cols and "->" in cols  # target accuracy: max @ step -> final
     assert str(out) in printed and "probe evaluation" in printed
+
+
+def test_summary_splits_dsb_and_edit_probes() -> None:
+    """Edit probes (with a target label) are reported by their target-label accuracy and loss,
+    in their own table; DSB probes with their floors; --per-seed adds one row per seed."""
+    import math
+
+    import xarray as xr
+
+    from dsb_widgets.engine.results import METRICS, format_summary, probe_kinds
+
+    steps = np.array([0, 1, 2, 4])
+    loss = np.array([[2.3, 2.3], [1.0, 1.2], [0.5, 0.7], [0.8, 0.8]])  # (step, seed)
+    data = {}
+    for m in METRICS:
+        arr = np.stack([loss, loss + 5], axis=1)  # (step, probe, seed): maxent1, ot
+        if m.startswith("target"):
+            arr[:, 0] = np.nan
+            arr[:, 1] = np.array([[0.1, 0.1], [0.6, 0.4], [0.3, 0.3], [0.2, 0.2]]) if m == "target_accuracy" else loss
+        data[m] = (("step", "probe", "seed"), arr)
+    ds = xr.Dataset(data, coords={"step": steps, "probe": ["maxent1", "ot"], "seed": [0, 1],
+                                  "probe_order": ("probe", [1.0, 2.0]), "floor": ("probe", [0.25, math.nan])})
+    assert probe_kinds(ds) == {"maxent1": "dsb", "ot": "edit"}
+    text = format_summary(ds)
+    dsb, edit = text.split("Edit probes")
+    assert "maxent1" in dsb and "ot " not in dsb and "0.2500" in dsb  # floor shown
+    assert "0.500 @ 1 -> 0.200" in edit  # target acc: seed mean max 0.5 at step 1, final 0.2
+    assert "0.600 @ 2 -> 0.800" in edit  # target loss: min 0.6 at step 2, final 0.8
+    per_seed = format_summary(ds, per_seed=True)
+    assert "maxent1[s0]" in per_seed and "ot[s1]" in per_seed and "0.600 @ 1" in per_seed
 
 
 def test_resume_flag_continues_the_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

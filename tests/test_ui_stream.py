@@ -3,6 +3,7 @@ form validation messages and session bookkeeping."""
 
 from __future__ import annotations
 
+import html
 import math
 import threading
 from pathlib import Path
@@ -15,12 +16,13 @@ from hypothesis import strategies as st
 
 pn = pytest.importorskip("panel")
 
-from bokeh.models import Span  # noqa: E402
+from bokeh.models import HoverTool, Legend, Span  # noqa: E402
 
 from dsb_widgets.engine.task import RunConfig  # noqa: E402
 from dsb_widgets.runs import RowStore, RunHandle, RunRegistry  # noqa: E402
 from dsb_widgets.ui import sessions  # noqa: E402
 from dsb_widgets.ui.plots import make_plots  # noqa: E402
+from dsb_widgets.ui.colors import FAMILIES, probe_colors  # noqa: E402
 from dsb_widgets.ui.stream import SeedAggregator, format_eta, order_color, probe_styles, summarize_saved  # noqa: E402
 from dsb_widgets.ui.sweep_view import SweepView, extra_dims, facet_cells, facet_curves  # noqa: E402
 from dsb_widgets.ui.viewer import RunViewer  # noqa: E402
@@ -90,7 +92,8 @@ def test_summarize_saved_and_eta() -> None:
     m, lo, hi = summarize_saved(arr)
     np.testing.assert_allclose(m, [2.0, np.nan, 2.0])
     np.testing.assert_allclose(lo, [1.0, np.nan, 2.0])
-    assert format_eta(None) == "ETA --" and format_eta(5) == "ETA 5 s" and format_eta(125) == "ETA 2 min 05 s"
+    assert format_eta(None) == "ETA estimating..." and format_eta(5) == "ETA 5 s"
+    assert format_eta(125) == "ETA 2 min 05 s"
     with pytest.raises(ValueError, match="step, seed"):
         summarize_saved(np.zeros(3))
 
@@ -99,13 +102,51 @@ def test_order_colours_are_fixed_and_distinct() -> None:
     cols = [order_color(o) for o in (1, 2, 3, 9, 33, math.inf)]
     assert len(set(cols)) == len(cols) and cols[-1] == "#000000"
     styles = probe_styles(["a", "b", "c"], [2.0, 2.0, 1.0])
-    assert styles["a"].color == styles["b"].color and styles["a"].marker != styles["b"].marker
+    assert styles["a"].color != styles["b"].color and styles["a"].marker != styles["b"].marker  # distinct hues
+    assert {styles["a"].color, styles["b"].color} <= set(FAMILIES["2"]) and styles["c"].color in FAMILIES["1"]
+    # the same probe has the same colour whatever else the run holds
+    assert probe_colors(["real", "gauss_clone"])["gauss_clone"] == probe_colors(
+        ["maxent2", "gauss_clone", "ot"])["gauss_clone"]
+    text = probe_colors(["real", "unigram", "bigram", "trigram", "shuffled"])
+    assert len(set(text.values())) == 5 and text["real"] == "#000000"
 
 
-def test_floor_lines_only_where_finite() -> None:
-    plots = make_plots(PROBES, ORDERS, [math.nan, 1.5, math.inf], {})
-    spans = plots.loss.select({"type": Span})
-    assert [s.location for s in spans] == [1.5]
+def test_probe_families_split_dsb_and_edit_panels() -> None:
+    probes, orders = ["real", "maxent1", "ot"], [math.inf, 1.0, 2.0]
+    plots = make_plots(probes, orders, [math.nan] * 3, {"ot": True}, x_max=65)
+    assert plots.kinds == {"real": "dsb", "maxent1": "dsb", "ot": "edit"}
+    assert plots.loss.y_scale.__class__.__name__ == "LogScale"  # log-y by default
+    loss_names = {r.name for r in plots.loss.renderers if r.name}
+    assert "ot" not in loss_names and {"real", "maxent1"} <= loss_names  # no source-label edit loss
+    assert "ot" in {r.name for r in plots.edit_acc.renderers}
+    assert plots.edit_acc.renderers[1].glyph.y == "tacc" and plots.edit_loss.renderers[0].glyph.y == "tloss"
+    hover = plots.loss.select({"type": HoverTool})
+    assert hover and all(h.mode == "vline" for h in hover)
+    text = make_plots(["real", "unigram"], [math.inf, 1.0], [math.nan, 1.5], {})
+    assert text.edit_acc is None
+
+
+def test_floor_lines_only_where_finite_inside_the_range_with_legend_samples() -> None:
+    plots = make_plots(PROBES, ORDERS, [math.nan, 1.5, math.inf], {}, x_max=101)
+    floors = [r for r in plots.loss.renderers if (r.name or "").startswith("floor:")]
+    assert [r.name for r in floors] == ["floor:maxent1"]
+    assert list(floors[0].data_source.data["y"]) == [1.5, 1.5] and floors[0].data_source.data["x"][-1] == 101
+    item = next(i for i in plots.loss.select_one(Legend).items if "floor" in str(i.label))
+    assert item.renderers == floors  # the legend sample is the dotted line itself
+    assert floors[0].glyph.line_dash == [1, 3] or floors[0].glyph.line_dash == "dotted" or floors[0].glyph.line_dash
+
+
+def test_minimum_is_starred_on_raw_seed_mean() -> None:
+    run = fake_run([0])
+    v = RunViewer(run, poll=False)
+    for step, base in enumerate([3.0, 1.0, 2.0, 2.5]):
+        feed(run, rows(step, 0, base))
+        v.drain()
+    star = v.plots.mins["maxent1"].data
+    assert star["step"] == [1.0] and star["y"] == [2.0]  # maxent1 = base + 1, lowest at step 1
+    v.smoothing = 0.5  # smoothing replays the curves; the star stays on the raw minimum
+    assert v.plots.mins["maxent1"].data["y"] == [2.0]
+    assert v.plots.sources["maxent1"].data["loss"][1] != 2.0
 
 
 # -- draining into Bokeh sources (no server) ----------------------------------------------------
@@ -143,7 +184,7 @@ def test_failed_run_shows_one_line_message() -> None:
     run.store.status, run.store.error = "failed", "DataNotFoundError: no mnist under /x; set DSB_DATA_DIR\nTraceback..."
     v = RunViewer(run, poll=False)
     v.drain()
-    assert v.alert.alert_type == "danger" and "DSB_DATA_DIR" in v.alert.object
+    assert v.alert.alert_type == "danger" and "DSB_DATA_DIR" in html.unescape(v.alert.object)
     assert "Traceback" not in v.alert.object
 
 
@@ -163,7 +204,8 @@ def synthetic_sweep(extra: dict[str, list]) -> xr.Dataset:
     grids = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
     loss = 1.0 + grids[1] + grids[2] + sum(10.0 * g for g in grids[3:])
     dims = ("step", "probe", "seed", *extra)
-    data = {m: (dims, loss if m == "loss" else loss / 100) for m in ("loss", "accuracy", "target_accuracy")}
+    data = {m: (dims, loss if m == "loss" else loss / 100) for m in ("loss", "accuracy")}
+    data["target_accuracy"] = (dims, np.full(shape, np.nan))  # no edit probes
     coords = {"step": steps, "probe": PROBES, "seed": seeds, "probe_order": ("probe", ORDERS),
               "floor": ("probe", [math.nan, 0.5, math.nan]), **extra}
     return xr.Dataset(data, coords=coords)
@@ -217,7 +259,7 @@ def test_bad_form_input_becomes_a_message_not_a_run(tmp_path: Path) -> None:
         d._fill_from_experiment()
         getattr(d, field).value = value
         assert d.start() is None
-        assert d.message.visible and d.message.alert_type == "danger" and text in d.message.object
+        assert d.message.visible and d.message.alert_type == "danger" and text in html.unescape(d.message.object)
         assert "Traceback" not in d.message.object
     assert reg.runs() == []
 
@@ -232,16 +274,25 @@ def test_sessions_register_and_release_idempotently() -> None:
     assert snap["rss_bytes"] > 0 and snap["stopped"] >= 1
 
 
-def test_eta_uses_recent_rate_not_startup() -> None:
+def test_eta_uses_the_checkpoint_schedule_not_the_early_rate() -> None:
+    """Log-spaced checkpoints front-load the evaluations: a plain rate extrapolation from the
+    first seconds overestimates; the estimator splits time into per-step and per-evaluation."""
     from dsb_widgets.ui.stream import EtaEstimator
 
-    e = EtaEstimator(window_s=5.0)
-    assert e.update(0.0, 0, 1000) is None  # no rate yet
-    e.update(30.0, 6, 1000)  # 30 s of data loading before step 6
-    for k in range(1, 21):  # then 100 steps/s
-        eta = e.update(30.0 + k, 6 + 100 * k, 3000)
-    assert eta == pytest.approx((3000 - 2006) / 100, rel=1e-6)
-    assert e.update(60.0, 3, 3000) is None  # a new run: history dropped
+    ckpts = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    a, b = 0.01, 0.5  # true seconds per step and per evaluation
+
+    def clock(step: int) -> float:
+        return a * step + b * sum(1 for c in ckpts if c <= step)
+
+    e = EtaEstimator(ckpts, min_train_s=0.1)
+    seen = [e.update(clock(s), s, 1024) for s in (0, 1, 2, 3, 4, 6, 8, 12, 16, 24)]
+    assert seen[0] is None  # estimating... until a checkpoint-free interval was measured
+    eta = e.update(clock(40), 40, 1024)
+    assert eta == pytest.approx(clock(1024) - clock(40), rel=1e-6)
+    naive = clock(40) / 40 * (1024 - 40)  # what the old rate-based ETA said
+    assert naive > 2 * eta
+    assert e.update(0.5, 3, 1024) is None  # a new run: history dropped
 
 
 def test_dashboard_opens_runs_and_sweeps_from_files(tmp_path: Path) -> None:

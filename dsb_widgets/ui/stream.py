@@ -1,6 +1,6 @@
 """Pure drain logic for the live dashboard: checkpoint rows -> per-probe stream payloads.
 
-No Panel or Bokeh models here (numpy and Bokeh's palette tuple only), so the logic is unit-tested without a browser.
+No Panel or Bokeh here (numpy only), so the logic is unit-tested without a browser.
 
 The training thread publishes one *row* per (checkpoint, probe, seed)
 (``{step, wall_time, probe, order, seed, loss, accuracy, target_loss, target_accuracy}``, see
@@ -10,8 +10,8 @@ point is only meaningful once every seed of that step has arrived, so :class:`Se
 holds partial steps back and emits a step exactly once, when it is complete.
 
 Colours encode interaction order (Belrose et al., ICML 2024, Fig. 1; Rende et al., NeurIPS
-2024): a fixed sequential map (:func:`order_color`), light for low order, darker as the order
-grows, black for real data (order ``inf``), identical across runs so saved overlays match.
+2024) through the one colour map of every view, :mod:`dsb_widgets.ui.colors`: a hue family per
+order, distinct hues within an order, black for real data, identical across runs and notebooks.
 """
 
 from __future__ import annotations
@@ -22,35 +22,16 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from bokeh.palettes import Plasma256  # a plain tuple of colours (no models)
 
-# Columns of each probe's ColumnDataSource. x = step + 1 so step 0 sits at x = 1 on a log axis.
-COLUMNS = ("x", "step", "loss", "loss_lo", "loss_hi", "acc", "acc_lo", "acc_hi", "tacc")
+from dsb_widgets.ui.colors import REAL_COLOR, order_color, probe_colors  # noqa: F401  (re-exported)
+
+# Columns of each probe's ColumnDataSource. x = step + 1 so step 0 sits at x = 1 on a log axis;
+# tacc/tloss: accuracy and loss on the *target* label of edited probes (OT/CQN), NaN otherwise.
+COLUMNS = ("x", "step", "loss", "loss_lo", "loss_hi", "acc", "acc_lo", "acc_hi", "tacc", "tacc_lo", "tacc_hi",
+           "tloss")
+SMOOTHED = ("loss", "loss_lo", "loss_hi", "acc", "acc_lo", "acc_hi", "tacc", "tacc_lo", "tacc_hi", "tloss")
 BANDS = ("minmax", "std")
 MARKERS = ("circle", "square", "triangle", "diamond", "inverted_triangle", "star", "hex", "plus")
-
-REAL_COLOR = "#000000"
-
-
-def _palette(t: float) -> str:
-    """Sequential "plasma" colour at position t in [0, 1] (0 dark blue, 1 yellow)."""
-    return Plasma256[round(min(max(t, 0.0), 1.0) * 255)]
-
-
-def order_color(order: float) -> str:
-    """Colour of interaction order ``order``: fixed map, so the same order is the same colour
-    in every run and overlay. Order 1 -> orange (plasma 0.8), 2 -> pink, 3 -> magenta, 9 ->
-    purple, 33 -> violet-blue; ``inf`` (real data) -> black; NaN (unknown) -> grey.
-
-    Position on the palette: 0.8 - 0.75 * (1 - order**-0.7), which separates the low orders
-    (1 vs 2, the images case) as well as the high ones (3/9/33-body text clones).
-    """
-    if math.isnan(order):
-        return "#888888"
-    if math.isinf(order):
-        return REAL_COLOR
-    t = 1.0 - max(order, 1.0) ** -0.7
-    return _palette(0.8 - 0.75 * t)
 
 
 @dataclass(frozen=True)
@@ -62,6 +43,7 @@ class ProbeStyle:
     color: str
     marker: str
     label: str  # legend text, e.g. "maxent2 (order 2)", "real (all orders)"
+    dash: str = "solid"  # "dashed" for measurements (predictions, not data sets)
 
 
 def order_label(order: float) -> str:
@@ -73,17 +55,20 @@ def order_label(order: float) -> str:
 
 
 def probe_styles(probes: Sequence[str], orders: Sequence[float]) -> dict[str, ProbeStyle]:
-    """One style per probe; probes sharing an order get successive markers (in probe order)."""
+    """One style per probe: colour from :func:`dsb_widgets.ui.colors.probe_colors` (order family,
+    distinct hue within it); probes sharing an order also get successive markers."""
     if len(probes) != len(orders):
         raise ValueError(f"{len(probes)} probes but {len(orders)} orders; pass one order per probe")
+    colors = probe_colors(list(probes), [float(o) for o in orders])
     seen: dict[float, int] = {}
     out = {}
     for name, order in zip(probes, orders):
         key = float("nan") if math.isnan(order) else float(order)
         k = seen.get(key, 0) if not math.isnan(key) else 0
         seen[key] = k + 1
-        out[name] = ProbeStyle(name, float(order), order_color(float(order)), MARKERS[k % len(MARKERS)],
-                               f"{name} ({order_label(float(order))})")
+        out[name] = ProbeStyle(name, float(order), colors[name], MARKERS[k % len(MARKERS)],
+                               f"{name} ({order_label(float(order))})",
+                               "dashed" if name.startswith("taylor") else "solid")
     return out
 
 
@@ -154,10 +139,11 @@ class SeedAggregator:
 
         loss, lo, hi = _summary(metric("loss"), self.band)
         acc, alo, ahi = _summary(metric("accuracy"), self.band)
-        tacc, _, _ = _summary(metric("target_accuracy"), self.band)
+        tacc, tlo, thi = _summary(metric("target_accuracy"), self.band)
+        tloss, _, _ = _summary(metric("target_loss"), self.band)
         if not math.isnan(tacc):
             self.has_target[str(rows[0]["probe"])] = True
-        for c, v in zip(COLUMNS, (step + 1, step, loss, lo, hi, acc, alo, ahi, tacc)):
+        for c, v in zip(COLUMNS, (step + 1, step, loss, lo, hi, acc, alo, ahi, tacc, tlo, thi, tloss)):
             cols[c].append(float(v))
 
     @property
@@ -180,44 +166,106 @@ def summarize_saved(loss: np.ndarray, band: str = "minmax") -> tuple[np.ndarray,
 
 
 def format_eta(seconds: float | None) -> str:
-    """'ETA 1 min 05 s' style text; None -> 'ETA --'."""
+    """'ETA 1 min 05 s' style text; None -> 'ETA estimating...'."""
     if seconds is None or math.isnan(seconds):
-        return "ETA --"
+        return "ETA estimating..."
+    return f"ETA {format_duration(seconds)}"
+
+
+def format_duration(seconds: float) -> str:
+    """'42 s', '3 min 05 s', '1 h 02 min'."""
     seconds = max(0.0, seconds)
     if seconds < 60:
-        return f"ETA {seconds:.0f} s"
+        return f"{seconds:.0f} s"
     m, s = divmod(int(round(seconds)), 60)
     if m < 60:
-        return f"ETA {m} min {s:02d} s"
+        return f"{m} min {s:02d} s"
     h, m = divmod(m, 60)
-    return f"ETA {h} h {m:02d} min"
+    return f"{h} h {m:02d} min"
 
 
 class EtaEstimator:
-    """Seconds left from the *recent* step rate (a sliding window of (time, step) observations).
+    """Seconds left from the known checkpoint schedule and the measured rates.
 
-    The run's own average (elapsed / step) includes data loading and the step-0 probe
-    evaluation, so early on it overestimates by orders of magnitude (seen: "1 h 30 min" at step
-    6 of a 2-minute run). Checkpoint evaluations still slow the rate locally; the window averages
-    over several of them.
+    A run's time is ``a`` seconds per training step plus ``b`` seconds per probe evaluation, and
+    the evaluations are front-loaded (log-spaced checkpoints: 2^k steps apart), so a plain
+    steps-per-second extrapolation early in a run overestimates by 5-10x (seen: "18 min" for a
+    run that took 207 s). ``a`` is measured on the intervals between observations that contain
+    no checkpoint, ``b`` on those that do (their time minus ``a`` per step); the estimate is
+    ``a * steps_left + b * checkpoints_left``. Observations are the run's own clock
+    (``(elapsed, step)`` from its progress events), not the viewer's. None ("estimating...")
+    until ``min_train_s`` seconds of checkpoint-free training have been seen.
 
-    >>> e = EtaEstimator(window_s=10)
-    >>> e.update(0.0, 100, 1000) is None, e.update(2.0, 300, 1000)
-    (True, 7.0)
+    >>> e = EtaEstimator(checkpoints=[0, 1, 2, 4, 8], min_train_s=0.5)
+    >>> e.update(0.0, 0, 8) is None, e.update(2.0, 2, 8) is None  # 2 s for 2 steps + 2 evaluations
+    (True, True)
+    >>> e.update(3.0, 3, 8)  # 1 s per step, no evaluation: a = 1, b = (2 - 2 * 1) / 2 = 0
+    5.0
     """
 
-    def __init__(self, window_s: float = 20.0) -> None:
-        self.window_s = window_s
-        self._obs: deque[tuple[float, int]] = deque()
+    def __init__(self, checkpoints: Sequence[int] = (), min_train_s: float = 2.0) -> None:
+        self.checkpoints = np.asarray(sorted(set(int(c) for c in checkpoints)), dtype=np.int64)
+        self.min_train_s = min_train_s
+        self._last: tuple[float, int] | None = None
+        self._plain = [0.0, 0]  # seconds, steps over checkpoint-free intervals
+        self._mixed = [0.0, 0, 0]  # seconds, steps, checkpoints over the others
+
+    def _ckpts(self, lo: int, hi: int) -> int:
+        """Checkpoints c with lo < c <= hi."""
+        c = self.checkpoints
+        return int(np.searchsorted(c, hi, side="right") - np.searchsorted(c, lo, side="right"))
 
     def update(self, t: float, step: int, total: int) -> float | None:
-        """Record step ``step`` at time ``t`` (seconds); return seconds left, or None if unknown."""
-        if self._obs and step < self._obs[-1][1]:
-            self._obs.clear()  # a different (or resumed) run
-        self._obs.append((t, step))
-        while len(self._obs) > 2 and t - self._obs[1][0] >= self.window_s:
-            self._obs.popleft()
-        (t0, s0), (t1, s1) = self._obs[0], self._obs[-1]
-        if s1 <= s0 or t1 <= t0:
-            return 0.0 if step >= total else None
-        return max(0.0, (total - step) * (t1 - t0) / (s1 - s0))
+        """Record the run at ``step`` after ``t`` seconds of its clock; seconds left or None."""
+        if self._last is not None and (step < self._last[1] or t < self._last[0]):
+            self.__init__(self.checkpoints, self.min_train_s)  # type: ignore[misc]  # another run
+        if step >= total:
+            return 0.0
+        if self._last is not None and step > self._last[1] and t > self._last[0]:
+            t0, s0 = self._last
+            n = self._ckpts(s0, step)
+            if n == 0:
+                self._plain[0] += t - t0
+                self._plain[1] += step - s0
+            else:
+                self._mixed[0] += t - t0
+                self._mixed[1] += step - s0
+                self._mixed[2] += n
+        if self._last is None or step != self._last[1]:
+            self._last = (t, step)
+        if self._plain[0] < self.min_train_s or self._plain[1] == 0:
+            return None
+        a = self._plain[0] / self._plain[1]
+        b = max(0.0, (self._mixed[0] - a * self._mixed[1]) / self._mixed[2]) if self._mixed[2] else 0.0
+        left = self._ckpts(step, total) if len(self.checkpoints) else 0
+        return a * (total - step) + b * left
+
+
+class Smoother:
+    """Exponential moving average of the plotted columns, per probe, debiased like TensorBoard's:
+    s_t = w s_(t-1) + (1 - w) x_t, shown as s_t / (1 - w^t). ``weight`` 0 = raw values.
+    Applied to streamed payloads incrementally (one state per probe and column)."""
+
+    def __init__(self, weight: float = 0.0) -> None:
+        if not 0.0 <= weight < 1.0:
+            raise ValueError(f"smoothing weight must be in [0, 1), got {weight}")
+        self.weight = weight
+        self._state: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def __call__(self, probe: str, cols: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {c: np.array(v, dtype=np.float64) for c, v in cols.items()}
+        if self.weight == 0.0:
+            return out
+        w = self.weight
+        for c in SMOOTHED:
+            if c not in out:
+                continue
+            ema, n = self._state.get((probe, c), (0.0, 0))
+            v = out[c]
+            for i in range(len(v)):
+                if math.isnan(v[i]):
+                    continue
+                ema, n = w * ema + (1 - w) * v[i], n + 1
+                v[i] = ema / (1 - w ** n)
+            self._state[(probe, c)] = (ema, n)
+        return out

@@ -14,19 +14,24 @@ loop while the kernel is idle, and ``pn.io.push_notebook`` sends the streamed po
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
 import time
 from typing import Any, Callable
 
+import numpy as np
 import panel as pn
 import param
 import xarray as xr
 
 from dsb_widgets.runs import RunHandle
 from dsb_widgets.ui import sessions
-from dsb_widgets.ui.plots import CurvePlots, add_saved_overlay, make_plots, placeholder
-from dsb_widgets.ui.stream import EtaEstimator, SeedAggregator, format_eta
+from dsb_widgets.ui.plots import CurvePlots, add_saved_overlay, make_plots, placeholder, update_minimum
+from dsb_widgets.ui.probes import explain, intro
+from dsb_widgets.ui.safety import code, esc
+from dsb_widgets.ui.stream import EtaEstimator, SeedAggregator, Smoother, format_duration, format_eta
 
 log = logging.getLogger(__name__)
 ROLLOVER = 10_000  # points kept per probe (a run has ~per_octave * log2(steps) checkpoints)
@@ -44,47 +49,74 @@ def describe(run: RunHandle) -> str:
     return f"{run.id}: {c.experiment}/{c.dataset}/{c.model}, {c.steps} steps x {c.seeds} seed(s)"
 
 
-def status_message(run: RunHandle) -> tuple[str, str]:
-    """(alert type, one-line message) for a run's status; never a traceback."""
+def status_message(run: RunHandle, eta: str = "", elapsed: float | None = None) -> tuple[str, str]:
+    """(alert type, the ONE status line of a run): state, step, elapsed, ETA; never a traceback."""
     st = run.store
+    spent = format_duration(st.elapsed if elapsed is None else elapsed)
     if st.status == "failed":
-        first = (st.error or "unknown error").strip().splitlines()[0][:400]
+        first = esc((st.error or "unknown error").strip().splitlines()[0][:400])
         return "danger", f"Run {run.id} failed: {first}"
     if st.status == "finished":
-        where = f"; results in `{run.out}`" if run.out else ""
-        return "success", f"Run {run.id} finished ({st.step} steps, {st.elapsed:.0f} s){where}."
+        where = f"; results in {code(run.out)}" if run.out else ""
+        return "success", f"Run {run.id} finished: {st.step} steps in {format_duration(st.elapsed)}{where}."
     if st.status == "stopped":
-        where = f" `dsb run {run.config.experiment} --resume --out {run.out}` (same options)" if run.out else ""
-        return "warning", f"Run {run.id} stopped at step {st.step}.{' Resume with' + where if where else ''}"
+        how = " Press **Resume** to continue it." if run.out else ""
+        return "warning", f"Run {run.id} stopped at step {st.step}/{st.total} (state saved).{how}"
     if st.status == "starting":
-        return "info", f"Run {run.id} is starting: loading data and building probe sets..."
-    return "primary", f"Run {run.id} is training."
+        return "info", f"Run {run.id} is starting: loading data and building probe sets... {spent} elapsed"
+    return "primary", f"Run {run.id} training: step {st.step}/{st.total} &nbsp;·&nbsp; {spent} elapsed &nbsp;·&nbsp; {eta}"
 
 
 class RunViewer(pn.viewable.Viewer):
     """Live curves for ``run`` (a :class:`RunHandle`, or None to wait for one).
 
     ``period_ms``: drain interval (250-500 ms is smooth and cheap); ``band``: "minmax" or
-    "std" across seeds; ``poll=False`` leaves draining to the caller (``viewer.drain()``).
-    Measured (digits MLP, 5 probes, 1 seed, served on 2 CPU cores): see tests/test_ui.py.
+    "std" across seeds; ``log_y``: log loss axes; ``smoothing``: EMA weight of the drawn curves
+    (0 = raw; minima are starred on the raw seed means); ``poll=False`` leaves draining to the
+    caller (``viewer.drain()``). Layout: the experiment's intro, ONE status line (state, step,
+    live elapsed counter, ETA), the DSB panel, the edit panel (target label), accuracy, one
+    explainer line per probe, downloads (netCDF, CSV; PNG from each figure's save tool), the
+    run's full config and, for a stopped run, a Resume button.
     """
 
     period_ms = param.Integer(default=500, bounds=(50, 10_000))
     band = param.Selector(default="minmax", objects=["minmax", "std"])
+    log_y = param.Boolean(default=True, doc="log-scale loss axes")
+    smoothing = param.Number(default=0.0, bounds=(0.0, 0.95), step=0.05, doc="EMA weight (0 = raw)")
 
     def __init__(self, run: RunHandle | None = None, poll: bool = True, rollover: int = ROLLOVER,
-                 **params: Any) -> None:
+                 registry: Any = None, **params: Any) -> None:
         super().__init__(**params)
         self.rollover = rollover
+        self.registry = registry
         self.notebook = not in_server_session()
         self.loss_pane = pn.pane.Bokeh(placeholder("no run yet"), sizing_mode="stretch_width")
-        self.acc_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width")
-        self.progress = pn.indicators.Progress(value=0, max=1, bar_color="primary", width=260,
-                                               margin=(12, 10))
-        self.progress_text = pn.pane.Markdown("", sizing_mode="stretch_width", margin=(0, 10))
-        self.alert = pn.pane.Alert("", alert_type="secondary", visible=False, sizing_mode="stretch_width")
-        self.layout = pn.Column(self.alert, pn.Row(self.progress, self.progress_text, sizing_mode="stretch_width"),
-                                self.loss_pane, self.acc_pane, sizing_mode="stretch_width")
+        self.acc_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width", visible=False)
+        self.edit_acc_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width", visible=False)
+        self.edit_loss_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width", visible=False)
+        self.progress = pn.indicators.Progress(value=0, max=1, bar_color="primary", sizing_mode="stretch_width",
+                                               height=10, margin=(6, 10, 0, 10))
+        self.alert = pn.pane.Alert("No run yet: choose settings in the sidebar and press **Start**.",
+                                   alert_type="secondary", sizing_mode="stretch_width", margin=(4, 10),
+                                   name="status_line")
+        self.intro = pn.pane.Markdown("", sizing_mode="stretch_width", name="intro")
+        self.explain = pn.pane.HTML("", sizing_mode="stretch_width", name="explainers")
+        self.resume_btn = pn.widgets.Button(name="Resume", button_type="primary", width=110, visible=False)
+        self.resume_btn.on_click(lambda e: self.resume())
+        self.download_nc = pn.widgets.FileDownload(callback=self._nc_bytes, filename="run.nc", label="netCDF",
+                                                   width=110, visible=False)
+        self.download_csv = pn.widgets.FileDownload(callback=self._csv_bytes, filename="run.csv", label="CSV",
+                                                    width=110, visible=False)
+        self.config_pane = pn.pane.JSON({}, depth=2, name="run_config", sizing_mode="stretch_width")
+        self.config_card = pn.Card(self.config_pane, title="Run config (full)", collapsed=True,
+                                   sizing_mode="stretch_width", visible=False)
+        controls = pn.Row(pn.widgets.Checkbox.from_param(self.param.log_y, name="log-y loss", margin=(14, 10)),
+                          pn.widgets.FloatSlider.from_param(self.param.smoothing, name="smoothing (EMA)", width=180),
+                          pn.widgets.Select.from_param(self.param.band, name="band over seeds", width=120),
+                          self.download_nc, self.download_csv, self.resume_btn, sizing_mode="stretch_width")
+        self.layout = pn.Column(self.intro, self.progress, self.alert, controls, self.loss_pane,
+                                pn.Row(self.edit_acc_pane, self.edit_loss_pane, sizing_mode="stretch_width"),
+                                self.acc_pane, self.explain, self.config_card, sizing_mode="stretch_width")
         self.hooks: list[Callable[[], None]] = []  # extra work per tick (e.g. the app's run list)
         self._overlays: list[tuple[xr.Dataset, str]] = []
         self._cb: Any = None
@@ -94,6 +126,7 @@ class RunViewer(pn.viewable.Viewer):
         self._was_connected = False
         self.orphan_s = ORPHAN_S
         self.run: RunHandle | None = None
+        self.param.watch(lambda e: self._replay(), ["log_y", "smoothing", "band"])
         self.attach(run)
         if poll:
             self.start_polling()
@@ -107,6 +140,8 @@ class RunViewer(pn.viewable.Viewer):
         self.run = run
         self.plots: CurvePlots | None = None
         self.agg: SeedAggregator | None = None
+        self._smooth = Smoother(self.smoothing)
+        self._raw: dict[str, tuple[list[float], list[float]]] = {}  # probe -> (x, raw mean loss)
         self._cursor = 0
         self._shown: tuple[Any, ...] = ()
         self._eta = EtaEstimator()
@@ -114,6 +149,13 @@ class RunViewer(pn.viewable.Viewer):
         self._set_figures(None, "waiting for the first checkpoint..." if run else "no run yet")
         if self._overlays:
             self._rebuild_overlays_only()
+        self.intro.object = intro(run.config.experiment) if run is not None else ""
+        self.explain.object = ""
+        if run is not None:
+            stem = f"{run.id}-{run.config.experiment}-{run.config.dataset}".replace("/", "_")
+            self.download_nc.filename, self.download_csv.filename = f"{stem}.nc", f"{stem}.csv"
+            self.config_pane.object = json.loads(run.config.to_json())
+        self.config_card.visible = run is not None
         self._update_status()
         if self._poll and self._cb is None and self.notebook:
             self.start_polling()
@@ -122,6 +164,14 @@ class RunViewer(pn.viewable.Viewer):
         self.plots = plots
         self.loss_pane.object = plots.loss if plots else placeholder(message)
         self.acc_pane.object = plots.acc if plots else placeholder("")
+        self.acc_pane.visible = plots is not None
+        has_edit = plots is not None and plots.edit_acc is not None
+        if has_edit:
+            self.edit_acc_pane.object, self.edit_loss_pane.object = plots.edit_acc, plots.edit_loss
+        self.edit_acc_pane.visible = self.edit_loss_pane.visible = has_edit
+
+    def _panes(self) -> list[pn.pane.Bokeh]:
+        return [self.loss_pane, self.acc_pane, self.edit_acc_pane, self.edit_loss_pane]
 
     def drain(self) -> int:
         """Stream the run's unseen rows into the figures; returns the number of rows taken."""
@@ -135,22 +185,34 @@ class RunViewer(pn.viewable.Viewer):
                 self._update_status()
                 return 0
             self.agg = SeedAggregator(meta["probes"], meta["seeds"], band=self.band)
+            self._eta = EtaEstimator(meta.get("checkpoints") or ())
         rows, self._cursor = store.rows_since(self._cursor)
         payload = self.agg.add(rows)
-        if payload and self.plots is None:
+        self._track_minima(payload)
+        shown = {p: self._smooth(p, cols) for p, cols in payload.items()}
+        if shown and self.plots is None:
             # New figures: their sources start with the payload (streaming into a model the
             # page has not received yet could double or drop points).
-            self._build_run_plots(run, payload)
-            self.points += sum(len(cols["x"]) for cols in payload.values())
+            self._build_run_plots(run, shown)
+            self.points += sum(len(cols["x"]) for cols in shown.values())
         elif self.plots is not None:
-            for probe, cols in payload.items():
+            for probe, cols in shown.items():
                 if probe in self.plots.sources:
                     self.plots.sources[probe].stream(cols, rollover=self.rollover)
                     self.points += len(cols["x"])
+        if self.plots is not None:
+            for probe in payload:
+                update_minimum(self.plots, probe, *map(np.asarray, self._raw[probe]))
         self._update_status()
         if payload and self.notebook:
-            pn.io.push_notebook(self.loss_pane, self.acc_pane)
+            pn.io.push_notebook(*self._panes())
         return len(rows)
+
+    def _track_minima(self, payload: dict[str, dict[str, Any]]) -> None:
+        for probe, cols in payload.items():
+            xs, ys = self._raw.setdefault(probe, ([], []))
+            xs.extend(float(v) for v in cols["x"])
+            ys.extend(float(v) for v in cols["loss"])
 
     def _build_run_plots(self, run: RunHandle, first: dict[str, dict[str, Any]] | None = None) -> None:
         meta, agg = run.store.meta, self.agg
@@ -160,51 +222,102 @@ class RunViewer(pn.viewable.Viewer):
         orders = list(meta["orders"]) + [math.nan] * (len(agg.probes) - len(meta["orders"]))
         c = run.config
         plots = make_plots(agg.probes, orders, floors, agg.has_target, band=self.band,
-                           title=f"- {c.experiment}/{c.dataset}/{c.model}")
+                           title=f"- {c.experiment}/{c.dataset}/{c.model}", x_max=float(c.steps) + 1,
+                           log_y=self.log_y, edit_panel=self._overlay_has_edits())
         for probe, cols in (first or {}).items():
             if probe in plots.sources:
                 plots.sources[probe].data = {c: v[-self.rollover:] for c, v in cols.items()}
         for ds, label in self._overlays:
             add_saved_overlay(plots, ds, label, self.band)
+        self.explain.object = explainer_html(plots)
         self._set_figures(plots)
+
+    def _overlay_has_edits(self) -> bool:
+        from dsb_widgets.engine.results import probe_kinds
+
+        return any("edit" in probe_kinds(ds).values() for ds, _ in self._overlays)
 
     def _update_status(self) -> None:
         run = self.run
         if run is None:
             self.progress.value, self.progress.max = 0, 1
-            self.progress_text.object = "No run yet: choose settings in the sidebar and press **Start**."
-            self.alert.visible = False
+            self.alert.alert_type = "secondary"
+            self.alert.object = "No run yet: choose settings in the sidebar and press **Start**."
+            self.resume_btn.visible = self.download_nc.visible = self.download_csv.visible = False
             return
         st = run.store
-        shown = (st.status, st.step, st.total, int(st.elapsed), st.error)
+        live = run.alive and st.status in ("starting", "running")
+        elapsed = time.time() - run.started if live else st.elapsed
+        shown = (st.status, st.step, st.total, int(elapsed), st.error)
         if shown == self._shown:
             return
         self._shown = shown
         self.progress.max = max(int(st.total), 1)
         self.progress.value = min(int(st.step), self.progress.max)
-        eta = format_eta(self._eta.update(time.monotonic(), st.step, st.total)) if st.status == "running" else ""
-        self.progress_text.object = (f"**{describe(run)}** &nbsp; {st.status} &nbsp; step {st.step}/{st.total}"
-                                     f" &nbsp; {st.elapsed:.0f} s elapsed &nbsp; {eta}")
-        kind, text = status_message(run)
-        self.alert.alert_type, self.alert.object = kind, text
-        self.alert.visible = True
+        eta = format_eta(self._eta.update(st.elapsed, st.step, st.total)) if st.status == "running" else ""
+        self.alert.alert_type, self.alert.object = status_message(run, eta, elapsed)
+        has_file = run.out is not None and run.out.exists()
+        self.download_nc.visible = self.download_csv.visible = has_file
+        self.resume_btn.visible = st.status == "stopped" and run.out is not None and not run.alive
         if self.notebook and not run.alive and st.status != "starting" and self._cb is not None:
             rest, _ = st.rows_since(self._cursor)
             if not rest:  # finished and fully drained: a notebook needs no more polling
                 self.stop_polling()
 
+    # -- actions --------------------------------------------------------------------------
+    def resume(self) -> RunHandle | None:
+        """Continue a stopped run from its saved state (same config, same file)."""
+        run = self.run
+        if run is None or run.out is None or run.alive:
+            return None
+        if self.registry is None:
+            from dsb_widgets.runs import REGISTRY
+            self.registry = REGISTRY
+        try:
+            new = self.registry.start(run.config, out=run.out, resume=True)
+        except Exception as err:  # a message, never a traceback
+            self.alert.alert_type = "danger"
+            self.alert.object = esc(f"Could not resume {run.id}: {type(err).__name__}: {err}".splitlines()[0])
+            return None
+        self.attach(new)
+        for hook in self.hooks:
+            hook()
+        return new
+
+    def _dataset(self) -> xr.Dataset:
+        from dsb_widgets.engine.results import load_results
+
+        assert self.run is not None and self.run.out is not None
+        return load_results(self.run.out)
+
+    def _nc_bytes(self) -> io.BytesIO:
+        assert self.run is not None and self.run.out is not None
+        return io.BytesIO(self.run.out.read_bytes())
+
+    def _csv_bytes(self) -> io.StringIO:
+        """Long table: one row per (step, probe, seed) with every metric, plus probe order/floor."""
+        df = self._dataset().drop_vars("train_loss").to_dataframe().reset_index()
+        return io.StringIO(df.to_csv(index=False))
+
     # -- saved runs -----------------------------------------------------------------------
     def add_overlay(self, ds: xr.Dataset, label: str) -> int:
-        """Overlay a saved run (dashed, static); returns the number of probes drawn."""
-        self._overlays.append((ds, label))
+        """Overlay a saved run (dashed, static); returns the number of probes drawn.
+        The same label twice replaces the earlier overlay (no duplicate curves)."""
+        replaced = any(lbl == label for _, lbl in self._overlays)
+        self._overlays = [(d, lbl) for d, lbl in self._overlays if lbl != label] + [(ds, label)]
         if self.plots is None:
             self._rebuild_overlays_only()
-            n = len(ds["probe"])
+        elif replaced or (self.plots.edit_acc is None and self._overlay_has_edits()):
+            self._replay()
         else:
-            n = add_saved_overlay(self.plots, ds, label, self.band)
+            add_saved_overlay(self.plots, ds, label, self.band)
         if self.notebook:
-            pn.io.push_notebook(self.loss_pane, self.acc_pane)
-        return n
+            pn.io.push_notebook(*self._panes())
+        return len(ds["probe"])
+
+    @property
+    def overlays(self) -> list[str]:
+        return [label for _, label in self._overlays]
 
     def clear_overlays(self) -> None:
         self._overlays.clear()
@@ -213,14 +326,19 @@ class RunViewer(pn.viewable.Viewer):
 
     def _rebuild_overlays_only(self) -> None:
         """No live curves yet: show the saved runs on their own figures."""
-        plots = make_plots([], [], [], {}, band=self.band, title="- saved runs")
+        plots = make_plots([], [], [], {}, band=self.band, title="- saved runs", log_y=self.log_y,
+                           edit_panel=self._overlay_has_edits())
         for ds, label in self._overlays:
             add_saved_overlay(plots, ds, label, self.band)
-        self.loss_pane.object, self.acc_pane.object = plots.loss, plots.acc
+        self._set_figures(plots)
+        self.plots = None  # no live sources: the first checkpoint builds the run's figures
 
     def _replay(self) -> None:
-        """Rebuild the live figures from the run's first row (after overlays changed)."""
+        """Rebuild the live figures from the run's first row (after overlays or options changed)."""
         self.plots, self.agg, self._cursor, self.points, self._shown = None, None, 0, 0, ()
+        self._smooth, self._raw = Smoother(self.smoothing), {}
+        if self._overlays:
+            self._rebuild_overlays_only()
         if self.run is not None:
             self.drain()
 
@@ -289,3 +407,15 @@ def viewer(run: RunHandle | str | None = None, **kwargs: Any) -> RunViewer:
 
     handle = REGISTRY.get(run) if isinstance(run, str) else (run or REGISTRY.latest())
     return RunViewer(handle, **kwargs)
+
+
+def explainer_html(plots: CurvePlots) -> str:
+    """One line per probe: colour swatch, name, family and what a rise of its curve means."""
+    family = {"dsb": "DSB panel", "edit": "edit panel (target label)", "measure": "prediction"}
+    lines = []
+    for probe, st in plots.styles.items():
+        kind = plots.kinds.get(probe, "dsb")
+        lines.append(f'<li><span style="color:{st.color};font-size:1.2em">&#9632;</span> '
+                     f"<b>{esc(probe)}</b> <i>({esc(st.label.split('(')[-1].rstrip(')'))}, "
+                     f"{family[kind]})</i>: {esc(explain(probe))}</li>")
+    return "<b>What each probe keeps</b><ul style='margin:2px 0 0 0;padding-left:18px'>" + "".join(lines) + "</ul>"
