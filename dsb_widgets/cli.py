@@ -6,16 +6,14 @@ Every bad option fails before any training with one line naming the fix (exit co
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-# Subcommands defined by their own modules: "module:function" taking the subparsers object.
-PLUGIN_COMMANDS = {
-    "clone": "dsb_widgets.clones:add_parser",
-    "sweep": "dsb_widgets.sweep:add_parser",
-}
+# Parsing imports nothing heavy (no torch, no xarray): `dsb --help` and bad flags answer at once;
+# each command function imports what it needs. The clone/sweep parsers live in cli_parsers.py.
+from dsb_widgets.cli_parsers import add_clone_parser, add_sweep_parser, add_threads_argument
+from dsb_widgets.errors import ConfigError, DataNotFoundError, MalformedDataError
 
 
 def _add_run_parser(sub: Any) -> None:
@@ -41,7 +39,6 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR, else the Hugging Face hub)")
     p.add_argument("--out", help="results netCDF (default runs/<experiment>-<dataset>-<model>.nc)")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
-    p.add_argument("--per-seed", action="store_true", help="summary: one row per seed as well as the mean")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="experiment option, e.g. -o train_on=gauss_clone, -o taylor=true")
     # Text / clones options (stored in RunConfig.options).
@@ -49,7 +46,7 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--vocab-size", type=int, help="text: keep the top-V tokens, the rest -> <unk>")
     p.add_argument("--context", type=int, help="text: sequence length")
     p.add_argument("--clones", help="clones: folder written by `dsb clone`")
-    p.add_argument("--revisions", nargs="+", help="checkpoints: step<N> checkpoints / hub revisions to evaluate")
+    add_threads_argument(p, "training")
     p.set_defaults(func=_cmd_run)
 
 
@@ -76,7 +73,7 @@ def _clones_corpus(folder: Path) -> str | None:
 
 
 def config_from_args(args: argparse.Namespace) -> "RunConfig":
-    from dsb_widgets.engine.task import ConfigError, RunConfig
+    from dsb_widgets.engine.task import RunConfig
 
     options: dict[str, Any] = {}
     for item in args.option:
@@ -84,7 +81,7 @@ def config_from_args(args: argparse.Namespace) -> "RunConfig":
             raise ConfigError(f"bad --option {item!r}; write KEY=VALUE, e.g. -o train_on=gauss_clone")
         key, value = item.split("=", 1)
         options[key.strip()] = _parse_value(value.strip())
-    for key in ("tokenizer", "vocab_size", "context", "clones", "revisions"):
+    for key in ("tokenizer", "vocab_size", "context", "clones"):
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
     if args.experiment == "clones" and args.dataset is None and args.clones:
@@ -99,24 +96,34 @@ def config_from_args(args: argparse.Namespace) -> "RunConfig":
     )
 
 
-def print_summary(ds: Any, out: Path | None, per_seed: bool = False) -> None:
-    from dsb_widgets.engine.results import format_summary
+def print_summary(ds: Any, out: Path | None) -> None:
+    from dsb_widgets.engine.results import summary_table
 
-    print("\n" + format_summary(ds, per_seed=per_seed))
+    rows = summary_table(ds)
+    print(f"\n{'probe':<14}{'order':>6}{'min step':>10}{'min loss':>10}{'final':>10}{'   target acc (max @ step -> final)'}")
+    for r in rows:
+        order = "real" if r["order"] == float("inf") else f"{r['order']:g}"
+        line = f"{r['probe']:<14}{order:>6}{r['min_step']:>10}{r['min_loss']:>10.4f}{r['final_loss']:>10.4f}"
+        if "max_target_acc" in r:
+            line += f"   {r['max_target_acc']:.3f} @ {r['max_target_acc_step']} -> {r['final_target_acc']:.3f}"
+        print(line)
     if out is not None:
         print(f"\nresults: {out}  (xarray.open_dataset(path, engine='scipy'))")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from dsb_widgets.threads import check_threads
+
+    check_threads(args.threads)
     from dsb_widgets.engine.loop import train
     from dsb_widgets.engine.task import resolve_config
 
     cfg = resolve_config(config_from_args(args))
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{Path(str(cfg.model)).name}.nc"
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{cfg.model}.nc"
     print(f"dsb run {cfg.experiment}: dataset={cfg.dataset} model={cfg.model} steps={cfg.steps} "
           f"seeds={cfg.seeds} probes={','.join(cfg.probes)} -> {out}", flush=True)
-    result = train(cfg, out=out, resume=args.resume, progress=True)
-    print_summary(result.dataset, out, per_seed=getattr(args, "per_seed", False))
+    result = train(cfg, out=out, resume=args.resume, progress=True, threads=args.threads or "auto")
+    print_summary(result.dataset, out)
     t = result.timings
     print(f"wall {t['total_s']:.1f}s: training {t['train_s']:.1f}s, probe evaluation {t['eval_s']:.1f}s "
           f"({100 * t['eval_s'] / max(t['total_s'], 1e-9):.1f}%)")
@@ -130,12 +137,22 @@ def _add_serve_parser(sub: Any) -> None:
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.add_argument("--start", action="store_true", help="start the default digits run at once")
     p.add_argument("--runs-dir", default="runs", help="where runs are written and saved runs are listed")
+    p.add_argument("--max-runs", type=int, help="runs trained at once; more are refused with a message "
+                   "(default: one per CPU core)")
+    add_threads_argument(p, "each dashboard run")
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from dsb_widgets.threads import check_threads
+
+    check_threads(args.threads)
+    if args.max_runs is not None and args.max_runs < 1:
+        raise ConfigError(f"--max-runs must be >= 1 (got {args.max_runs})")
+    from dsb_widgets.runs import REGISTRY
     from dsb_widgets.ui.app import serve
 
+    REGISTRY.configure(threads=args.threads, max_runs=args.max_runs)
     serve(port=args.port, address=args.address, show=args.show, start=args.start, runs_dir=args.runs_dir)
     return 0
 
@@ -146,19 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     _add_serve_parser(sub)
-    for target in PLUGIN_COMMANDS.values():
-        module, func = target.split(":")
-        try:
-            getattr(importlib.import_module(module), func)(sub)
-        except ModuleNotFoundError:
-            continue  # optional subcommand whose module (or dependency) is not installed
+    add_clone_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dsb_widgets.data.common import DataNotFoundError, MalformedDataError
-    from dsb_widgets.engine.task import ConfigError
-
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

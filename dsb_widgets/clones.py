@@ -48,7 +48,6 @@ worse than the 2-body model's and their clones are noisier, not just richer. Giv
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -65,8 +64,7 @@ from dsb_widgets.factored_attention import (
 )
 from dsb_widgets.mh_sampler import metropolis_hastings
 
-__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "fast_conditionals", "single_site_loss",
-           "add_parser"]
+__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "fast_conditionals", "single_site_loss"]
 
 VOCAB_FILE, PROVENANCE_FILE = "vocab.json", "provenance.json"
 MAX_LAYERS = 7  # 65 bodies; deeper x^2 stacks are numerically unusable
@@ -305,54 +303,3 @@ def load_clones(path: str | Path) -> CloneSet:
         tokens[int(key)], bodies[int(key)] = blob["tokens"].long(), int(blob["bodies"])
     return CloneSet(path, tokens, bodies, list(vocab["token_strings"]), prov)
 
-
-def add_parser(sub: Any) -> None:
-    """The ``dsb clone`` subcommand (loaded by :mod:`dsb_widgets.cli` as a plugin)."""
-    d = CloneConfig(corpus="")
-    p = sub.add_parser("clone", help="make (2^(L-1)+1)-body clones of a text corpus (Rende et al. 2024)")
-    p.add_argument("--corpus", required=True, help="tinystories | wikitext2 | tinyshakespeare | path to text")
-    p.add_argument("--layers", type=int, nargs="+", default=list(d.layers), help="factored layers L (one clone each)")
-    p.add_argument("--out", required=True, help="output folder (clone_L{L}.pt, vocab.json, provenance.json)")
-    p.add_argument("--tokenizer", default=d.tokenizer, help="gpt2 | char")
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="keep the top-V tokens (incl. <unk>)")
-    p.add_argument("--context", type=int, default=d.context, help="sequence length T")
-    p.add_argument("--steps", type=int, default=d.steps, help="training steps per factored model")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--d-embed", type=int, default=d.d_embed)
-    p.add_argument("--heads", type=int, default=d.n_heads)
-    p.add_argument("--attention", choices=["softmax", "free"], default=d.attention)
-    p.add_argument("--objective", choices=["single_site", "mlm"], default=d.objective,
-                   help="L >= 2 training: one site masked at a time (the sampler's conditionals) or BERT-style")
-    p.add_argument("--mask-rate", type=float, default=d.mask_rate, help="fraction of sites scored per sequence")
-    p.add_argument("--sweeps", type=int, default=d.sweeps, help="MH sweeps (one proposal per position each)")
-    p.add_argument("--burn-in", type=int, default=d.burn_in, help="sweeps dropped before keeping samples")
-    p.add_argument("--thin", type=int, default=d.thin, help="keep every n-th sweep after burn-in")
-    p.add_argument("--chains", type=int, default=d.chains, help="parallel MH chains (from real test windows)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR, else the hub)")
-    p.add_argument("--max-train-chars", type=int, help="train on the head of the corpus only")
-    p.add_argument("--device", default=d.device, help="cpu | cuda | auto")
-    p.set_defaults(func=_cmd_clone)
-
-
-def _cmd_clone(args: argparse.Namespace) -> int:
-    from dsb_widgets.engine.task import ConfigError
-
-    try:
-        cfg = CloneConfig(corpus=args.corpus, layers=tuple(args.layers), tokenizer=args.tokenizer,
-                          vocab_size=args.vocab_size, context=args.context, steps=args.steps,
-                          batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
-                          attention=args.attention, objective=args.objective, mask_rate=args.mask_rate, sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin,
-                          chains=args.chains, seed=args.seed, data_dir=args.data_dir,
-                          max_train_chars=args.max_train_chars, device=args.device)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    prov = make_clones(cfg, args.out, progress=True)
-    print(f"\n{'L':>3}{'bodies':>8}{'train':>8}{'test pll':>10}{'accept':>8}{'chain-tok/s':>13}{'moved':>7}")
-    for L, r in prov["orders"].items():
-        print(f"{L:>3}{r['bodies']:>8}{r['train_loss']:>8.3f}{r['test_pll']:>10.3f}{r['acceptance_rate']:>8.3f}"
-              f"{r['chain_tokens_per_second']:>13.0f}{r['fraction_changed_from_init']:>7.2f}")
-    print(f"\nclones: {args.out}  (next: dsb run clones --corpus {args.corpus} --clones {args.out})")
-    return 0

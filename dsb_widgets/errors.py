@@ -33,3 +33,7 @@ class TrainingDivergedError(DSBError, RuntimeError):
 
 class ResultExistsError(DSBError, FileExistsError):
     """A finished result would be overwritten; the message names --resume / --force."""
+
+
+class BusyError(ConfigError):
+    """A run refused because the CPU cores already serve as many runs as they can."""

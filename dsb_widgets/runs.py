@@ -17,6 +17,8 @@ from typing import Any
 
 from dsb_widgets.engine.loop import train
 from dsb_widgets.engine.task import RunConfig, resolve_config
+from dsb_widgets.errors import BusyError
+from dsb_widgets.threads import available_cores
 
 THREAD_PREFIX = "dsb-train-"
 
@@ -96,31 +98,57 @@ class RunHandle:
 
 
 class RunRegistry:
-    """All runs of this process, by id; starts one training thread per run."""
+    """All runs of this process, by id; starts one training thread per run.
 
-    def __init__(self) -> None:
+    At most ``max_runs`` runs train at once (default: one per CPU core, so runs never
+    oversubscribe the machine); a further :meth:`start` is refused with a message (BusyError).
+    Each run gets ``threads`` torch threads, or by default its share of the cores
+    (:func:`dsb_widgets.threads.auto_threads`), set inside its training thread.
+    """
+
+    def __init__(self, threads: int | None = None, max_runs: int | None = None) -> None:
         self._runs: dict[str, RunHandle] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
+        self.threads, self.max_runs = threads, max_runs
+
+    def configure(self, threads: int | None = None, max_runs: int | None = None) -> None:
+        """Set the thread count per run and the number of concurrent runs (None: automatic)."""
+        self.threads, self.max_runs = threads, max_runs
+
+    def capacity(self) -> int:
+        """How many runs may train at once."""
+        return self.max_runs or available_cores()
 
     def start(self, cfg: RunConfig, out: str | Path | None = None, resume: bool = False) -> RunHandle:
-        """Validate ``cfg`` (raises ConfigError at once) and start training in a thread."""
+        """Validate ``cfg`` (raises ConfigError at once) and start training in a thread.
+
+        Raises :class:`BusyError` when ``capacity()`` runs are already training.
+        """
         cfg = resolve_config(cfg)
         store, stop = RowStore(total=cfg.steps), threading.Event()
         with self._lock:
             run_id = f"run{next(self._ids)}"
         out_path = Path(out) if out is not None else None
+        threads: int | str = self.threads or "auto"
+        concurrent = 1
 
         def target() -> None:
             try:
-                train(cfg, out=out_path, resume=resume, subscribers=[store.on_event], stop_event=stop)
+                train(cfg, out=out_path, resume=resume, subscribers=[store.on_event], stop_event=stop,
+                      threads=threads, concurrent=concurrent)
             except Exception as err:  # surfaced to viewers via the store
                 store.status, store.error = "failed", f"{type(err).__name__}: {err}"
                 store.meta.setdefault("traceback", traceback.format_exc())
 
         thread = threading.Thread(target=target, name=THREAD_PREFIX + run_id, daemon=True)
         handle = RunHandle(run_id, cfg, out_path, store, stop, thread)
-        with self._lock:
+        with self._lock:  # check and claim a slot atomically (two sessions may start at once)
+            busy = sum(r.thread.is_alive() or r.thread.ident is None for r in self._runs.values())
+            if busy >= self.capacity():
+                raise BusyError(f"{busy} runs are already training and this machine serves {self.capacity()} at "
+                                "once (one per CPU core); stop one or wait for it to finish, then start again")
+            concurrent = busy + 1
             self._runs[run_id] = handle
         thread.start()
         return handle

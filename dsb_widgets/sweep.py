@@ -38,7 +38,6 @@ also took a larger share of the busy machine). The killed-worker test took 400 s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -336,48 +335,3 @@ def _collapse(var: xr.DataArray, axes: list[str]) -> xr.DataArray:
     agree = all(np.allclose(row[~np.isnan(row)], f) for row, f in zip(vals, first))
     return xr.DataArray(first, dims=("probe",)) if agree else var.transpose("probe", *axes)
 
-
-def add_parser(subparsers: Any) -> None:
-    """The ``dsb sweep`` subcommand (loaded by :mod:`dsb_widgets.cli` as a plugin)."""
-    p = subparsers.add_parser("sweep", help="run a grid of runs on Dask; merged into one xarray result",
-                              description="Expand CONFIG.yaml's grid into runs, train them on a Dask "
-                              "cluster (default: an embedded LocalCluster), merge into OUT_DIR/sweep.nc.")
-    p.add_argument("config", help="sweep YAML with base:, grid:, out_dir: (see examples/sweep_digits.yaml)")
-    p.add_argument("--out-dir", help="where runs/, sweep.nc and failures.json go (overrides out_dir:)")
-    p.add_argument("--scheduler", help="address of a running Dask scheduler, e.g. tcp://host:8786 "
-                   "(default: an embedded LocalCluster)")
-    p.add_argument("--workers", type=int, help="LocalCluster workers (default: one per GPU, else min(4, cores))")
-    p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
-    p.add_argument("--retries", type=int, help="Dask retries of a failed or lost run (default 2)")
-    p.add_argument("--dashboard-address", default=":8787", help="LocalCluster dashboard (default :8787)")
-    p.add_argument("--list", action="store_true", help="list the runs and whether they are finished; train nothing")
-    p.set_defaults(func=_cmd_sweep)
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from dsb_widgets.engine.task import ConfigError
-
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1 (got {args.workers})")
-    sweep = load_sweep(args.config, args.out_dir)
-    if args.list:
-        for r in expand(sweep):
-            state = "finished" if is_finished(run_path(sweep.out_dir, r.key), r.config) else "todo"
-            print(f"{state:<9} {r.key}  {r.label()}")
-        return 0
-    res = run_sweep(sweep, scheduler=args.scheduler, n_workers=args.workers, retries=args.retries,
-                    threads=args.threads, dashboard_address=args.dashboard_address)
-    retried = {k: n for k, n in res.attempts.items() if n > 1}
-    print(f"\n{len(res.runs)} runs: {len(res.skipped)} skipped (finished earlier), {len(res.finished)} trained, "
-          f"{len(res.failed)} failed, {len(retried)} retried; {res.wall_s:.1f}s")
-    for key, err in res.failed.items():
-        print(f"  failed {key}: {err}")
-    if res.failed:
-        print(f"  errors and tracebacks: {sweep.out_dir / 'failures.json'}; rerun the same command to retry")
-    if res.path is None:
-        print("nothing finished to merge")
-    else:
-        axes = json.loads(res.dataset.attrs["axes"])
-        print(f"merged: {res.path}  dims {dict(res.dataset.sizes)} (grid axes {axes}); "
-              f"xarray.open_dataset(path, engine='scipy')")
-    return 1 if res.failed else 0

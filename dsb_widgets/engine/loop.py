@@ -25,6 +25,7 @@ from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.results import METRICS, ResultsTable, load_results, write_atomic
 from dsb_widgets.engine.schedule import log_checkpoints, lr_at
 from dsb_widgets.engine.task import ConfigError, Probe, RunConfig, Task, get_experiment, pick_device, resolve_config
+from dsb_widgets.threads import SMALL_MODEL_FLOPS, apply_threads, auto_threads, step_flops
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[dict[str, Any]], None]
@@ -213,6 +214,13 @@ class _Run:
         self.step += 1
         return losses.detach()
 
+    def step_flops(self) -> float:
+        """Forward multiply-adds of one training step (all seeds), for the thread policy."""
+        with torch.random.fork_rng(devices=[]):  # the run's random streams stay untouched
+            x, _ = self.task.sample_batch(torch.Generator().manual_seed(0), 1)
+            model = self.task.make_model(self.seed_values[0]).to(self.device)
+        return step_flops(model, x.to(self.device)) * self.cfg.batch_size * self.cfg.seeds
+
     def evaluate(self) -> dict[str, np.ndarray]:
         """All probes and extra measurements: metric -> (n_probe, S)."""
         self.stack.eval()
@@ -241,21 +249,23 @@ def checkpoint_rows(table: ResultsTable, i: int = -1) -> list[dict[str, Any]]:
 
 def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
           subscribers: Iterable[Subscriber] = (), stop_event: threading.Event | None = None,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, threads: int | str | None = None, concurrent: int = 1) -> TrainResult:
     """Train ``cfg.seeds`` models and evaluate every probe at log-spaced checkpoints.
 
     ``out``: netCDF path rewritten after every checkpoint (plus ``.probes.pt`` and ``.state.pt``
     beside it); ``resume``: continue from the saved state. ``subscribers`` receive events
     ``{"type": "start" | "checkpoint" | "progress" | "done", ...}`` from the training thread;
     setting ``stop_event`` ends the run after the current step (state saved, resumable).
+    ``threads``: torch CPU threads for this thread (None: leave as is; "auto": this run's share of
+    the cores among ``concurrent`` runs, 1 for small models; see :mod:`dsb_widgets.threads`).
     """
     cfg = resolve_config(cfg)
     subscribers = list(subscribers)
-    driver = get_experiment(cfg.experiment).driver
-    if driver is not None:  # evaluation-only experiment (checkpoints): same files, same events
-        return driver(cfg, out=out, resume=resume, subscribers=subscribers, stop_event=stop_event,
-                      progress=progress)
+    if threads is not None:
+        apply_threads(threads if isinstance(threads, int) else auto_threads(concurrent))
     run = _Run(cfg, Path(out) if out is not None else None, resume)
+    if threads == "auto" and run.device.type == "cpu" and run.step_flops() < SMALL_MODEL_FLOPS:
+        apply_threads(1)
     table, ckpts = run.table, set(run.checkpoints)
     _publish(subscribers, {"type": "start", "config": cfg, "probes": table.probes, "orders": table.orders,
                            "floors": table.floors, "seeds": table.seeds, "checkpoints": run.checkpoints,
