@@ -39,6 +39,7 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR, else the Hugging Face hub)")
     p.add_argument("--out", help="results netCDF (default runs/<experiment>-<dataset>-<model>.nc)")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    p.add_argument("--per-seed", action="store_true", help="summary: one row per seed as well as the mean")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="experiment option, e.g. -o train_on=gauss_clone, -o taylor=true")
     # Text / clones options (stored in RunConfig.options).
@@ -96,17 +97,10 @@ def config_from_args(args: argparse.Namespace) -> "RunConfig":
     )
 
 
-def print_summary(ds: Any, out: Path | None) -> None:
-    from dsb_widgets.engine.results import summary_table
+def print_summary(ds: Any, out: Path | None, per_seed: bool = False) -> None:
+    from dsb_widgets.engine.results import format_summary
 
-    rows = summary_table(ds)
-    print(f"\n{'probe':<14}{'order':>6}{'min step':>10}{'min loss':>10}{'final':>10}{'   target acc (max @ step -> final)'}")
-    for r in rows:
-        order = "real" if r["order"] == float("inf") else f"{r['order']:g}"
-        line = f"{r['probe']:<14}{order:>6}{r['min_step']:>10}{r['min_loss']:>10.4f}{r['final_loss']:>10.4f}"
-        if "max_target_acc" in r:
-            line += f"   {r['max_target_acc']:.3f} @ {r['max_target_acc_step']} -> {r['final_target_acc']:.3f}"
-        print(line)
+    print("\n" + format_summary(ds, per_seed=per_seed))
     if out is not None:
         print(f"\nresults: {out}  (xarray.open_dataset(path, engine='scipy'))")
 
@@ -123,7 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"dsb run {cfg.experiment}: dataset={cfg.dataset} model={cfg.model} steps={cfg.steps} "
           f"seeds={cfg.seeds} probes={','.join(cfg.probes)} -> {out}", flush=True)
     result = train(cfg, out=out, resume=args.resume, progress=True, threads=args.threads or "auto")
-    print_summary(result.dataset, out)
+    print_summary(result.dataset, out, per_seed=getattr(args, "per_seed", False))
     t = result.timings
     print(f"wall {t['total_s']:.1f}s: training {t['train_s']:.1f}s, probe evaluation {t['eval_s']:.1f}s "
           f"({100 * t['eval_s'] / max(t['total_s'], 1e-9):.1f}%)")

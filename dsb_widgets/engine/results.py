@@ -115,11 +115,31 @@ def run_config(ds: xr.Dataset) -> dict[str, Any]:
     return json.loads(ds.attrs.get("config", "{}"))
 
 
-def summary_table(ds: xr.Dataset) -> list[dict[str, Any]]:
-    """Per probe (seed-averaged): step of minimum loss, the minimum and the final loss."""
+def probe_kinds(ds: xr.Dataset) -> dict[str, str]:
+    """{probe: "dsb" | "edit" | "measure"}: the ``probe_kind`` coordinate when present, else
+    "edit" for probes with any finite ``target_accuracy`` (OT/CQN edits: the claim is about the
+    target label), "measure" for Taylor predictions, "dsb" for the rest (real, max-ent, clones,
+    n-grams)."""
+    probes = [str(p) for p in ds["probe"].values]
+    if "probe_kind" in ds.coords:
+        return {p: str(k) for p, k in zip(probes, ds["probe_kind"].values)}
+    out = {}
+    for i, p in enumerate(probes):
+        has_target = "target_accuracy" in ds and bool(np.isfinite(ds["target_accuracy"].isel(probe=i).values).any())
+        out[p] = "edit" if has_target else ("measure" if p.startswith("taylor") else "dsb")
+    return out
+
+
+def summary_table(ds: xr.Dataset, seed: int | None = None) -> list[dict[str, Any]]:
+    """Per probe (seed-averaged, or one ``seed``): step of minimum loss, the minimum and the final
+    loss, its ``kind`` and ``floor``; edit probes add the target-label accuracy (max @ step ->
+    final) and target-label loss (min @ step -> final)."""
     rows = []
-    mean = ds["loss"].mean("seed")
-    for probe in ds.probe.values:
+    sel = (lambda v: v.mean("seed")) if seed is None else (lambda v: v.sel(seed=seed))
+    mean = sel(ds["loss"])
+    kinds = probe_kinds(ds)
+    floors = ds["floor"].values if "floor" in ds.coords else np.full(ds.sizes["probe"], np.nan)
+    for k, probe in enumerate(ds.probe.values):
         curve = mean.sel(probe=probe).values
         if len(curve) == 0 or np.all(np.isnan(curve)):
             continue
@@ -127,14 +147,57 @@ def summary_table(ds: xr.Dataset) -> list[dict[str, Any]]:
         row = {
             "probe": str(probe),
             "order": float(ds.probe_order.sel(probe=probe)),
+            "kind": kinds[str(probe)],
+            "floor": float(np.ravel(floors)[k]),
             "min_step": int(ds.step.values[i]),
             "min_loss": float(curve[i]),
             "final_loss": float(curve[-1]),
         }
-        tacc = ds["target_accuracy"].mean("seed").sel(probe=probe).values
+        tacc = sel(ds["target_accuracy"]).sel(probe=probe).values
         if not np.all(np.isnan(tacc)):
             j = int(np.nanargmax(tacc))
             row.update(max_target_acc=float(tacc[j]), max_target_acc_step=int(ds.step.values[j]),
                        final_target_acc=float(tacc[-1]))
+            tl = sel(ds["target_loss"]).sel(probe=probe).values
+            if not np.all(np.isnan(tl)):
+                j = int(np.nanargmin(tl))
+                row.update(min_target_loss=float(tl[j]), min_target_loss_step=int(ds.step.values[j]),
+                           final_target_loss=float(tl[-1]))
         rows.append(row)
     return rows
+
+
+def format_summary(ds: xr.Dataset, per_seed: bool = False) -> str:
+    """The CLI's summary, split by probe family: DSB probes (loss, floors), edit probes
+    (target-label accuracy and loss), measurements; ``per_seed`` adds one row per seed."""
+    seeds: list[int | None] = [None] + ([int(s) for s in ds.seed.values] if per_seed else [])
+    tables: dict[str, list[str]] = {"dsb": [], "edit": [], "measure": []}
+    for seed in seeds:
+        for r in summary_table(ds, seed):
+            name = r["probe"] if seed is None else f"{r['probe']}[s{seed}]"
+            order = "real" if r["order"] == float("inf") else f"{r['order']:g}"
+            if r["kind"] == "edit":
+                line = (f"{name:<16}{order:>6}{r['min_step']:>10}{r['min_loss']:>10.4f}{r['final_loss']:>10.4f}"
+                        f"   {r['max_target_acc']:.3f} @ {r['max_target_acc_step']} -> {r['final_target_acc']:.3f}")
+                if "min_target_loss" in r:
+                    line += (f"   {r['min_target_loss']:.3f} @ {r['min_target_loss_step']}"
+                             f" -> {r['final_target_loss']:.3f}")
+            else:
+                floor = f"{r['floor']:.4f}" if np.isfinite(r["floor"]) else "-"
+                line = (f"{name:<16}{order:>6}{r['min_step']:>10}{r['min_loss']:>10.4f}{r['final_loss']:>10.4f}"
+                        f"{floor:>10}{r['final_loss'] - r['min_loss']:>+10.4f}")
+            tables[r["kind"]].append(line)
+    out = []
+    head = f"{'probe':<16}{'order':>6}{'min step':>10}{'min loss':>10}{'final':>10}"
+    if tables["dsb"]:
+        out += ["DSB probes: loss (nats, seed mean); a rise from the minimum = the network uses "
+                "higher-order statistics", head + f"{'floor':>10}{'rise':>10}", *tables["dsb"], ""]
+    if tables["edit"]:
+        out += ["Edit probes: an image of class a moved onto class b's statistics; the claim is about "
+                "the TARGET label b (its loss on the source label a rises when the edit works)",
+                head + "   target acc (max @ step -> final)   target loss (min @ step -> final)",
+                *tables["edit"], ""]
+    if tables["measure"]:
+        out += ["Measurements (predictions, not data sets)", head + f"{'floor':>10}{'rise':>10}",
+                *tables["measure"], ""]
+    return "\n".join(out).rstrip("\n")
