@@ -47,6 +47,7 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--vocab-size", type=int, help="text: keep the top-V tokens, the rest -> <unk>")
     p.add_argument("--context", type=int, help="text: sequence length")
     p.add_argument("--clones", help="clones: folder written by `dsb clone`")
+    p.add_argument("--revisions", nargs="+", help="checkpoints: step<N> checkpoints / hub revisions to evaluate")
     add_threads_argument(p, "training")
     p.set_defaults(func=_cmd_run)
 
@@ -82,7 +83,7 @@ def config_from_args(args: argparse.Namespace) -> "RunConfig":
             raise ConfigError(f"bad --option {item!r}; write KEY=VALUE, e.g. -o train_on=gauss_clone")
         key, value = item.split("=", 1)
         options[key.strip()] = _parse_value(value.strip())
-    for key in ("tokenizer", "vocab_size", "context", "clones"):
+    for key in ("tokenizer", "vocab_size", "context", "clones", "revisions"):
         if getattr(args, key, None) is not None:
             options[key] = getattr(args, key)
     if args.experiment == "clones" and args.dataset is None and args.clones:
@@ -113,7 +114,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dsb_widgets.engine.task import resolve_config
 
     cfg = resolve_config(config_from_args(args))
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{cfg.model}.nc"
+    out = Path(args.out) if args.out else Path("runs") / f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{Path(str(cfg.model)).name}.nc"
     print(f"dsb run {cfg.experiment}: dataset={cfg.dataset} model={cfg.model} steps={cfg.steps} "
           f"seeds={cfg.seeds} probes={','.join(cfg.probes)} -> {out}", flush=True)
     result = train(cfg, out=out, resume=args.resume, progress=True, threads=args.threads or "auto")

@@ -261,6 +261,10 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
     """
     cfg = resolve_config(cfg)
     subscribers = list(subscribers)
+    driver = get_experiment(cfg.experiment).driver
+    if driver is not None:  # evaluation-only experiment (checkpoints): same files, same events
+        return driver(cfg, out=out, resume=resume, subscribers=subscribers, stop_event=stop_event,
+                      progress=progress)
     if threads is not None:
         apply_threads(threads if isinstance(threads, int) else auto_threads(concurrent))
     run = _Run(cfg, Path(out) if out is not None else None, resume)
