@@ -98,7 +98,8 @@ def add_sweep_parser(sub: Any) -> None:
     p.add_argument("--workers", type=int, help="LocalCluster workers (default: one per GPU, else min(4, cores))")
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / workers)")
     p.add_argument("--retries", type=int, help="Dask retries of a failed or lost run (default 2)")
-    p.add_argument("--dashboard-address", default=":8787", help="LocalCluster dashboard (default :8787)")
+    p.add_argument("--dashboard-address", default="127.0.0.1:8787", help="LocalCluster dashboard (default "
+                   "127.0.0.1:8787, this machine only; e.g. 0.0.0.0:8787 to expose it)")
     p.add_argument("--list", action="store_true", help="list the runs and whether they are finished; train nothing")
     p.set_defaults(func=cmd_sweep)
 

@@ -57,6 +57,7 @@ from dsb_widgets.engine.results import load_results, write_atomic
 from dsb_widgets.engine.task import RunConfig
 from dsb_widgets.sweep_config import SweepConfig, SweepRun, expand, load_sweep
 
+DASHBOARD_ADDRESS = "127.0.0.1:8787"  # the embedded cluster's dashboard: this machine only by default
 KEY_PREFIX = "dsb-run-"  # Dask task keys: dsb-run-<run key>-<nonce>
 PROMOTED = ("wall_time", "probe_order", "floor")  # engine coords that may differ between runs
 
@@ -151,8 +152,12 @@ def local_cluster_size() -> tuple[int, int, bool]:
 
 @contextlib.contextmanager
 def open_client(scheduler: str | None = None, n_workers: int | None = None,
-                dashboard_address: str | None = ":8787") -> Iterator[tuple[Any, int | None, bool]]:
-    """A Dask Client (existing scheduler or embedded LocalCluster), torch threads per run, GPU mode."""
+                dashboard_address: str | None = DASHBOARD_ADDRESS) -> Iterator[tuple[Any, int | None, bool]]:
+    """A Dask Client (existing scheduler or embedded LocalCluster), torch threads per run, GPU mode.
+
+    The embedded cluster (scheduler, workers and its dashboard) listens on 127.0.0.1 only; pass
+    ``dashboard_address`` (``dsb sweep --dashboard-address 0.0.0.0:8787``) to expose the dashboard.
+    """
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -163,7 +168,7 @@ def open_client(scheduler: str | None = None, n_workers: int | None = None,
     if n_workers is not None:
         threads = threads if gpus else max(1, (os.cpu_count() or 1) // n_workers)
         workers = n_workers
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                       dashboard_address=dashboard_address) as cluster, Client(cluster) as client:
         yield client, threads, gpus
 
@@ -171,7 +176,7 @@ def open_client(scheduler: str | None = None, n_workers: int | None = None,
 def run_sweep(source: str | Path | Mapping[str, Any] | SweepConfig, out_dir: str | Path | None = None, *,
               scheduler: str | None = None, n_workers: int | None = None, retries: int | None = None,
               client: Any = None, threads: int | None = None, progress: bool = True, merge: bool = True,
-              dashboard_address: str | None = ":8787") -> SweepResult:
+              dashboard_address: str | None = DASHBOARD_ADDRESS) -> SweepResult:
     """Run every unfinished cell of a sweep on Dask, then merge the finished ones into sweep.nc.
 
     ``client``: an existing ``distributed.Client`` (else ``scheduler`` / the sweep's scheduler /
@@ -200,7 +205,7 @@ def run_sweep(source: str | Path | Mapping[str, Any] | SweepConfig, out_dir: str
             dashboard = client.dashboard_link
             if progress:
                 print(f"dsb sweep {sweep.name}: {len(runs)} runs, {len(skipped)} finished earlier, "
-                      f"{len(todo)} to run on {len(client.scheduler_info()['workers'])} workers; "
+                      f"{len(todo)} to run on {len(client.nthreads())} workers; "
                       f"dashboard {dashboard}", flush=True)
             outcome = _submit_and_wait(client, sweep, todo, len(skipped), threads, gpus,
                                        sweep.retries if retries is None else retries, progress)
@@ -221,7 +226,7 @@ def _submit_and_wait(client: Any, sweep: SweepConfig, todo: Sequence[SweepRun], 
                      threads: int | None, gpus: bool, retries: int,
                      progress: bool) -> dict[str, tuple[str, str] | None]:
     """Submit one task per run; returns run key -> None (finished) or (error, traceback)."""
-    from distributed import wait
+    from distributed import as_completed
     from tqdm.auto import tqdm
 
     futures = {client.submit(execute_run, r.config.to_json(), str(run_path(sweep.out_dir, r.key)), threads,
@@ -231,19 +236,17 @@ def _submit_and_wait(client: Any, sweep: SweepConfig, todo: Sequence[SweepRun], 
     bar = tqdm(total=done_before + len(todo), initial=done_before, desc=f"sweep {sweep.name}", unit="run",
                disable=not progress, dynamic_ncols=True)
     pending = set(futures)
-    slots = sum(w["nthreads"] for w in client.scheduler_info()["workers"].values())  # tasks at once
+    slots = sum(client.nthreads().values())  # tasks at once (worker address -> threads)
     try:
-        while pending:
-            try:
-                done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
-            for fut in done:
-                run = futures[fut]
-                outcome[run.key] = _collect(fut, sweep, run)
-                if outcome[run.key] is not None:
-                    tqdm.write(f"FAILED {run.label()} ({run.key}): {outcome[run.key][0]}")
-                bar.update(1)
+        # as_completed blocks until the next run ends: no timed polling (distributed.wait's timeout
+        # raised asyncio.TimeoutError on Python 3.10, which is not the builtin TimeoutError there).
+        for fut in as_completed(list(futures)):
+            pending.discard(fut)
+            run = futures[fut]
+            outcome[run.key] = _collect(fut, sweep, run)
+            if outcome[run.key] is not None:
+                tqdm.write(f"FAILED {run.label()} ({run.key}): {outcome[run.key][0]}")
+            bar.update(1)
             keys = {f.key for f in pending}
             running = min(sum(k in keys for ks in client.processing().values() for k in ks), slots)
             bar.set_postfix(running=running, failed=sum(v is not None for v in outcome.values()))

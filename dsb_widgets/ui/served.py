@@ -132,7 +132,7 @@ async def _session(url: str, i: int, gate: asyncio.Semaphore, all_up: asyncio.Ev
     async with gate:  # a few page builds at a time, then connect at once (unused sessions expire)
         tok = await asyncio.to_thread(token)
         ws = await websockets.connect(url.replace("http", "ws") + "/ws", subprotocols=["bokeh", tok],
-                                      max_size=None, open_timeout=120,
+                                      origin=url, max_size=None, open_timeout=120,  # as a browser: Origin
                                       ping_interval=None)  # a busy server may not answer pings in time
     stats.connected_at[i] = time.time() - t0
     async with ws:
