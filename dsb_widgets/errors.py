@@ -37,3 +37,7 @@ class ResultExistsError(DSBError, FileExistsError):
 
 class BusyError(ConfigError):
     """A run refused because the CPU cores already serve as many runs as they can."""
+
+
+class OutputWriteError(DSBError, OSError):
+    """A result could not be written (disk full, permissions); what was written before is kept."""

@@ -8,6 +8,7 @@ thread-safe append-only :class:`RowStore` that any number of viewers drain at th
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 import traceback
@@ -126,6 +127,10 @@ class RunRegistry:
         Raises :class:`BusyError` when ``capacity()`` runs are already training.
         """
         cfg = resolve_config(cfg)
+        if out is not None:  # an existing result is refused here, in the caller's thread (never clobbered)
+            from dsb_widgets.engine.results import check_out_path
+
+            check_out_path(out, resume=resume)
         store, stop = RowStore(total=cfg.steps), threading.Event()
         with self._lock:
             run_id = f"run{next(self._ids)}"
@@ -179,6 +184,24 @@ class RunRegistry:
 
 
 REGISTRY = RunRegistry()
+
+
+def reserve_run_path(runs_dir: str | Path, cfg: RunConfig, when: float | None = None) -> Path:
+    """A results path no other run has: ``<experiment>-<dataset>-<model>-<time>[-N].nc`` in
+    ``runs_dir``, created empty with ``O_EXCL`` so two runs started in the same second (threads,
+    sessions or processes) never share a file; the engine treats the empty file as no result."""
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    stem = Path(str(cfg.dataset or "default")).stem or "data"
+    base = f"{cfg.experiment}-{stem}-{cfg.model or 'default'}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
+    for n in itertools.count(1):
+        path = runs_dir / (f"{base}.nc" if n == 1 else f"{base}-{n}.nc")
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 def training_threads() -> list[threading.Thread]:

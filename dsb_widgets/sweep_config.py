@@ -148,7 +148,15 @@ def load_sweep(source: str | Path | Mapping[str, Any] | SweepConfig,
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"no sweep file at {path}; see examples/sweep_digits.yaml")
-        spec = yaml.safe_load(path.read_text())
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path}:{where} is not valid YAML ({problem}); fix the sweep file") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read sweep file {path} ({err}); pass a readable YAML file") from None
         sweep = parse_sweep(spec, out_dir)
         if "name" not in (spec or {}):
             sweep = dataclasses.replace(sweep, name=path.stem)
@@ -171,8 +179,8 @@ def _cell_config(base: Mapping[str, Any], coords: Mapping[str, Any]) -> RunConfi
             options[key[len("options."):]] = value
         else:
             fields[key] = value
-    if fields.get("probes") is not None:
-        fields["probes"] = tuple(fields["probes"])
+    if isinstance(fields.get("probes"), list):
+        fields["probes"] = tuple(fields["probes"])  # a bare string is refused by resolve_config
     try:
         return RunConfig(**fields, options=options)
     except TypeError as err:

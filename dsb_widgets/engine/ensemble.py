@@ -62,6 +62,31 @@ class ModelStack(nn.Module):
         fn = vmap(self._call_one, in_dims=(0, 0, None if shared else 0), randomness="different")
         return fn(params, buffers, x)
 
+    def decay_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(weights to decay, the rest): nanoGPT's ``configure_optimizers`` rule per model: every
+        parameter with >= 2 dims (matmul / conv kernels and embeddings) decays; biases and norm
+        scales (1-D) do not. Stacked parameters carry a leading seed dim, which is not counted."""
+        lead = 1 if self.vectorized else 0
+        decay, rest = [], []
+        for p in self.parameters():
+            (decay if p.dim() - lead >= 2 else rest).append(p)
+        return decay, rest
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Clip each seed's gradient to total 2-norm ``max_norm``, as ``torch.nn.utils.clip_grad_norm_``
+        on each model alone (seeds stay independent); returns the norms before clipping, (S,)."""
+        if not self.vectorized:
+            return torch.stack([torch.nn.utils.clip_grad_norm_(m.parameters(), max_norm) for m in self.members])
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros(self.size)
+        norms = torch.stack([g.detach().float().pow(2).reshape(self.size, -1).sum(1) for g in grads]).sum(0).sqrt()
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (S,), torch's clip_coef
+        for g in grads:
+            g.mul_(scale.to(g.dtype).view(-1, *([1] * (g.dim() - 1))))
+        return norms
+
     def member(self, i: int) -> nn.Module:
         """Seed i as an ordinary module (a copy for stacked models), e.g. for Taylor terms."""
         if not self.vectorized:

@@ -8,6 +8,7 @@ resumed with ``resume=True`` therefore reproduces the uninterrupted run's checkp
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -22,14 +23,20 @@ import torch.nn.functional as F
 import xarray as xr
 
 from dsb_widgets.engine.ensemble import ModelStack
-from dsb_widgets.engine.results import METRICS, ResultsTable, load_results, write_atomic
+from dsb_widgets.engine.results import (METRICS, ResultsTable, check_out_path, has_result, load_results,
+                                        replace_atomic, write_atomic)
 from dsb_widgets.engine.schedule import log_checkpoints, lr_at
-from dsb_widgets.engine.task import ConfigError, Probe, RunConfig, Task, get_experiment, pick_device, resolve_config
+from dsb_widgets.engine.task import (ConfigError, Probe, RunConfig, Task, build_task, get_experiment, pick_device,
+                                     resolve_config)
+from dsb_widgets.errors import OutputWriteError, TrainingDivergedError
 from dsb_widgets.threads import SMALL_MODEL_FLOPS, apply_threads, auto_threads, step_flops
 
 log = logging.getLogger(__name__)
 Subscriber = Callable[[dict[str, Any]], None]
 DATA_SEED_OFFSET = 1_000_003
+# Non-finite training loss is checked at every checkpoint (the loss is on the host there anyway)
+# and every this many steps in between: one `isfinite().all()` host sync per 64 steps, none per step.
+DIVERGENCE_CHECK_EVERY = 64
 
 
 @dataclass
@@ -57,8 +64,26 @@ def score(out: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.
     return ce.sum(1), correct, n
 
 
-def train_loss(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy per seed, (S,). out: (S, B, ..., V); labels: (S, B, ...)."""
+def score_mse(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Summed squared error per seed (accuracy count 0) and the number of scored values.
+
+    Regression (``Task.loss == "mse"``): out (S, B, K), y (B, K) floats with NaN where not scored.
+    """
+    s = out.shape[0]
+    mask = ~torch.isnan(y)
+    err = (out.float() - torch.nan_to_num(y).float()) ** 2 * mask  # (S, B, K)
+    return err.reshape(s, -1).sum(1), torch.zeros(s, device=out.device), int(mask.sum())
+
+
+def train_loss(out: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> torch.Tensor:
+    """Mean cross-entropy (or squared error, ``loss="mse"``) per seed, (S,).
+
+    out: (S, B, ..., V); labels: (S, B, ...) (mse: (S, B, K) floats, NaN where not scored).
+    """
+    if loss == "mse":
+        mask = ~torch.isnan(labels)
+        err = (out.float() - torch.nan_to_num(labels).float()) ** 2 * mask
+        return err.reshape(out.shape[0], -1).sum(1) / mask.reshape(out.shape[0], -1).sum(1).clamp_min(1)
     s, v = out.shape[0], out.shape[-1]
     ce = F.cross_entropy(out.reshape(-1, v).float(), labels.reshape(-1), reduction="none", ignore_index=-100)
     mask = (labels.reshape(s, -1) != -100).float()
@@ -67,23 +92,29 @@ def train_loss(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_probe(stack: ModelStack, probe: Probe, device: torch.device, batch: int,
-                   amp: bool) -> dict[str, np.ndarray]:
-    """loss / accuracy (and target_* when the probe has targets) per seed, each (S,)."""
+                   amp: bool, loss: str = "ce") -> dict[str, np.ndarray]:
+    """loss / accuracy (and target_* when the probe has targets) per seed, each (S,).
+
+    ``loss="mse"``: mean squared error over the scored (non-NaN) targets; accuracy is NaN.
+    """
+    scorer = score_mse if loss == "mse" else score
     sums = {m: torch.zeros(stack.size, dtype=torch.float64, device=device) for m in METRICS}
     count = 0
     for i in range(0, len(probe), batch):
         x = probe.x[i:i + batch].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             out = stack(x, shared=True)
-        ls, correct, n = score(out, probe.y[i:i + batch].to(device))
+        ls, correct, n = scorer(out, probe.y[i:i + batch].to(device))
         sums["loss"] += ls
         sums["accuracy"] += correct
         if probe.target is not None:
-            tls, tcorrect, _ = score(out, probe.target[i:i + batch].to(device))
+            tls, tcorrect, _ = scorer(out, probe.target[i:i + batch].to(device))
             sums["target_loss"] += tls
             sums["target_accuracy"] += tcorrect
         count += n
     res = {m: (sums[m] / max(count, 1)).cpu().numpy() for m in METRICS}
+    if loss == "mse":
+        res["accuracy"] = np.full(stack.size, np.nan)
     if probe.target is None:
         res["target_loss"] = np.full(stack.size, np.nan)
         res["target_accuracy"] = np.full(stack.size, np.nan)
@@ -101,14 +132,13 @@ def _publish(subscribers: Iterable[Subscriber], event: dict[str, Any]) -> None:
 class _Run:
     """State of one training run (models, optimizer, generators, results table)."""
 
-    def __init__(self, cfg: RunConfig, out: Path | None, resume: bool) -> None:
+    def __init__(self, cfg: RunConfig, out: Path | None, resume: bool, task: Task | None = None,
+                 force: bool = False) -> None:
         self.cfg = cfg
         self.out = out
         self.device = pick_device(cfg.device)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
-        exp = get_experiment(cfg.experiment)
-        torch.manual_seed(cfg.seed)
-        self.task: Task = exp.build(cfg)
+        self.task: Task = task if task is not None else build_task(cfg)
         self.seed_values = [cfg.seed + s for s in range(cfg.seeds)]
         models = []
         for sv in self.seed_values:
@@ -131,14 +161,17 @@ class _Run:
         self.loss_sum = torch.zeros(cfg.seeds, dtype=torch.float64, device=self.device)
         self.loss_n = 0
         if out is not None:
-            self._prepare_files(resume)
+            self._prepare_files(resume, force)
 
     def _optimizer(self) -> torch.optim.Optimizer:
+        """SGD / AdamW with weight decay on the >= 2-D weights only (matmul / conv kernels and
+        embeddings), none on biases and norm scales: nanoGPT's ``configure_optimizers``."""
         cfg = self.cfg
-        params = list(self.stack.parameters())
+        decay, no_decay = self.stack.decay_groups()
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
 
     @property
     def probes_path(self) -> Path:
@@ -148,16 +181,20 @@ class _Run:
     def state_path(self) -> Path:
         return self.out.with_name(self.out.stem + ".state.pt")
 
-    def _prepare_files(self, resume: bool) -> None:
+    def _prepare_files(self, resume: bool, force: bool = False) -> None:
         if resume and self.out.exists() and self.state_path.exists():
             self._resume()
             return
+        if resume and has_result(self.out) and not force:
+            # no state to continue from: restarting is safe only for the same config (the rerun
+            # recomputes the same rows); another run's results are never overwritten
+            if load_results(self.out).attrs.get("config") != self.cfg.to_json():
+                raise ConfigError(f"{self.out} was made with another config; drop --resume or use the same options")
         if resume:
             log.warning("nothing to resume at %s; starting a fresh run", self.out)
         blob = {p.name: {"x": p.x, "y": p.y, **({"target": p.target} if p.target is not None else {})}
                 for p in self.task.probes}
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(blob, self.probes_path)
+        replace_atomic(self.probes_path, lambda tmp: torch.save(blob, tmp))
         self.state_path.unlink(missing_ok=True)
 
     def _resume(self) -> None:
@@ -174,11 +211,11 @@ class _Run:
             self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
             self.loss_n = int(state["loss_n"])
         saved = torch.load(self.probes_path, weights_only=True)
-        for p in self.task.probes:  # evaluate on exactly the saved probe sets
-            object.__setattr__(p, "x", saved[p.name]["x"])
-            object.__setattr__(p, "y", saved[p.name]["y"])
-            if p.target is not None:
-                object.__setattr__(p, "target", saved[p.name]["target"])
+        # evaluate on exactly the saved probe sets (new frozen Probes; the built ones are not mutated)
+        self.task = dataclasses.replace(self.task, probes=[
+            dataclasses.replace(p, x=saved[p.name]["x"], y=saved[p.name]["y"],
+                                target=saved[p.name]["target"] if p.target is not None else None)
+            for p in self.task.probes])
         self.table = ResultsTable.from_dataset(ds)
         # The state is saved after its step's checkpoint row was written, so that row is kept
         # (re-evaluating it would lose its train_loss); later rows are recomputed identically.
@@ -190,9 +227,7 @@ class _Run:
         state = {"step": self.step, "elapsed": self.elapsed, "model": self.stack.state_dict(),
                  "optim": self.opt.state_dict(), "gens": [g.get_state() for g in self.gens],
                  "loss_sum": self.loss_sum.detach().cpu(), "loss_n": self.loss_n}
-        tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.state_path)
+        replace_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         xs, ys = zip(*(self.task.sample_batch(g, self.cfg.batch_size) for g in self.gens))
@@ -207,9 +242,11 @@ class _Run:
         self.stack.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.stack(x)
-        losses = train_loss(out, y)
+        losses = train_loss(out, y, self.task.loss)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # seeds are independent: the sum's gradient is each seed's own
+        if self.cfg.grad_clip is not None:
+            self.stack.clip_grad_norm_(self.cfg.grad_clip)  # per seed, as torch's clip on each model
         self.opt.step()
         self.step += 1
         return losses.detach()
@@ -224,7 +261,7 @@ class _Run:
     def evaluate(self) -> dict[str, np.ndarray]:
         """All probes and extra measurements: metric -> (n_probe, S)."""
         self.stack.eval()
-        rows = [evaluate_probe(self.stack, p, self.device, self.cfg.eval_batch, self.amp)
+        rows = [evaluate_probe(self.stack, p, self.device, self.cfg.eval_batch, self.amp, self.task.loss)
                 for p in self.task.probes]
         if self.task.measure is not None:
             extra = self.task.measure(self.stack)
@@ -247,13 +284,31 @@ def checkpoint_rows(table: ResultsTable, i: int = -1) -> list[dict[str, Any]]:
     return rows
 
 
+def _diverged(run: _Run, table: ResultsTable, bar: Any, bad: Any) -> None:
+    """Stop a run whose training loss went NaN/inf: one line naming the learning rate."""
+    if bar is not None:
+        bar.close()
+    cfg = run.cfg
+    seeds = ", ".join(str(run.seed_values[int(i)]) for i in bad)
+    kept = (f"; checkpoints up to step {table.steps[-1]} are kept in {run.out}" if run.out is not None and table.steps
+            else "")
+    raise TrainingDivergedError(
+        f"training diverged: the loss of seed(s) {seeds} became NaN/inf by step {run.step} with learning rate "
+        f"{cfg.lr:g}; lower it (e.g. --lr {cfg.lr / 10:g}){kept}")
+
+
 def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
           subscribers: Iterable[Subscriber] = (), stop_event: threading.Event | None = None,
-          progress: bool = False, threads: int | str | None = None, concurrent: int = 1) -> TrainResult:
+          progress: bool = False, threads: int | str | None = None, concurrent: int = 1,
+          force: bool = False, task: Task | None = None) -> TrainResult:
     """Train ``cfg.seeds`` models and evaluate every probe at log-spaced checkpoints.
 
     ``out``: netCDF path rewritten after every checkpoint (plus ``.probes.pt`` and ``.state.pt``
-    beside it); ``resume``: continue from the saved state. ``subscribers`` receive events
+    beside it); ``resume``: continue from the saved state. An existing result at ``out`` is never
+    overwritten unless ``force`` (:class:`~dsb_widgets.errors.ResultExistsError`, raised before any
+    data loads). ``task``: an already built task (:func:`~dsb_widgets.engine.task.build_task`).
+    A NaN/inf training loss stops the run with :class:`~dsb_widgets.errors.TrainingDivergedError`
+    (checkpoints written so far are kept). ``subscribers`` receive events
     ``{"type": "start" | "checkpoint" | "progress" | "done", ...}`` from the training thread;
     setting ``stop_event`` ends the run after the current step (state saved, resumable).
     ``threads``: torch CPU threads for this thread (None: leave as is; "auto": this run's share of
@@ -261,13 +316,15 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
     """
     cfg = resolve_config(cfg)
     subscribers = list(subscribers)
+    if out is not None:
+        out = check_out_path(out, resume=resume, force=force)
     driver = get_experiment(cfg.experiment).driver
     if driver is not None:  # evaluation-only experiment (checkpoints): same files, same events
         return driver(cfg, out=out, resume=resume, subscribers=subscribers, stop_event=stop_event,
                       progress=progress)
     if threads is not None:
         apply_threads(threads if isinstance(threads, int) else auto_threads(concurrent))
-    run = _Run(cfg, Path(out) if out is not None else None, resume)
+    run = _Run(cfg, Path(out) if out is not None else None, resume, task=task, force=force)
     if threads == "auto" and run.device.type == "cpu" and run.step_flops() < SMALL_MODEL_FLOPS:
         apply_threads(1)
     table, ckpts = run.table, set(run.checkpoints)
@@ -291,14 +348,21 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
             t_eval += time.perf_counter() - te
             run.elapsed = time.perf_counter() - t0
             tl = (run.loss_sum / run.loss_n).cpu().numpy() if run.loss_n else np.full(cfg.seeds, np.nan)
+            if run.loss_n and not np.isfinite(tl).all():
+                _diverged(run, table, bar, np.flatnonzero(~np.isfinite(tl)))
             run.loss_sum.zero_()
             run.loss_n = 0
             table.add(run.step, run.elapsed, metrics, tl)
             if run.out is not None:
-                write_atomic(table.to_dataset(), run.out)
-                if time.perf_counter() - last_save >= cfg.save_interval_s or run.step == cfg.steps:
-                    run.save_state()
-                    last_save = time.perf_counter()
+                try:
+                    write_atomic(table.to_dataset(), run.out)
+                    if time.perf_counter() - last_save >= cfg.save_interval_s or run.step == cfg.steps:
+                        run.save_state()
+                        last_save = time.perf_counter()
+                except OutputWriteError:  # disk full: the bar closes before the one-line error
+                    if bar is not None:
+                        bar.close()
+                    raise
             _publish(subscribers, {"type": "checkpoint", "step": run.step, "wall_time": run.elapsed,
                                    "rows": checkpoint_rows(table)})
             if bar is not None:
@@ -314,6 +378,8 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
         tt = time.perf_counter()
         run.loss_sum += run.update()
         run.loss_n += 1
+        if run.step % DIVERGENCE_CHECK_EVERY == 0 and not bool(torch.isfinite(run.loss_sum).all()):
+            _diverged(run, table, bar, torch.nonzero(~torch.isfinite(run.loss_sum)).flatten().tolist())
         t_train += time.perf_counter() - tt
         if bar is not None:
             bar.update(1)

@@ -10,14 +10,18 @@ package), so a killed run keeps every finished checkpoint.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import xarray as xr
+
+from dsb_widgets.errors import ConfigError, DSBError, OutputWriteError, ResultExistsError
 
 METRICS = ("loss", "accuracy", "target_loss", "target_accuracy")
 NETCDF_ENGINE = "scipy"
@@ -92,13 +96,100 @@ class ResultsTable:
         return table
 
 
+def temp_path(path: Path) -> Path:
+    """A private temp name beside ``path``: ``.<name>.<pid>.<random>.tmp`` (unique per writer and
+    call, so two threads or processes never share one; the pid lets :func:`clean_stale_temp_files`
+    tell a dead writer's leftovers from a live one's)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def replace_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then rename onto ``path``: readers see the old file or the new one, never half.
+
+    A failed write (disk full, permissions) removes its temp file and raises a one-line
+    :class:`~dsb_widgets.errors.OutputWriteError`; the file already at ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, DSBError) or (isinstance(err, RuntimeError) and "write" not in str(err).lower()):
+            raise
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        raise OutputWriteError(f"could not write {path}: {reason}; free disk space or pass --out on another "
+                               "disk (what was written there before is kept)") from err
+
+
 def write_atomic(ds: xr.Dataset, path: str | os.PathLike[str]) -> None:
     """Write ``ds`` to ``path`` as netCDF so readers never see a half-written file."""
+    replace_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine=NETCDF_ENGINE))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temp files of ``path`` and its sidecars (``.probes.pt``, ``.state.pt``) left by dead
+    writers (a run killed mid-write); a live writer's are kept. Returns the removed paths."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    ds.to_netcdf(tmp, engine=NETCDF_ENGINE)
-    os.replace(tmp, path)
+    names = (path.name, f"{path.stem}.probes.pt", f"{path.stem}.state.pt")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for name in names:
+        for tmp in path.parent.glob(f".{glob.escape(name)}.*.tmp"):
+            pid = tmp.name[len(name) + 2:-len(".tmp")].split(".")[0]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    legacy = path.with_name(f"{path.stem}.state.pt.tmp")  # written by versions before per-writer names
+    if legacy.is_file():
+        legacy.unlink()
+        removed.append(legacy)
+    return removed
+
+
+def has_result(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds something a new run would destroy (a non-empty file)."""
+    path = Path(path)
+    return path.is_file() and path.stat().st_size > 0
+
+
+def check_out_path(out: str | os.PathLike[str], resume: bool = False, force: bool = False) -> Path:
+    """Validate a run's ``--out`` before any data loads (one-line errors naming the fix).
+
+    Refuses a directory, a name not ending in ``.nc``, a parent that is a file or not writable,
+    and (unless ``resume`` or ``force``) an existing result: never clobber. Stale temp files of
+    dead writers of this output are removed.
+    """
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"--out {path} is a folder; pass a results file name such as --out {path / 'run.nc'}")
+    if path.suffix != ".nc":
+        raise ConfigError(f"--out {path} must end in .nc (netCDF results); pass e.g. --out {path.with_suffix('.nc')}")
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"--out {path}: {ancestor} is a file, not a folder; pass --out in a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {path}: cannot write in {ancestor}; pass --out in a writable folder")
+    clean_stale_temp_files(path)
+    if has_result(path) and not (resume or force):
+        raise ResultExistsError(f"{path} already holds results; pass --resume to continue that run, --force to "
+                                "overwrite it, or another --out")
+    return path
 
 
 def load_results(path: str | os.PathLike[str]) -> xr.Dataset:

@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import json
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -51,6 +52,7 @@ class RunConfig:
     data_dir: str | None = None
     eval_batch: int = 2048
     save_interval_s: float = 5.0  # min seconds between model-state saves (results: every checkpoint)
+    grad_clip: float | None = None  # clip each seed's gradient 2-norm (nanoGPT: 1.0); None: off
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -211,8 +213,49 @@ def _check_choice(value: str, choices: Iterable[str], what: str, flag: str) -> N
         raise ConfigError(f"unknown {what} {value!r}; pass {flag} one of: {', '.join(choices)}")
 
 
+_FLAGS = {"batch_size": "--batch-size", "per_octave": "--per-octave", "probe_size": "--probe-size",
+          "weight_decay": "--weight-decay", "grad_clip": "--grad-clip", "data_dir": "--data-dir",
+          "eval_batch": "eval_batch", "save_interval_s": "save_interval_s"}
+
+
+def _check_types(cfg: RunConfig) -> RunConfig:
+    """Coerce each field to its declared type (``"64"`` -> 64, YAML's ``"1e-3"`` -> 0.001) or raise a
+    one-line ConfigError (``steps: abc``, ``seeds: 1.5``, ``probes: real`` instead of a list)."""
+    from dsb_widgets.options import _coerce
+
+    hints = typing.get_type_hints(RunConfig)
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "options":
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"options must be a mapping of name -> value (got {value!r}), e.g. options: {{width: 64}}")
+            continue
+        if value is None:
+            continue
+        flag = _FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+        if f.name == "probes":
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise ConfigError(f"probes must be a list of names (got {value!r}); write probes: [{value}] "
+                                  f"or pass --probes {value}")
+            changes[f.name] = tuple(str(v) for v in value)
+            continue
+        try:
+            coerced = _coerce(f.name, value, hints[f.name])
+        except ConfigError:
+            coerced = None
+        if coerced is None or (isinstance(coerced, float) and not math.isfinite(coerced)):
+            kind = {int: "an integer", float: "a number", bool: "true or false"}.get(
+                next((t for t in typing.get_args(hints[f.name]) if t is not type(None)), hints[f.name]), "a string")
+            raise ConfigError(f"{f.name} must be {kind} (got {value!r}); pass {flag} with {kind}")
+        if coerced != value or type(coerced) is not type(value):
+            changes[f.name] = coerced
+    return cfg.replace(**changes) if changes else cfg
+
+
 def resolve_config(cfg: RunConfig) -> RunConfig:
     """Fill ``None`` fields from the experiment's defaults and validate; raises ConfigError."""
+    cfg = _check_types(cfg)
     exp = get_experiment(cfg.experiment)
     filled = {}
     for f in dataclasses.fields(cfg):
@@ -239,6 +282,15 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"learning rate must be > 0 (got {cfg.lr}); pass e.g. --lr 0.05")
     if cfg.probe_size is None or cfg.probe_size < 1:
         raise ConfigError(f"probe size must be >= 1 (got {cfg.probe_size}); pass --probe-size 1000")
+    if cfg.per_octave is None or cfg.per_octave < 1:
+        raise ConfigError(f"checkpoints per octave must be >= 1 (got {cfg.per_octave}); pass e.g. --per-octave 4")
+    if cfg.weight_decay is None or cfg.weight_decay < 0:
+        raise ConfigError(f"weight decay must be >= 0 (got {cfg.weight_decay}); pass e.g. --weight-decay 0.05")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ConfigError(f"gradient clipping norm must be > 0 (got {cfg.grad_clip}); pass e.g. --grad-clip 1.0 "
+                          "or leave it out")
+    if cfg.warmup is not None and cfg.warmup < 0:
+        raise ConfigError(f"warmup must be >= 0 steps (got {cfg.warmup}); pass e.g. --warmup 0")
     if not exp.open_models:
         _check_choice(cfg.model, exp.models, "model", "--model")
     _check_choice(cfg.optimizer, ("sgd", "adamw"), "optimizer", "--optimizer")
@@ -252,6 +304,15 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     if exp.validate is not None:
         exp.validate(cfg)
     return cfg
+
+
+def build_task(cfg: RunConfig) -> Task:
+    """Build the experiment's task for ``cfg`` (probes, sampler, model factory, measurements) as
+    the engine does; pass it to :func:`dsb_widgets.engine.train` (``task=``) to train on it, or
+    inspect it (e.g. ``task.measure``, the Taylor measurement) without monkeypatching."""
+    cfg = resolve_config(cfg)
+    torch.manual_seed(cfg.seed)
+    return get_experiment(cfg.experiment).build(cfg)
 
 
 def pick_device(name: str) -> torch.device:
