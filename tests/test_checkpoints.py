@@ -119,6 +119,25 @@ def test_offline_hub_id_fails_with_one_line(monkeypatch: pytest.MonkeyPatch, cap
     assert len(err) == 1 and "--model a local folder" in err[0]
 
 
+def test_hub_revisions_are_listed_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online path without the network: list_repo_refs answers Pythia's branch names."""
+    import types
+
+    import huggingface_hub
+
+    steps = [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512] + list(range(1000, 144000, 1000))
+    refs = types.SimpleNamespace(branches=[types.SimpleNamespace(name=n) for n in
+                                           ["main"] + [f"step{s}" for s in steps]])
+    monkeypatch.setattr(huggingface_hub, "list_repo_refs", lambda repo_id: refs)
+    suite = find_suite("EleutherAI/pythia-70m")
+    assert [c.step for c in suite] == log_spaced(steps) and suite[3].revision == "step4"
+    assert all(c.location == "EleutherAI/pythia-70m" and not c.local for c in suite)
+    chosen = find_suite("EleutherAI/pythia-70m", ("step143000", "step0"))
+    assert [(c.step, c.revision) for c in chosen] == [(0, "step0"), (143000, "step143000")]
+    with pytest.raises(ConfigError, match="no revision 'step3'"):
+        find_suite("EleutherAI/pythia-70m", ("step3",))
+
+
 def test_bad_inputs(tmp_path: Path, suite: tuple[Path, Path]) -> None:
     folder, text = suite
     with pytest.raises(DataNotFoundError, match="no step<N>/ folder"):
