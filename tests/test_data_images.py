@@ -397,16 +397,23 @@ def test_fashion_mnist_real_shapes_balance_and_pixel_statistics():
     assert train.classes[0] == "T-shirt/top" and train.classes[9] == "Ankle boot"
 
 
-def test_fashion_mnist_second_load_from_cache_is_much_faster(tmp_cache):
+def test_fashion_mnist_second_load_comes_from_the_cache(tmp_cache, monkeypatch):
+    """The cache is *used*: the second load decodes nothing and returns identical arrays (its speed
+    is a benchmark's business, not a test's: timed assertions fail on loaded CI machines)."""
     root = real_dir("fashion-mnist")
+    calls = []
+    decode = images._decode
 
-    def cpu_seconds() -> float:
-        start = time.process_time()  # CPU time: robust to other jobs sharing the cores
-        images._load_local("fashion_mnist", "train", root)
-        return time.process_time() - start
+    def counting(*args, **kwargs):
+        calls.append(args[0].kind)
+        return decode(*args, **kwargs)
 
-    cold, warm = cpu_seconds(), cpu_seconds()
-    assert warm < cold / 3, (cold, warm)
+    monkeypatch.setattr(images, "_decode", counting)
+    cold = images._load_local("fashion_mnist", "train", root)
+    assert len(calls) == 1 and any(tmp_cache.rglob("*")), "the first load must decode and fill the cache"
+    warm = images._load_local("fashion_mnist", "train", root)
+    assert len(calls) == 1, "the second load decoded the files again instead of reading the cache"
+    assert np.array_equal(cold.x, warm.x) and np.array_equal(cold.y, warm.y) and cold.classes == warm.classes
 
 
 @pytest.fixture(scope="module")

@@ -414,3 +414,22 @@ def test_divergence_is_caught_between_checkpoints(tmp_path: Path, monkeypatch: p
     every = loop.DIVERGENCE_CHECK_EVERY
     with pytest.raises(TrainingDivergedError, match=f"by step {every} with learning rate 1e\\+09"):
         train(_digits_cfg(steps=10 * every, lr=1e9))  # stops at the first periodic check, not at step 640
+
+
+# --- item 17: no wall-clock assertion in the suite ---------------------------------------------------
+def test_no_test_asserts_on_wall_clock_time() -> None:
+    """Speed belongs in benchmarks/ (printed, side by side); an assert on a timer fails under load."""
+    import re
+
+    timer = re.compile(r"\b(perf_counter|process_time|monotonic|time\.time)\b")
+    offenders = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        lines = path.read_text().splitlines()
+        timed = {m.group(1) for line in lines if timer.search(line)
+                 for m in [re.match(r"\s*(\w+)\s*=.*", line)] if m}  # names holding a time reading
+        for i, line in enumerate(lines, 1):
+            code = line.split("#")[0]
+            if code.lstrip().startswith("assert") and (timer.search(code) or any(
+                    re.search(rf"\b{re.escape(n)}\b", code) for n in timed)):
+                offenders.append(f"{path.name}:{i}: {line.strip()}")
+    assert not offenders, offenders
