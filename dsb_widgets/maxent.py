@@ -15,6 +15,11 @@ order 1 (class mean; pixels independent given the class)
 order 2 (class mean and covariance)
   * ``GaussianSampler``: N(mu_y, Sigma_y), the max-entropy density on R^d with those moments;
     ``gaussian_clone`` = the Refinetti et al. variant (per-channel, ridge, clamp, quantize).
+  * ``hypercube_maxent2``: order 2 on the pixel hypercube [0, 1]^d (Belrose et al.): samples
+    sigmoid(u) whose sample mean and covariance are optimised (L-BFGS) onto the class's, with an
+    entropy bonus (weight 1e-3, Kozachenko-Leonenko nearest-neighbour estimate) that keeps them
+    spread out; valid pixels, unlike the clamped Gaussian, which shrinks the variance.
+order 3: ``maxent3.ThirdOrderSampler``.
 
 Typical engine use (probe sets must be sampled once, from a seed, and stored: Belrose et al.'s
 code resampled them on every access, which made curves non-reproducible)::
@@ -248,3 +253,55 @@ def gaussian_clone(
     sampler = GaussianSampler.fit(stats, ridge=ridge, per_channel=per_channel)
     x = sampler.sample(labels, generator, clamp=clamp)
     return (x * 255).round() / 255 if quantize else x
+
+
+def _knn_entropy(x: Tensor) -> Tensor:
+    """Kozachenko-Leonenko entropy up to constants: mean log nearest-neighbour distance (x (n, d))."""
+    d2 = torch.cdist(x, x).pow(2) + torch.eye(len(x), dtype=x.dtype) * 1e12
+    return 0.5 * d2.min(1).values.clamp_min(1e-12).log().mean()
+
+
+def hypercube_maxent2(stats: ClassStats, labels: Tensor, generator: Seed = 0, *, steps: int = 200,
+                      entropy_weight: float = 1e-3) -> Tensor:
+    """Order-2 samples on [0, 1]^d: per class, the n_c samples x = sigmoid(u) minimise
+
+        ||mean(x) - mu||^2 / ||mu||^2 + ||cov(x) - Sigma||_F^2 / ||Sigma||_F^2 - w H(x)
+
+    by L-BFGS (``steps`` iterations), starting from clamped N(mu, Sigma) draws; H is the
+    nearest-neighbour entropy estimate (Belrose et al.'s hypercube sampler with entropy bonus
+    w = 1e-3). With n_c samples the sample covariance has rank < n_c, so only its leading part can
+    match; the residual relative errors are returned in no way but can be checked by the caller.
+    Returns (N, *image_shape) float32 in [0, 1].
+    """
+    k, d = stats.mean.shape
+    lab = _check_labels(labels, k, stats.mean.device)
+    gen = _generator(generator, stats.mean.device)
+    start = GaussianSampler.fit(stats).sample(lab, gen).reshape(len(lab), d).double().clamp(0.02, 0.98)
+    cov = stats.cov
+    out = torch.empty(len(lab), d, dtype=torch.float64)
+    for c in torch.unique(lab).tolist():
+        idx = (lab == c).nonzero().flatten()
+        mu, sig = stats.mean[c], cov[c]
+        mu_n, sig_n = mu.pow(2).sum().clamp_min(1e-12), sig.pow(2).sum().clamp_min(1e-12)
+        u = torch.logit(start[idx]).requires_grad_(True)
+        opt = torch.optim.LBFGS([u], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            x = torch.sigmoid(u)
+            m = x.mean(0)
+            xc = x - m
+            n = max(len(x) - 1, 1)
+            # ||C - S||^2 = ||Xc Xc^T||^2 / n^2 - 2 <Xc S, Xc> / n + ||S||^2 (no d x d product)
+            gram = xc @ xc.T
+            cov_err = gram.pow(2).sum() / n**2 - 2 * ((xc @ sig) * xc).sum() / n + sig_n
+            loss = (m - mu).pow(2).sum() / mu_n + cov_err / sig_n
+            if entropy_weight and len(x) > 1:
+                loss = loss - entropy_weight * _knn_entropy(x)
+            loss.backward()
+            return loss
+
+        if len(idx) > 1:
+            opt.step(closure)
+        out[idx] = torch.sigmoid(u.detach())
+    return out.float().reshape(len(lab), *tuple(stats.image_shape or (d,)))

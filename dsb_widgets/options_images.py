@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from dsb_widgets.errors import ConfigError
 
-TRAIN_ON = ("real", "gauss_clone")
+TRAIN_ON = ("real", "iso_clone", "gauss_clone", "maxent3_clone")  # Refinetti's ladder, low to high
 MAXENT1 = ("exponential", "marginals")
 TAYLOR_ORDERS = (2, 4)
 TAYLOR_METHODS = ("auto", "exact", "topk", "hutchinson")
@@ -24,7 +24,8 @@ class ImageOptions:
 
     width: int = field(default=256, metadata={"help": "hidden width of the MLP / CNN / ResNet", "min": 1})
     train_on: str = field(default="real", metadata={
-        "help": "train on real images or on their Gaussian-mixture clone (Refinetti et al.)",
+        "help": "train on real images or a clone (Refinetti et al.'s ladder): iso_clone (class mean + "
+                "one variance), gauss_clone (mean + covariance), maxent3_clone (+ top-k third moments)",
         "choices": TRAIN_ON})
     maxent1: str = field(default="exponential", metadata={
         "help": "order-1 max-ent sampler: exponential family on [0, 1] or independent class marginals",
@@ -34,6 +35,10 @@ class ImageOptions:
         "help": "covariance shrinkage of the OT maps: optimal, none, or a weight in [0, 1]"})
     clamp_ot: bool = field(default=False, metadata={"help": "clip OT-edited images to [0, 1]"})
     num_quantiles: int = field(default=256, metadata={"help": "quantiles per pixel of the CQN tables", "min": 2})
+    maxent3_k: int = field(default=8, metadata={
+        "help": "maxent3: principal directions per class whose third moments are matched", "min": 1, "max": 32})
+    cube_steps: int = field(default=200, metadata={
+        "help": "maxent2_cube: L-BFGS iterations of the hypercube moment matching", "min": 1})
     taylor: bool = field(default=False, metadata={"help": "also record the Taylor predictions taylor0/taylor2"})
     taylor_order: int = field(default=2, metadata={"help": "2: taylor0, taylor2; 4: also taylor4",
                                                    "choices": TAYLOR_ORDERS})

@@ -44,7 +44,6 @@ of ``dsb run images --seeds 3``: 47 s on an idle 2-core machine (38 s in the loo
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
 
 import torch
@@ -52,92 +51,16 @@ import torch
 from dsb_widgets.data import load_images
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.data.images import KNOWN_IMAGE_DATASETS
-from dsb_widgets.options_images import TRAIN_ON, ImageOptions
-from dsb_widgets.engine.task import (ConfigError, Experiment, Probe, RunConfig, Task, probe_seed,
-                                     register_experiment)
+from dsb_widgets.options_images import ImageOptions
+from dsb_widgets.engine.task import ConfigError, Experiment, RunConfig, Task, register_experiment
 from dsb_widgets.errors import MalformedDataError
 from dsb_widgets.options import parse_options
 from dsb_widgets.models.vision import VISION_MODELS, VisionConfig, make_vision_model
+from dsb_widgets.engine.image_probes import (  # noqa: F401  (re-exported)
+    DEFAULT_PROBES, PROBE_ORDER, build_image_probes, class_stats, clone_sampler)
 
-IMAGE_PROBES = ("real", "maxent1", "maxent2", "gauss_clone", "ot", "cqn")
+IMAGE_PROBES = DEFAULT_PROBES  # what a run records unless --probes says otherwise
 IMAGE_DATASETS = KNOWN_IMAGE_DATASETS  # one list: the data layer's
-PROBE_ORDER = {"real": math.inf, "maxent1": 1.0, "maxent2": 2.0, "gauss_clone": 2.0, "ot": 2.0, "cqn": 1.0}
-
-
-def _balanced_labels(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """n labels, as equal per class as possible, in a random order."""
-    y = torch.arange(n) % k
-    return y[torch.randperm(n, generator=gen)]
-
-
-def _subset(test: ImageData, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    idx = torch.randperm(len(test), generator=gen)[: min(n, len(test))]
-    return test.x[idx], test.y[idx]
-
-
-def _other_class(y: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """For each label a, a class b != a drawn uniformly from the other k - 1."""
-    shift = torch.randint(1, k, y.shape, generator=gen)
-    return (y + shift) % k
-
-
-def build_image_probes(train: ImageData, test: ImageData, names: tuple[str, ...], n: int,
-                       seed: int, options: ImageOptions | Mapping[str, Any] | None = None) -> list[Probe]:
-    """The probe sets ``names`` with ``n`` examples each, deterministic in ``seed``.
-
-    Each probe draws from its own generator seeded by ``(seed, name)`` (:func:`probe_seed`), so a
-    probe's data does not depend on which other probes are built or in what order.
-    """
-    opts = _as_options(options)
-    from dsb_widgets.gaussian_ot import GaussianOT
-    from dsb_widgets.quantile import QuantileNormalizer
-    from dsb_widgets.stats import ClassStats
-
-    k = train.num_classes
-    stats = ClassStats(k).fit(train.x, train.y)
-    probes: list[Probe] = []
-    for name in names:
-        gen = torch.Generator().manual_seed(probe_seed(seed, name))
-        if name == "real":
-            x, y = _subset(test, n, gen)
-            probes.append(Probe(name, PROBE_ORDER[name], x, y, description="held-out test images"))
-        elif name in ("maxent1", "maxent2", "gauss_clone"):
-            y = _balanced_labels(n, k, gen)
-            x = _sample_synthetic(name, stats, train, y, gen, opts)
-            probes.append(Probe(name, PROBE_ORDER[name], x.float().reshape(len(y), *train.shape), y,
-                                description=f"{name} samples from training-set class statistics"))
-        elif name in ("ot", "cqn"):
-            x, y = _subset(test, n, gen)
-            b = _other_class(y, k, gen)
-            if name == "ot":
-                ot = GaussianOT.fit(stats, shrinkage=opts.shrinkage)  # None: raw (pseudo-inverse) covariances
-                edited = ot.transport(x, y, b, clamp=opts.clamp_ot)
-            else:
-                qn = QuantileNormalizer(num_quantiles=opts.num_quantiles).fit(train.x, train.y)
-                edited = qn.transform(x, y, b, generator=gen)
-            probes.append(Probe(name, PROBE_ORDER[name], edited.float().reshape(x.shape), y, target=b,
-                                description=f"test images of class a moved onto class b ({name})"))
-    return probes
-
-
-def _sample_synthetic(name: str, stats: Any, train: ImageData, y: torch.Tensor, gen: torch.Generator,
-                      options: ImageOptions) -> torch.Tensor:
-    from dsb_widgets.maxent import ExponentialMaxEnt, GaussianSampler, IndependentMarginals
-
-    if name == "maxent1":
-        if options.maxent1 == "marginals":
-            return IndependentMarginals.fit(train.x, train.y).sample(y, generator=gen)
-        return ExponentialMaxEnt.fit(stats).sample(y, generator=gen)
-    if name == "maxent2":
-        return GaussianSampler.fit(stats).sample(y, generator=gen, clamp=options.clamp_maxent2)
-    return clone_sampler(stats).sample(y, generator=gen, clamp=True)
-
-
-def clone_sampler(stats: Any) -> Any:
-    """Refinetti et al.'s Gaussian-mixture clone: per class and channel, tiny ridge (clamp on sampling)."""
-    from dsb_widgets.maxent import REFINETTI_RIDGE, GaussianSampler
-
-    return GaussianSampler.fit(stats, ridge=REFINETTI_RIDGE, per_channel=True)
 
 
 def _load_split(cfg: RunConfig, split: str) -> ImageData:
@@ -154,15 +77,10 @@ def build_images_task(cfg: RunConfig) -> Task:
     probes = build_image_probes(train, test, tuple(cfg.probes), int(cfg.probe_size), cfg.seed, opts)
     vcfg = VisionConfig(train.shape, train.num_classes, width=opts.width)
     train_on = opts.train_on
-    if train_on == "gauss_clone":
-        from dsb_widgets.stats import ClassStats
+    if train_on != "real":  # Refinetti et al.'s clone ladder (engine/ladder.py)
+        from dsb_widgets.engine.ladder import clone_batches
 
-        sampler = clone_sampler(ClassStats(train.num_classes).fit(train.x, train.y))
-        prior = torch.bincount(train.y, minlength=train.num_classes).double()
-
-        def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-            y = torch.multinomial(prior, bs, replacement=True, generator=gen)
-            return sampler.sample(y, generator=gen, clamp=True).reshape(bs, *train.shape), y
+        sample_batch = clone_batches(train_on, train, class_stats(train), opts.maxent3_k)
     else:
         x_all, y_all = train.x, train.y
 
@@ -196,9 +114,10 @@ register_experiment(Experiment(
     name="images",
     build=build_images_task,
     defaults={"dataset": "digits", "model": "mlp", "steps": 4096, "batch_size": 64, "optimizer": "adamw",
-              "lr": 1e-3, "weight_decay": 0.05, "warmup": 0, "per_octave": 3, "probe_size": 1000},
+              "lr": 1e-3, "weight_decay": 0.05, "warmup": 0, "per_octave": 3, "probe_size": 1000,
+              "probes": IMAGE_PROBES},
     models=VISION_MODELS,
-    probes=IMAGE_PROBES,
+    probes=tuple(PROBE_ORDER),
     datasets=IMAGE_DATASETS,
     description="image classifiers probed with max-entropy, Gaussian-clone, OT and CQN data",
     validate=_validate,

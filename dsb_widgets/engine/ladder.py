@@ -1,0 +1,107 @@
+"""Refinetti et al.'s clone ladder: train on clones that keep ever more of the data's statistics.
+
+Refinetti, Ingrosso & Goldt (ICML 2023) train the same network on CIFAR-10 and on a *ladder* of
+clones (Gaussian mixture -> WGAN samples -> cifar5m) and compare the test loss on real images:
+the real-trained network follows the clone-trained one for a while, and leaves each rung later
+the more statistics the rung keeps (Gaussian mixture ~50 SGD steps, cifar5m ~2,000). Our rungs,
+all sampled fresh for every batch (``-o train_on=...``):
+
+============== ==================================================================
+rung           what the clone keeps, per class
+============== ==================================================================
+iso_clone      mean and one scalar variance tr(Sigma)/d: N(mu_y, s_y^2 I), clamped
+gauss_clone    mean and covariance (Refinetti's Gaussian mixture, per channel), clamped
+maxent3_clone  mean, covariance and top-k third moments (``maxent3.ThirdOrderSampler``), clamped
+real           everything
+============== ==================================================================
+
+``clone_ladder`` trains one network per rung plus the real-trained one (same initialisation and
+batch seeds) and reports, per rung, the first checkpoint at which the rung-trained network's
+real-test loss differs from the real-trained one's by more than ``rel`` (10%): the
+*divergence step*. The DSB predicts the steps grow up the ladder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import xarray as xr
+
+from dsb_widgets.data.common import ImageData
+from dsb_widgets.stats import ClassStats
+
+LADDER = ("iso_clone", "gauss_clone", "maxent3_clone")
+BatchSampler = Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class IsotropicSampler:
+    """N(mu_y, s_y^2 I) with s_y^2 = tr(Sigma_y) / d: the class mean and total variance only."""
+
+    mean: torch.Tensor  # (K, d) float64
+    std: torch.Tensor  # (K,) float64
+
+    @classmethod
+    def fit(cls, stats: ClassStats) -> IsotropicSampler:
+        return cls(stats.mean, stats.var.mean(1).sqrt())
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        z = torch.randn(len(labels), self.mean.shape[1], generator=generator, dtype=torch.float64)
+        return (self.mean[labels] + self.std[labels, None] * z).float()
+
+
+def clone_batches(train_on: str, train: ImageData, stats: ClassStats, maxent3_k: int = 8) -> BatchSampler:
+    """A ``sample_batch(generator, batch_size)`` drawing fresh clone images, labels by the class prior."""
+    from dsb_widgets.engine.image_probes import clone_sampler
+    from dsb_widgets.maxent3 import ThirdOrderSampler
+
+    if train_on == "iso_clone":
+        sampler = IsotropicSampler.fit(stats)
+        draw = sampler.sample
+    elif train_on == "gauss_clone":
+        gauss = clone_sampler(stats)
+
+        def draw(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            return gauss.sample(y, generator=gen)
+    elif train_on == "maxent3_clone":
+        third = ThirdOrderSampler.fit(stats, train.x, train.y, k=maxent3_k)
+
+        def draw(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            return third.sample(y, generator=gen)
+    else:
+        raise ValueError(f"unknown clone {train_on!r}; choose one of {', '.join(LADDER)}")
+    prior = torch.bincount(train.y, minlength=train.num_classes).double()
+
+    def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.multinomial(prior, bs, replacement=True, generator=gen)
+        return draw(y, gen).clamp(0, 1).reshape(bs, *train.shape), y
+
+    return sample_batch
+
+
+def divergence_step(real: xr.Dataset, clone: xr.Dataset, probe: str = "real", rel: float = 0.1) -> int | None:
+    """First checkpoint where the seed-mean ``probe`` losses differ by more than ``rel`` (relative
+    to the smaller), ignoring step 0; None if they never do."""
+    la = real["loss"].sel(probe=probe).mean("seed").values
+    lb = clone["loss"].sel(probe=probe).mean("seed").values
+    apart = np.abs(la - lb) / np.minimum(la, lb) > rel
+    apart[0] = False
+    return int(real.step.values[int(np.argmax(apart))]) if apart.any() else None
+
+
+def clone_ladder(cfg: object, rungs: tuple[str, ...] = LADDER, rel: float = 0.1,
+                 train_fn: Callable[..., object] | None = None) -> tuple[dict[str, int | None], dict[str, xr.Dataset]]:
+    """Train ``cfg`` (a RunConfig) on real data and on each rung; return the divergence step per
+    rung and the results (key ``real`` and one per rung). Probes: ``real`` only (fast)."""
+    from dsb_widgets.engine.loop import train
+
+    run = train_fn or train
+    base = cfg.replace(probes=("real",))  # type: ignore[attr-defined]
+    results = {"real": run(base.replace(options={**dict(base.options), "train_on": "real"})).dataset}  # type: ignore[attr-defined]
+    for rung in rungs:
+        results[rung] = run(base.replace(options={**dict(base.options), "train_on": rung})).dataset  # type: ignore[attr-defined]
+    steps = {rung: divergence_step(results["real"], results[rung], rel=rel) for rung in rungs}
+    return steps, results
