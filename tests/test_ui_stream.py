@@ -24,7 +24,7 @@ from dsb_widgets.ui import sessions  # noqa: E402
 from dsb_widgets.ui.plots import make_plots  # noqa: E402
 from dsb_widgets.ui.colors import FAMILIES, probe_colors  # noqa: E402
 from dsb_widgets.ui.stream import SeedAggregator, format_eta, order_color, probe_styles, summarize_saved  # noqa: E402
-from dsb_widgets.ui.sweep_view import SweepView, extra_dims, facet_cells, facet_curves  # noqa: E402
+from dsb_widgets.ui.sweep_view import SweepView, extra_dims, facet_cells, facet_curves, sweep_name  # noqa: E402
 from dsb_widgets.ui.viewer import RunViewer  # noqa: E402
 
 PROBES = ["real", "maxent1", "maxent2"]
@@ -237,7 +237,23 @@ def test_sweep_cells_without_data_are_dropped_and_view_draws_one_figure_per_cell
     view.selectors["dataset"].value = "mnist"
     assert len(view.grid.objects) == 1
     fig = view.grid.objects[0].object
-    assert fig.title.text == "dataset=mnist" and len(fig.select({"type": Span})) == 1
+    assert fig.title.text == "dataset=mnist"
+    assert [r.name for r in fig.renderers if r.name == "floor"] == ["floor"]  # maxent1's floor, in range
+    assert fig.y_scale.__class__.__name__ == "LogScale"
+
+
+def test_sweep_overlays_conditions_on_one_axis() -> None:
+    ds = synthetic_sweep({"model": ["mlp", "cnn"], "lr": [0.001, 0.01]})
+    ds.attrs["sweep"] = '{"name": "lr-grid"}'
+    assert sweep_name(ds, "sweep") == "lr-grid" and sweep_name(synthetic_sweep({}), "x") == "x"
+    view = SweepView(ds, "lr-grid")
+    assert len(view.grid.objects) == 4
+    view.overlay = "model"
+    assert len(view.grid.objects) == 2  # one figure per lr, both models on its axis
+    fig = view.grid.objects[0].object
+    lines = [r for r in fig.renderers if getattr(r.glyph, "y", None) == "mean"]
+    assert len({str(r.glyph.line_dash) for r in lines}) == 2  # one line style per model
+    assert fig.title.text == "lr=0.001" and any("model=cnn" in r.name for r in lines)
 
 
 def test_plain_run_is_not_a_sweep() -> None:

@@ -10,10 +10,9 @@ callback (:mod:`dsb_widgets.ui.sessions`, visible at ``/dsb_status``).
 
 Experiments come from :func:`list_experiments`; the form reads datasets, models, probes and
 defaults from each :class:`Experiment`, so text and clones appear here when they register.
-Served offline: Bokeh/Panel JS and CSS come from the server itself (``pn.config.inline``); the
-only outside reference is the Fast template's Google-fonts stylesheet, which fails harmlessly
-offline (the browser falls back to local fonts). The UI test checks the HTML and the browser's
-requests for anything else.
+Served offline: Bokeh/Panel JS and CSS come from the server itself (``pn.config.inline``) and
+the Fast template's Google-fonts link is removed (:mod:`dsb_widgets.ui.offline`, system fonts);
+the UI test fails on any browser request off the machine.
 """
 
 from __future__ import annotations
@@ -32,7 +31,9 @@ from dsb_widgets.engine.results import NETCDF_ENGINE, load_results
 from dsb_widgets.engine.task import ConfigError, RunConfig, get_experiment, list_experiments, resolve_config
 from dsb_widgets.runs import REGISTRY, RunHandle, RunRegistry, training_threads
 from dsb_widgets.ui import sessions
-from dsb_widgets.ui.sweep_view import SweepView, dims_summary, extra_dims
+from dsb_widgets.ui.compare import file_labels, port_problem, run_form_values
+from dsb_widgets.ui.offline import offline_template
+from dsb_widgets.ui.sweep_view import SweepView, dims_summary, extra_dims, sweep_name
 from dsb_widgets.ui.viewer import RunViewer, describe
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class Dashboard:
         self.upload = pn.widgets.FileInput(accept=".nc", name="or upload a .nc")
         self.sweep_area = pn.Column(sizing_mode="stretch_width", visible=False)
         self.sweep_view: SweepView | None = None
-        self.viewer = RunViewer(registry.latest())
+        self.viewer = RunViewer(registry.latest(), registry=registry)
+        self.tabs = pn.Tabs(("Live run", self.viewer), sizing_mode="stretch_width", dynamic=False)
         self.viewer.hooks.append(self._refresh_runs)
         self._run_ids: tuple[str, ...] = ()
 
@@ -117,6 +119,7 @@ class Dashboard:
         self.clear_btn.on_click(lambda e: self._clear())
         self.upload.param.watch(lambda e: self._open_upload(), "value")
         self._fill_from_experiment()
+        self._form_from_run(self.viewer.run)
         self._refresh_runs()
         self._refresh_files()
 
@@ -152,7 +155,7 @@ class Dashboard:
             log.exception("start failed")
             self.say(f"Not started: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             return None
-        self.say(f"Started {describe(run)}", "success")
+        self.say("")  # the run's own status line takes over (one status line)
         self.viewer.attach(run)
         self._refresh_runs()
         return run
@@ -179,20 +182,46 @@ class Dashboard:
 
     def _watch_run(self, event: Any) -> None:
         if event.new and (self.viewer.run is None or event.new != self.viewer.run.id):
-            self.viewer.attach(self.registry.get(event.new))
+            run = self.registry.get(event.new)
+            self.viewer.attach(run)
+            self._form_from_run(run)
+            self.say("")
+
+    def _form_from_run(self, run: RunHandle | None) -> None:
+        """Show the watched run's settings in the form (not another experiment's defaults)."""
+        if run is None:
+            return
+        values = run_form_values(run.config)
+        if self.experiment.value != values["experiment"] and values["experiment"] in self.experiment.options:
+            self.experiment.value = values["experiment"]  # refills options and defaults first
+        for name in ("dataset", "model", "steps", "seeds", "probes"):
+            widget = getattr(self, name)
+            value = values[name]
+            if name == "model" and value not in widget.options:
+                continue
+            if name == "probes":
+                widget.options = sorted(set(widget.options) | set(value), key=list(widget.options + value).index)
+            widget.value = value
 
     # -- saved runs and sweeps ---------------------------------------------------------------
     def _refresh_files(self) -> None:
         files = saved_files(self.runs_dir)
-        self.files.options = {str(p.relative_to(self.runs_dir)): str(p) for p in files}
+        options = file_labels(self.runs_dir, files)  # sweep runs by their grid values, not hashes
+        keep = self.files.value
+        self.files.options = options
+        # An explicit selection: with none, the browser showed a blank box while Open used the first.
+        self.files.value = keep if keep in options.values() else next(iter(options.values()), None)
 
     def open_dataset(self, ds: xr.Dataset, label: str) -> str:
         """Overlay a plain run, or show a sweep (extra grid dims) faceted; returns the message."""
         dims = extra_dims(ds)
         if dims:
-            self.sweep_view = SweepView(ds, label)
+            name = sweep_name(ds, label)
+            self.sweep_view = SweepView(ds, name)
             self.sweep_area.objects = [self.sweep_view]
             self.sweep_area.visible = True
+            self.tabs[:] = [("Live run", self.viewer), (f"Sweep: {name}", self.sweep_area)]
+            self.tabs.active = 1
             return f"Opened sweep {label}: {dims_summary(ds, dims)}, {ds.sizes['seed']} seed(s)."
         n = self.viewer.add_overlay(ds, label)
         return f"Overlaid {label} ({n} probes, {ds.sizes['step']} checkpoints, dashed)."
@@ -219,6 +248,7 @@ class Dashboard:
     def _clear(self) -> None:
         self.viewer.clear_overlays()
         self.sweep_area.objects, self.sweep_area.visible, self.sweep_view = [], False, None
+        self.tabs[:] = [("Live run", self.viewer)]
         self.say("")
 
     # -- layout -------------------------------------------------------------------------------
@@ -232,18 +262,13 @@ class Dashboard:
         ]
 
     def main(self) -> list[Any]:
-        intro = pn.pane.Markdown(
-            "Loss on probe sets that keep only the low-order statistics of the training data "
-            "(order 1: class means; order 2: covariances; black: real data). Early in training the "
-            "network does as well on them as on real data; later it uses higher-order structure and "
-            "their loss rises (Belrose et al., ICML 2024). Dotted: loss floors; dashed: saved runs.",
-            sizing_mode="stretch_width")
-        return [intro, self.viewer, self.sweep_area]
+        # The viewer shows the watched run's own experiment intro; a sweep opens in its own tab.
+        return [self.tabs]
 
     def template(self) -> pn.template.FastListTemplate:
         # One Column per area: every template item is a separate document root, and Bokeh
         # recomputes all references per root added (measured: 24 roots made page builds 3x slower).
-        return pn.template.FastListTemplate(title=TITLE, sidebar=[pn.Column(*self.sidebar(), sizing_mode="stretch_width")],
+        return offline_template(title=TITLE, sidebar=[pn.Column(*self.sidebar(), sizing_mode="stretch_width")],
                                             main=[pn.Column(*self.main(), sizing_mode="stretch_width")],
                                             accent=ACCENT, sidebar_width=330, theme_toggle=False)
 
@@ -278,6 +303,9 @@ def serve(port: int = 5006, address: str = "localhost", show: bool = False, star
     15 s): a page must open its websocket within it or its document is rebuilt, and a closed
     tab's drain callback is released that long after it closed. The run is never affected.
     """
+    problem = port_problem(address, port)
+    if problem:  # before anything is started or printed
+        raise ConfigError(problem)
     pn.config.inline = True
     runs = Path(runs_dir)
     if start:

@@ -29,6 +29,7 @@ import xarray as xr
 from dsb_widgets.runs import RunHandle
 from dsb_widgets.ui import sessions
 from dsb_widgets.ui.plots import CurvePlots, add_saved_overlay, make_plots, placeholder, update_minimum
+from dsb_widgets.ui.compare import DASHES, compare_html, config_of
 from dsb_widgets.ui.probes import explain, intro
 from dsb_widgets.ui.safety import code, esc
 from dsb_widgets.ui.stream import EtaEstimator, SeedAggregator, Smoother, format_duration, format_eta
@@ -101,6 +102,7 @@ class RunViewer(pn.viewable.Viewer):
                                    name="status_line")
         self.intro = pn.pane.Markdown("", sizing_mode="stretch_width", name="intro")
         self.explain = pn.pane.HTML("", sizing_mode="stretch_width", name="explainers")
+        self.compare = pn.pane.HTML("", sizing_mode="stretch_width", name="compare_table")
         self.resume_btn = pn.widgets.Button(name="Resume", button_type="primary", width=110, visible=False)
         self.resume_btn.on_click(lambda e: self.resume())
         self.download_nc = pn.widgets.FileDownload(callback=self._nc_bytes, filename="run.nc", label="netCDF",
@@ -116,7 +118,8 @@ class RunViewer(pn.viewable.Viewer):
                           self.download_nc, self.download_csv, self.resume_btn, sizing_mode="stretch_width")
         self.layout = pn.Column(self.intro, self.progress, self.alert, controls, self.loss_pane,
                                 pn.Row(self.edit_acc_pane, self.edit_loss_pane, sizing_mode="stretch_width"),
-                                self.acc_pane, self.explain, self.config_card, sizing_mode="stretch_width")
+                                self.acc_pane, self.compare, self.explain, self.config_card,
+                                sizing_mode="stretch_width")
         self.hooks: list[Callable[[], None]] = []  # extra work per tick (e.g. the app's run list)
         self._overlays: list[tuple[xr.Dataset, str]] = []
         self._cb: Any = None
@@ -150,6 +153,7 @@ class RunViewer(pn.viewable.Viewer):
         if self._overlays:
             self._rebuild_overlays_only()
         self.intro.object = intro(run.config.experiment) if run is not None else ""
+        self._update_compare()
         self.explain.object = ""
         if run is not None:
             stem = f"{run.id}-{run.config.experiment}-{run.config.dataset}".replace("/", "_")
@@ -227,8 +231,8 @@ class RunViewer(pn.viewable.Viewer):
         for probe, cols in (first or {}).items():
             if probe in plots.sources:
                 plots.sources[probe].data = {c: v[-self.rollover:] for c, v in cols.items()}
-        for ds, label in self._overlays:
-            add_saved_overlay(plots, ds, label, self.band)
+        for i, (ds, label) in enumerate(self._overlays):
+            add_saved_overlay(plots, ds, label, self.band, DASHES[i % len(DASHES)])
         self.explain.object = explainer_html(plots)
         self._set_figures(plots)
 
@@ -310,7 +314,8 @@ class RunViewer(pn.viewable.Viewer):
         elif replaced or (self.plots.edit_acc is None and self._overlay_has_edits()):
             self._replay()
         else:
-            add_saved_overlay(self.plots, ds, label, self.band)
+            add_saved_overlay(self.plots, ds, label, self.band, DASHES[(len(self._overlays) - 1) % len(DASHES)])
+        self._update_compare()
         if self.notebook:
             pn.io.push_notebook(*self._panes())
         return len(ds["probe"])
@@ -319,8 +324,18 @@ class RunViewer(pn.viewable.Viewer):
     def overlays(self) -> list[str]:
         return [label for _, label in self._overlays]
 
+    def _update_compare(self) -> None:
+        """The compare table: the live run (solid) and each saved run (its line style), with the
+        config keys that differ between them."""
+        rows = []
+        if self.run is not None:
+            rows.append((f"{self.run.id} (live)", "solid", config_of_run(self.run.config)))
+        rows += [(label, DASHES[i % len(DASHES)], config_of(ds)) for i, (ds, label) in enumerate(self._overlays)]
+        self.compare.object = compare_html(rows)
+
     def clear_overlays(self) -> None:
         self._overlays.clear()
+        self.compare.object = ""
         self._set_figures(None, "waiting for the first checkpoint..." if self.run else "no run yet")
         self._replay()
 
@@ -328,8 +343,8 @@ class RunViewer(pn.viewable.Viewer):
         """No live curves yet: show the saved runs on their own figures."""
         plots = make_plots([], [], [], {}, band=self.band, title="- saved runs", log_y=self.log_y,
                            edit_panel=self._overlay_has_edits())
-        for ds, label in self._overlays:
-            add_saved_overlay(plots, ds, label, self.band)
+        for i, (ds, label) in enumerate(self._overlays):
+            add_saved_overlay(plots, ds, label, self.band, DASHES[i % len(DASHES)])
         self._set_figures(plots)
         self.plots = None  # no live sources: the first checkpoint builds the run's figures
 
@@ -419,3 +434,11 @@ def explainer_html(plots: CurvePlots) -> str:
                      f"<b>{esc(probe)}</b> <i>({esc(st.label.split('(')[-1].rstrip(')'))}, "
                      f"{family[kind]})</i>: {esc(explain(probe))}</li>")
     return "<b>What each probe keeps</b><ul style='margin:2px 0 0 0;padding-left:18px'>" + "".join(lines) + "</ul>"
+
+
+def config_of_run(cfg: Any) -> dict[str, Any]:
+    """A live run's config flattened like :func:`dsb_widgets.ui.compare.config_of`."""
+    d = json.loads(cfg.to_json())
+    flat = {k: v for k, v in d.items() if k != "options"}
+    flat.update({f"options.{k}": v for k, v in (d.get("options") or {}).items()})
+    return flat
