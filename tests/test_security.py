@@ -228,3 +228,343 @@ def test_results_file_on_disk_is_checked_before_it_is_opened(dashboard):
     path.write_bytes(_zero_record_grid(300))
     dashboard.open_file(str(path))
     assert "sweep cells, over the limit" in dashboard.message.object and dashboard.sweep_view is None
+
+
+# ------------------------------------------------------------------ 3. XSS: names are escaped
+def _rendered(pane) -> str:
+    """The HTML Panel's own Markdown renderer makes of a pane's text (what the browser gets)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("gfm-like").render(pane.object)
+
+
+def _assert_escaped(text: str) -> None:
+    assert "&lt;img" in text and "<img" not in text, text
+
+
+def test_esc_escapes_html_and_markdown_and_renders_as_typed():
+    from markdown_it import MarkdownIt
+
+    from dsb_widgets.ui.safety import code, esc
+
+    _assert_escaped(esc(XSS))
+    tricky = "a_b*c* [x](javascript:alert(1)) `tick` <script>"
+    html_out = MarkdownIt("gfm-like").render(esc(tricky))
+    assert "<a " not in html_out and "<em>" not in html_out and "<code>" not in html_out and "<script" not in html_out
+    import html
+
+    assert html.unescape(html_out.replace("<p>", "").replace("</p>", "").strip()) == tricky
+    _assert_escaped(code(XSS))
+
+
+def test_xss_in_an_uploaded_file_name_is_escaped(dashboard):
+    _upload(dashboard, f"{XSS}.nc", b"junk")
+    _assert_escaped(dashboard.message.object)
+    assert "<img" not in _rendered(dashboard.message)
+
+
+def test_xss_in_a_sweep_dim_name_and_label_is_escaped(dashboard):
+    import xarray as xr
+
+    ds = xr.open_dataset(__import__("io").BytesIO(_result_bytes({"lr": [0.1, 0.01]})), engine="scipy").load()
+    ds = ds.rename({"lr": XSS})
+    msg = dashboard.open_dataset(ds, XSS)
+    dashboard.say(msg, "success")
+    _assert_escaped(dashboard.message.object)
+    title = dashboard.sweep_view.layout[0]
+    _assert_escaped(title.object)
+    assert "<img" not in _rendered(title)
+
+
+def test_xss_typed_into_the_form_is_escaped(dashboard):
+    for experiment in ("images", "text"):
+        if experiment not in dashboard.experiment.options:
+            continue
+        dashboard.experiment.value = experiment
+        dashboard.dataset.value = XSS
+        assert dashboard.start() is None
+        _assert_escaped(dashboard.message.object)
+        assert "<img" not in _rendered(dashboard.message)
+
+
+def test_run_status_lines_escape_errors_and_paths():
+    from types import SimpleNamespace
+
+    from dsb_widgets.ui.viewer import status_message
+
+    store = SimpleNamespace(status="failed", error=f"FileNotFoundError: {XSS}\ntrace", step=3, total=9, elapsed=1.0)
+    run = SimpleNamespace(id="r1", store=store, out=Path(f"/tmp/{XSS}.nc"), config=None)
+    _, text = status_message(run)
+    _assert_escaped(text)
+    store.status = "finished"
+    _, text = status_message(run)
+    _assert_escaped(text)
+
+
+# ------------------------------------------------------------------ 4. data roots
+@pytest.fixture
+def roots(tmp_path):
+    from dsb_widgets.ui.safety import DataPolicy
+
+    root = tmp_path / "data"
+    (root / "corpus").mkdir(parents=True)
+    (root / "corpus" / "a.txt").write_text("hello\nworld\n")
+    (root / "book.txt").write_text("one\ntwo\n")
+    return root, DataPolicy.from_settings(tmp_path / "runs", [root])
+
+
+def test_paths_under_the_roots_are_accepted(roots):
+    root, policy = roots
+    assert policy.check_path(str(root / "book.txt")) == (root / "book.txt").resolve()
+    assert policy.check_path(str(root / "corpus")) == (root / "corpus").resolve()
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd", "/root", "/dev/zero", "../../../../etc/passwd",
+                                    "{root}/../outside.txt", "{root}/link_out.txt", "{root}/link_zero",
+                                    "{root}/fifo", "{root}/big.txt", "{root}/evil_dir", "{root}/missing.txt"])
+def test_paths_outside_the_roots_or_not_regular_are_refused(roots, tmp_path, target, monkeypatch):
+    import dataclasses
+
+    root, policy = roots
+    (tmp_path / "outside.txt").write_text("secret\n")
+    (root / "link_out.txt").symlink_to("/etc/passwd")
+    (root / "link_zero").symlink_to("/dev/zero")
+    os.mkfifo(root / "fifo")
+    (root / "big.txt").write_bytes(b"x" * 2048)
+    (root / "evil_dir").mkdir()
+    (root / "evil_dir" / "p.txt").symlink_to("/etc/passwd")
+    monkeypatch.chdir(root)
+    policy = dataclasses.replace(policy, max_text_bytes=1024)
+    with pytest.raises(UnsafeInputError) as err:
+        policy.check_path(target.format(root=root), "dataset")
+    assert "\n" not in str(err.value)
+
+
+def test_config_check_lets_names_through_and_refuses_paths_options_and_data_dirs(roots):
+    from dsb_widgets.engine.task import RunConfig
+
+    root, policy = roots
+    names = ("tinyshakespeare", "tiny_stories")
+    policy.check_config(RunConfig(experiment="text", dataset="tiny-stories"), names)  # registered
+    policy.check_config(RunConfig(experiment="images", dataset="nosuch"), names)  # the experiment says unknown
+    policy.check_config(RunConfig(experiment="text", dataset=str(root / "book.txt")), names)
+    for cfg in (RunConfig(experiment="text", dataset="/etc/passwd"),
+                RunConfig(experiment="text", dataset=str(root / ".." / ".." / "etc" / "passwd")),
+                RunConfig(experiment="images", dataset="digits", data_dir="/root"),
+                RunConfig(experiment="clones", dataset="tinyshakespeare", options={"clones": "/etc"})):
+        with pytest.raises(UnsafeInputError, match="outside the data roots"):
+            policy.check_config(cfg, names)
+
+
+def test_dashboard_refuses_a_corpus_outside_the_roots_before_loading(dashboard, monkeypatch):
+    if "text" not in dashboard.experiment.options:
+        pytest.skip("no text experiment")
+    import dsb_widgets.data.text as text
+
+    monkeypatch.setattr(text, "_path_corpus", lambda *a, **k: pytest.fail("the corpus was read"))
+    dashboard.experiment.value = "text"
+    for path in ("/etc/passwd", "/dev/zero", "/root"):
+        dashboard.dataset.value = path
+        assert dashboard.start() is None
+        assert "outside the data roots" in dashboard.message.object
+    assert dashboard.registry.runs() == []
+
+
+# ------------------------------------------------------------------ 5. Dask dashboard on localhost
+def test_sweep_local_cluster_binds_localhost_by_default(monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    import contextlib
+
+    from dsb_widgets import sweep
+    from dsb_widgets.cli import build_parser
+
+    seen = {}
+
+    class Fake(contextlib.nullcontext):
+        def __init__(self, *args, **kwargs):
+            seen.setdefault(type(self).__name__, kwargs)
+            super().__init__(self)
+
+    monkeypatch.setattr(distributed, "LocalCluster", type("LocalCluster", (Fake,), {}))
+    monkeypatch.setattr(distributed, "Client", type("Client", (Fake,), {}))
+    with sweep.open_client(n_workers=1):
+        pass
+    assert seen["LocalCluster"]["host"] == "127.0.0.1"
+    assert seen["LocalCluster"]["dashboard_address"] == "127.0.0.1:8787"
+    args = build_parser().parse_args(["sweep", "x.yaml"])
+    assert args.dashboard_address == "127.0.0.1:8787"
+    args = build_parser().parse_args(["sweep", "x.yaml", "--dashboard-address", "0.0.0.0:9999"])
+    seen.clear()
+    with sweep.open_client(n_workers=1, dashboard_address=args.dashboard_address):
+        pass
+    assert seen["LocalCluster"]["dashboard_address"] == "0.0.0.0:9999"
+
+
+# ------------------------------------------------------------------ 13. missing extras
+def test_serve_without_the_ui_extra_prints_the_install_hint(monkeypatch, capsys):
+    import sys
+
+    from dsb_widgets.cli import main
+
+    for mod in [m for m in sys.modules if m == "panel" or m.startswith(("panel.", "dsb_widgets.ui"))]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "panel", None)  # import panel -> ModuleNotFoundError
+    assert main(["serve", "--port", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("pip install 'dsb-widgets[ui]'") and "\n" not in err and "Traceback" not in err
+
+
+def test_sweep_without_the_sweep_extra_prints_the_install_hint(monkeypatch, capsys, tmp_path):
+    import sys
+
+    from dsb_widgets.cli import main
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: t\nbase: {experiment: images, dataset: digits, steps: 2}\ngrid: {seed: [0]}\n")
+    for mod in [m for m in sys.modules if m == "distributed" or m.startswith("distributed.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    assert main(["sweep", str(spec), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("pip install 'dsb-widgets[sweep]'") and "\n" not in err
+
+
+# ------------------------------------------------------------------ 14. sweep waits without timed polls
+def test_sweep_waits_with_as_completed_and_counts_workers_by_nthreads(monkeypatch, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    import asyncio
+
+    from dsb_widgets import sweep
+    from dsb_widgets.sweep_config import expand, load_sweep
+
+    spec = load_sweep({"name": "t", "base": {"experiment": "images", "dataset": "digits", "steps": 2},
+                       "grid": {"seed": [0, 1]}}, tmp_path)
+    runs = expand(spec)
+
+    class Fut:
+        status = "error"
+
+        def __init__(self, key):
+            self.key = key
+
+        def exception(self):
+            return RuntimeError("boom")
+
+        def traceback(self):
+            return None
+
+    class Client:
+        def submit(self, *args, key, **kwargs):
+            return Fut(key)
+
+        def nthreads(self):
+            return {"tcp://127.0.0.1:1": 1, "tcp://127.0.0.1:2": 1}
+
+        def processing(self):
+            return {}
+
+        def cancel(self, futs):
+            pass
+
+    def py310_wait(*args, **kwargs):  # what distributed.wait(timeout=...) raised on Python 3.10
+        raise asyncio.TimeoutError()
+
+    monkeypatch.setattr(distributed, "wait", py310_wait)
+    monkeypatch.setattr(distributed, "as_completed", lambda futs: iter(futs))
+    out = sweep._submit_and_wait(Client(), spec, runs, 0, 1, False, 0, progress=False)
+    assert set(out) == {r.key for r in runs} and all(v[0] == "RuntimeError: boom" for v in out.values())
+
+
+# ------------------------------------------------------------------ 6. Host and Origin checks
+def test_allowed_origins_are_the_served_address_and_localhost():
+    from dsb_widgets.ui.guard import allowed_origins, host_allowed
+
+    assert allowed_origins("localhost", 5006) == ["localhost:5006", "127.0.0.1:5006"]
+    assert allowed_origins("0.0.0.0", 80, ["lab.example.org:80"]) == ["localhost:80", "127.0.0.1:80",
+                                                                     "lab.example.org:80"]
+    allow = allowed_origins("127.0.0.1", 5006)
+    assert host_allowed("127.0.0.1:5006", allow) and host_allowed("LOCALHOST:5006", allow)
+    assert not host_allowed("evil.example:5006", allow) and not host_allowed("127.0.0.1:5007", allow)
+
+
+def test_serve_passes_origins_websocket_limit_and_installs_the_guard(monkeypatch):
+    pn = pytest.importorskip("panel")
+    from tornado.web import Application
+
+    from dsb_widgets.ui import guard
+    from dsb_widgets.ui.safety import WEBSOCKET_MAX_BYTES
+
+    seen = {}
+    app = Application([])
+
+    class Server:
+        _tornado = app
+        io_loop = type("Loop", (), {"start": lambda self: None})()
+
+        def start(self):
+            seen["started"] = True
+
+    monkeypatch.setattr(pn, "serve", lambda apps, **kw: seen.update(kw) or Server())
+    guard.serve_guarded({"/": lambda: None}, port=5006, address="127.0.0.1", allow=["lab.example.org:5006"])
+    assert seen["websocket_origin"] == ["127.0.0.1:5006", "localhost:5006", "lab.example.org:5006"]
+    assert seen["websocket_max_message_size"] == WEBSOCKET_MAX_BYTES and seen["start"] is False
+    assert seen["started"] and type(app.default_router.rules[0].matcher).__name__ == "Refused"
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tmp_path_factory):
+    """A real ``dsb serve`` on 127.0.0.1 (no run), allowing one extra origin."""
+    pytest.importorskip("panel")
+    from dsb_widgets.ui.served import ServedDashboard
+
+    with ServedDashboard(tmp_path_factory.mktemp("guard"),
+                         args=["--allow-websocket-origin", "lab.example.org:80"]) as served:
+        yield served.url
+
+
+def _get(url: str, host: str | None = None) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _ws_status(url: str, token: str, origin: str | None) -> int:
+    """101 when the websocket opened, else the HTTP status the server answered."""
+    import asyncio
+
+    websockets = pytest.importorskip("websockets")
+    from websockets.exceptions import InvalidStatus
+
+    async def go() -> int:
+        try:
+            async with websockets.connect(url.replace("http", "ws") + "/ws", subprotocols=["bokeh", token],
+                                          origin=origin, open_timeout=30, ping_interval=None):
+                return 101
+        except InvalidStatus as err:
+            return err.response.status_code
+
+    return asyncio.run(asyncio.wait_for(go(), 60))
+
+
+def test_served_page_refuses_foreign_hosts_and_origins(guarded_server):
+    from dsb_widgets.ui.served import TOKEN_RE
+
+    url = guarded_server
+    status, page = _get(url + "/")
+    assert status == 200
+    token = TOKEN_RE.search(page).group(1)
+    status, body = _get(url + "/", host="evil.example:80")  # DNS rebinding: the page's own Host
+    assert status == 403 and "not allowed" in body
+    assert _get(url + "/dsb_status", host="evil.example")[0] == 403
+    assert _get(url + "/dsb_status", host=f"localhost:{url.rsplit(':', 1)[1]}")[0] == 200
+    assert _get(url + "/dsb_status", host="lab.example.org")[0] == 200  # --allow-websocket-origin lab.example.org:80
+    assert _ws_status(url, token, "http://evil.example") == 403  # Bokeh's Origin check
+    assert _ws_status(url, token, None) == 403  # no Origin: Tornado would accept it; the guard refuses
+    assert _ws_status(url, token, url) == 101  # the page's own origin
+    assert _ws_status(url, token, "http://lab.example.org") == 101  # the allowed extra origin
