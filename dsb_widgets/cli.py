@@ -6,6 +6,7 @@ Every bad option fails before any training with one line naming the fix (exit co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -132,6 +133,11 @@ def _add_serve_parser(sub: Any) -> None:
     p.add_argument("--show", action="store_true", help="open a browser tab")
     p.add_argument("--start", action="store_true", help="start the default digits run at once")
     p.add_argument("--runs-dir", default="runs", help="where runs are written and saved runs are listed")
+    p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST[:PORT]",
+                   help="another address browsers may use (default: --address, localhost, 127.0.0.1); repeatable")
+    p.add_argument("--data-root", action="append", default=[], metavar="PATH",
+                   help="a folder the page may read corpora/datasets from (besides --runs-dir and the data dir)")
+    p.add_argument("--data-dir", help="local data folder for dashboard runs and a data root (else $DSB_DATA_DIR)")
     p.add_argument("--max-runs", type=int, help="runs trained at once; more are refused with a message "
                    "(default: one per CPU core)")
     add_threads_argument(p, "each dashboard run")
@@ -148,8 +154,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from dsb_widgets.ui.app import serve
 
     REGISTRY.configure(threads=args.threads, max_runs=args.max_runs)
-    serve(port=args.port, address=args.address, show=args.show, start=args.start, runs_dir=args.runs_dir)
+    if args.data_dir:
+        os.environ["DSB_DATA_DIR"] = str(args.data_dir)  # the dashboard's runs read it as their data dir
+    serve(port=args.port, address=args.address, show=args.show, start=args.start, runs_dir=args.runs_dir,
+          allow_origins=args.allow_websocket_origin, data_roots=args.data_root, data_dir=args.data_dir)
     return 0
+
+
+# Top-level modules of the optional extras: a missing one is a one-line install hint, not a traceback.
+OPTIONAL_EXTRAS = {**dict.fromkeys(("panel", "bokeh", "param", "plotly", "ipywidgets", "anywidget", "tornado"), "ui"),
+                   **dict.fromkeys(("dask", "distributed"), "sweep")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, DataNotFoundError, MalformedDataError, FileNotFoundError) as err:
         print(f"dsb: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        extra = OPTIONAL_EXTRAS.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"dsb: error: dsb {args.command} needs {err.name!r}: pip install 'dsb-widgets[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = {"run": "rerun with --resume to continue", "sweep": "rerun the same command; finished runs are skipped"}

@@ -17,20 +17,21 @@ the UI test fails on any browser request off the machine.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import panel as pn
 import xarray as xr
 
-from dsb_widgets.engine.results import NETCDF_ENGINE, load_results
+from dsb_widgets.engine.results import load_results
 from dsb_widgets.engine.task import ConfigError, RunConfig, get_experiment, list_experiments, resolve_config
 from dsb_widgets.runs import REGISTRY, RunHandle, RunRegistry, training_threads
 from dsb_widgets.ui import sessions
+from dsb_widgets.errors import UnsafeInputError
+from dsb_widgets.ui.safety import DataPolicy, check_results_file, esc, open_results_bytes
 from dsb_widgets.ui.compare import file_labels, port_problem, run_form_values
 from dsb_widgets.ui.offline import offline_template
 from dsb_widgets.ui.sweep_view import SweepView, dims_summary, extra_dims, sweep_name
@@ -81,8 +82,10 @@ def status_payload(registry: RunRegistry = REGISTRY) -> dict[str, Any]:
 class Dashboard:
     """Sidebar form + :class:`RunViewer` + saved-run / sweep panel for one browser session."""
 
-    def __init__(self, runs_dir: str | Path = "runs", registry: RunRegistry = REGISTRY) -> None:
+    def __init__(self, runs_dir: str | Path = "runs", registry: RunRegistry = REGISTRY,
+                 policy: DataPolicy | None = None) -> None:
         self.runs_dir, self.registry = Path(runs_dir), registry
+        self.policy = policy or DataPolicy.from_settings(self.runs_dir)  # what the form may make us read
         names = list_experiments()
         self.experiment = pn.widgets.Select(name="Experiment", options=names,
                                             value="images" if "images" in names else names[0])
@@ -125,7 +128,8 @@ class Dashboard:
 
     # -- form -------------------------------------------------------------------------------
     def say(self, text: str, kind: str = "danger") -> None:
-        self.message.alert_type, self.message.object, self.message.visible = kind, text, bool(text)
+        """Show a one-line message; escaped, since it quotes names from files, paths and the form."""
+        self.message.alert_type, self.message.object, self.message.visible = kind, esc(text), bool(text)
 
     def _fill_from_experiment(self) -> None:
         try:
@@ -145,10 +149,13 @@ class Dashboard:
     def start(self) -> RunHandle | None:
         """Validate the form and start a run in the registry; errors become a page message."""
         try:
-            cfg = resolve_config(form_config(self.experiment.value, self.dataset.value, self.model.value,
-                                             self.steps.value, self.seeds.value, self.probes.value))
+            raw = form_config(self.experiment.value, self.dataset.value, self.model.value,
+                              self.steps.value, self.seeds.value, self.probes.value)
+            self.policy.check_config(raw, get_experiment(raw.experiment).datasets)  # before any read
+            cfg = resolve_config(raw)
+            self.policy.check_config(cfg, get_experiment(cfg.experiment).datasets)
             run = self.registry.start(cfg, out=run_path(self.runs_dir, cfg))
-        except ConfigError as err:
+        except (ConfigError, UnsafeInputError) as err:
             self.say(f"Not started: {err}")
             return None
         except Exception as err:  # never a traceback in the page
@@ -231,19 +238,23 @@ class Dashboard:
             self.say(f"No saved run selected; runs are written to {self.runs_dir}/", "warning")
             return
         try:
+            self.policy.check_path(path, "results file")
+            check_results_file(path)  # declared sizes within limits before decoding
             self.say(self.open_dataset(load_results(path), Path(path).stem), "success")
         except Exception as err:
             self.say(f"Could not open {Path(path).name}: {type(err).__name__}: {err}")
 
     def _open_upload(self) -> None:
-        if not self.upload.value:
+        if self.upload.value is None:  # b"" is a 0-byte upload: answered with a message
             return
         name = self.upload.filename or "upload.nc"
         try:
-            with xr.open_dataset(io.BytesIO(self.upload.value), engine=NETCDF_ENGINE) as ds:
-                self.say(self.open_dataset(ds.load(), Path(name).stem), "success")
+            ds = open_results_bytes(self.upload.value, name)  # header checked before any decoding
+            self.say(self.open_dataset(ds, Path(name).stem), "success")
         except Exception as err:
             self.say(f"Could not open {name} (expected a netCDF3 file from dsb run / dsb sweep): {err}")
+        finally:
+            self.upload.value = None  # drop the bytes; the same file can be chosen again
 
     def _clear(self) -> None:
         self.viewer.clear_overlays()
@@ -273,9 +284,10 @@ class Dashboard:
                                             accent=ACCENT, sidebar_width=330, theme_toggle=False)
 
 
-def build_app(runs_dir: str | Path = "runs", registry: RunRegistry = REGISTRY) -> pn.template.FastListTemplate:
+def build_app(runs_dir: str | Path = "runs", registry: RunRegistry = REGISTRY,
+              policy: DataPolicy | None = None) -> pn.template.FastListTemplate:
     """One session's page (Panel calls this for every new browser tab)."""
-    return Dashboard(runs_dir, registry).template()
+    return Dashboard(runs_dir, registry, policy).template()
 
 
 def _status_handler() -> type:
@@ -296,8 +308,14 @@ def _status_handler() -> type:
 
 
 def serve(port: int = 5006, address: str = "localhost", show: bool = False, start: bool = False,
-          runs_dir: str | Path = "runs", session_lifetime_ms: int = 15_000) -> None:
+          runs_dir: str | Path = "runs", session_lifetime_ms: int = 15_000, allow_origins: Sequence[str] = (),
+          data_roots: Sequence[str | Path] = (), data_dir: str | Path | None = None) -> None:
     """Serve the dashboard (blocking). ``start``: begin the default digits run before serving.
+
+    Trust model (README, "Trust model of the served dashboard"): only the served address,
+    localhost and ``allow_origins`` may connect (Host and websocket Origin checked,
+    :mod:`dsb_widgets.ui.guard`); the form reads registered names or paths under ``runs_dir``,
+    ``data_dir`` / ``$DSB_DATA_DIR`` and ``data_roots`` (:class:`~dsb_widgets.ui.safety.DataPolicy`).
 
     ``session_lifetime_ms``: how long a session with no open websocket lives (Bokeh's default,
     15 s): a page must open its websocket within it or its document is rebuilt, and a closed
@@ -312,12 +330,16 @@ def serve(port: int = 5006, address: str = "localhost", show: bool = False, star
         cfg = resolve_config(RunConfig(experiment="images"))
         run = REGISTRY.start(cfg, out=run_path(runs, cfg))
         print(f"dsb serve: started {describe(run)} -> {run.out}", flush=True)
-    print(f"dsb serve: http://{address}:{port}/  (status: {STATUS_PATH})", flush=True)
-    pn.serve({"/": lambda: build_app(runs)}, port=port, address=address, show=show, title=TITLE,
-             websocket_origin=[f"{address}:{port}", f"localhost:{port}", f"127.0.0.1:{port}"],
-             extra_patterns=[(STATUS_PATH, _status_handler())],
-             check_unused_sessions_milliseconds=min(2000, session_lifetime_ms),
-             unused_session_lifetime_milliseconds=session_lifetime_ms)
+    from dsb_widgets.ui.guard import allowed_origins, serve_guarded
+
+    policy = DataPolicy.from_settings(runs, data_roots, data_dir)
+    print(f"dsb serve: http://{address}:{port}/  (status: {STATUS_PATH}); accepting "
+          f"{', '.join(allowed_origins(address, port, allow_origins))}; data roots "
+          f"{', '.join(map(str, policy.roots))}", flush=True)
+    serve_guarded({"/": lambda: build_app(runs, policy=policy)}, port=port, address=address, show=show,
+                  allow=allow_origins, title=TITLE, extra_patterns=[(STATUS_PATH, _status_handler())],
+                  check_unused_sessions_milliseconds=min(2000, session_lifetime_ms),
+                  unused_session_lifetime_milliseconds=session_lifetime_ms)
 
 
 if pn.state.served:  # `panel serve dsb_widgets/ui/app.py`
