@@ -82,14 +82,23 @@ def run_path(out_dir: str | os.PathLike[str], key: str) -> Path:
 
 
 def is_finished(path: Path, cfg: RunConfig) -> bool:
-    """A run is finished when its netCDF has this exact config and ends at ``cfg.steps``."""
+    """A run is finished when its netCDF has this exact config, probe sets seeded the current way
+    (by name: :data:`~dsb_widgets.engine.task.PROBE_SEEDING`; results made before are rerun) with
+    the config's probes in it, and ends at ``cfg.steps``: a merged sweep never mixes runs
+    evaluated on differently drawn probe sets."""
+    from dsb_widgets.engine.task import PROBE_SEEDING
+
     if not path.exists():
         return False
     try:
         ds = load_results(path)
     except Exception:  # unreadable / foreign file: not ours to trust
         return False
-    return ds.attrs.get("config") == cfg.to_json() and ds.sizes["step"] > 0 and int(ds.step[-1]) == cfg.steps
+    probes = {str(p) for p in ds.probe.values} if "probe" in ds.coords else set()
+    # (clones: only the clone orders present are built, so the file may hold fewer than cfg.probes)
+    same_probes = ds.attrs.get("probe_seeding") == PROBE_SEEDING and bool(probes & set(cfg.probes or ()))
+    return (ds.attrs.get("config") == cfg.to_json() and same_probes and ds.sizes["step"] > 0
+            and int(ds.step[-1]) == cfg.steps)
 
 
 def _log_attempt(path: Path, event: dict[str, Any]) -> None:

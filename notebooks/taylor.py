@@ -77,7 +77,7 @@ import plotly.graph_objects as go
 import torch
 
 from dsb_widgets.engine.loop import train
-from dsb_widgets.engine.task import RunConfig
+from dsb_widgets.engine.task import RunConfig, build_task
 
 pn.extension("plotly", inline=True)
 torch.set_num_threads(1)  # the Taylor terms are many tiny ops: extra threads only add sync overhead on CPU
@@ -88,31 +88,18 @@ torch.set_num_threads(1)  # the Taylor terms are many tiny ops: extra threads on
 # The default image run (sklearn digits, 8x8, MLP 64-256-256-10, AdamW lr 1e-3, batch 64), with
 # the `real` and `maxent2` probes and the Taylor predictions, per class too
 # (`taylor_per_class`), recorded at log-spaced checkpoints. The engine times the Taylor
-# measurement separately (`TaylorMeasure.seconds`); we catch that object to report the cost.
+# measurement separately (`TaylorMeasure.seconds`): we build the task ourselves
+# (`build_task`), hand it to `train`, and read the cost from its measurement.
 
 # %%
-import dsb_widgets.engine.taylor_probe as tp
-
-_measures: list = []
-_attach = tp.attach_taylor
-
-
-def _spy(task, train_data, opts):  # keep a handle on the measurement the engine builds
-    _measures.append(_attach(task, train_data, opts))
-    return _measures[-1]
-
-
-tp.attach_taylor = _spy
 cfg = RunConfig(experiment="images", dataset="digits", model="mlp", steps=STEPS, per_octave=PER_OCTAVE,
                 probe_size=PROBE_SIZE, probes=("real", "maxent2"), seed=SEED,
                 options={"taylor": True, "taylor_order": ORDER, "taylor_per_class": True})
 t_start = time.perf_counter()
-try:
-    result = train(cfg, progress=not FAST)
-finally:
-    tp.attach_taylor = _attach
+task = build_task(cfg)  # probes, sampler, model factory and the Taylor measurement
+result = train(cfg, task=task, progress=not FAST)
 wall = time.perf_counter() - t_start
-measure = _measures[-1]
+measure = task.measure
 ds = result.dataset.isel(seed=0)
 steps = ds.step.values
 loss = {p: ds.loss.sel(probe=p).values for p in ds.probe.values}

@@ -21,7 +21,7 @@ from dsb_widgets.data import load_images
 from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.loop import train
 from dsb_widgets.engine.schedule import log_checkpoints
-from dsb_widgets.engine.task import ConfigError, RunConfig, resolve_config
+from dsb_widgets.engine.task import ConfigError, RunConfig, build_task, resolve_config
 from dsb_widgets.models.vision import VisionConfig, make_vision_model
 from dsb_widgets.taylor import class_taylor_expansion, taylor_expansion
 
@@ -38,20 +38,11 @@ def digits():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     torch.set_num_threads(1)
-    captured: list[tp.TaylorMeasure] = []
-    orig = tp.attach_taylor
-
-    def spy(task, train_data, opts):  # images.py imports attach_taylor from the module at build time
-        captured.append(orig(task, train_data, opts))
-        return captured[-1]
-
-    tp.attach_taylor = spy
-    try:
-        out = tmp_path_factory.mktemp("taylor") / "run.nc"
-        res = train(CFG, out=out)
-    finally:
-        tp.attach_taylor = orig
-    return res, captured[0], out
+    task = build_task(CFG)  # the built task holds the measurement the engine calls
+    out = tmp_path_factory.mktemp("taylor") / "run.nc"
+    res = train(CFG, out=out, task=task)
+    assert isinstance(task.measure, tp.TaylorMeasure)
+    return res, task.measure, out
 
 
 def _stack_at(out, step: int, cfg: RunConfig) -> ModelStack:

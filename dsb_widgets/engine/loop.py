@@ -9,6 +9,7 @@ resumed with ``resume=True`` therefore reproduces the uninterrupted run's checkp
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import math
 import threading
@@ -26,8 +27,8 @@ from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.results import (METRICS, ResultsTable, check_out_path, has_result, load_results,
                                         replace_atomic, write_atomic)
 from dsb_widgets.engine.schedule import log_checkpoints, lr_at
-from dsb_widgets.engine.task import (ConfigError, Probe, RunConfig, Task, build_task, get_experiment, pick_device,
-                                     resolve_config)
+from dsb_widgets.engine.task import (PROBE_SEEDING, ConfigError, Probe, RunConfig, Task, build_task, get_experiment,
+                                     pick_device, resolve_config)
 from dsb_widgets.errors import OutputWriteError, TrainingDivergedError
 from dsb_widgets.threads import SMALL_MODEL_FLOPS, apply_threads, auto_threads, step_flops
 
@@ -131,6 +132,18 @@ def _publish(subscribers: Iterable[Subscriber], event: dict[str, Any]) -> None:
 
 class _Run:
     """State of one training run (models, optimizer, generators, results table)."""
+def probe_digest(probes: Iterable[Probe]) -> str:
+    """SHA-256 (16 hex digits) of every probe's name and data: two results evaluated on the same
+    probe sets carry the same digest (saved in the results' attrs, checked by sweeps)."""
+    h = hashlib.sha256()
+    for p in sorted(probes, key=lambda p: p.name):
+        h.update(p.name.encode())
+        for t in (p.x, p.y, p.target):
+            if t is not None:
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 
     def __init__(self, cfg: RunConfig, out: Path | None, resume: bool, task: Task | None = None,
                  force: bool = False) -> None:
@@ -151,7 +164,8 @@ class _Run:
         names = [p.name for p in self.task.probes] + list(self.task.extra_probes)
         orders = [p.order for p in self.task.probes] + list(self.task.extra_probes.values())
         floors = [p.floor for p in self.task.probes] + [math.nan] * len(self.task.extra_probes)
-        attrs = {"config": cfg.to_json(), "experiment": cfg.experiment, "units": "nats",
+        attrs = {"config": cfg.to_json(), "experiment": cfg.experiment, "units": "nats", "probe_seeding": PROBE_SEEDING,
+                 "probe_digest": probe_digest(self.task.probes),
                  **{k: v for k, v in self.task.info.items() if isinstance(v, (str, int, float))}}
         self.table = ResultsTable(names, orders, self.seed_values, attrs=attrs, floors=floors)
         self.step = 0

@@ -95,6 +95,9 @@ class Probe:
         return int(self.x.shape[0])
 
 
+PROBE_SEEDING = "sha256(seed/name)"  # recorded in results' attrs; sweeps rerun results seeded otherwise
+
+
 def probe_seed(seed: int, name: str) -> int:
     """Seed of probe ``name``'s generator in a run with seed ``seed``: a stable hash of both.
 
