@@ -14,11 +14,31 @@ from typing import Any, Sequence
 # Parsing imports nothing heavy (no torch, no xarray): `dsb --help` and bad flags answer at once;
 # each command function imports what it needs. The clone/sweep parsers live in cli_parsers.py.
 from dsb_widgets.cli_parsers import add_clone_parser, add_sweep_parser, add_threads_argument
-from dsb_widgets.errors import ConfigError, DataNotFoundError, MalformedDataError
+from dsb_widgets.errors import ConfigError, DataNotFoundError, DSBError, MalformedDataError
+
+
+# Each experiment's typed -o options (small modules, no torch import): listed in `dsb run --help`.
+EXPERIMENT_OPTIONS = {"images": ("dsb_widgets.options_images", "ImageOptions"),
+                      "text": ("dsb_widgets.options_text", "TextOptions"),
+                      "clones": ("dsb_widgets.options_clones", "CloneOptions")}
+
+
+def options_epilog() -> str:
+    """``-o KEY=VALUE`` options of every experiment, from their schemas (dsb_widgets.options)."""
+    import importlib
+
+    from dsb_widgets.options import options_help
+
+    parts = ["experiment options (-o KEY=VALUE):"]
+    for name, (module, cls) in EXPERIMENT_OPTIONS.items():
+        lines = options_help(getattr(importlib.import_module(module), cls)).splitlines()
+        parts.append(f"  {name}:\n" + "\n".join("    " + line for line in lines))
+    return "\n".join(parts)
 
 
 def _add_run_parser(sub: Any) -> None:
-    p = sub.add_parser("run", help="train with probes at log-spaced checkpoints; writes netCDF results")
+    p = sub.add_parser("run", help="train with probes at log-spaced checkpoints; writes netCDF results",
+                       epilog=options_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", nargs="?", default="images", help="images | text | clones (default images)")
     p.add_argument("--dataset", "--corpus", dest="dataset", help="dataset name (images: digits, mnist, "
                    "fashion_mnist, cifar10, svhn) or text corpus name / path to a UTF-8 file or folder")
@@ -40,6 +60,9 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR, else the Hugging Face hub)")
     p.add_argument("--out", help="results netCDF (default runs/<experiment>-<dataset>-<model>.nc)")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    p.add_argument("--force", action="store_true", help="overwrite an existing result at --out (else refused)")
+    p.add_argument("--grad-clip", type=float, help="clip each seed's gradient 2-norm to this (nanoGPT: 1.0; "
+                   "default off)")
     p.add_argument("--per-seed", action="store_true", help="summary: one row per seed as well as the mean")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="experiment option, e.g. -o train_on=gauss_clone, -o taylor=true")
@@ -93,6 +116,7 @@ def config_from_args(args: argparse.Namespace) -> "RunConfig":
         experiment=args.experiment, dataset=args.dataset, model=args.model, steps=args.steps,
         seeds=args.seeds, seed=args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
         lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, schedule=args.schedule,
+        grad_clip=getattr(args, "grad_clip", None),
         per_octave=args.per_octave, probe_size=args.probe_size,
         probes=tuple(args.probes) if args.probes else None, device=args.device, amp=not args.no_amp,
         data_dir=args.data_dir, options=options,
@@ -114,11 +138,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dsb_widgets.engine.loop import train
     from dsb_widgets.engine.task import resolve_config
 
+    from dsb_widgets.engine.results import check_out_path, has_result
+
     cfg = resolve_config(config_from_args(args))
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{Path(str(cfg.model)).name}.nc"
+    if not args.out and not (args.resume or args.force):  # the default name: write beside an earlier run
+        stem, n = out.stem, 2
+        while has_result(out):
+            out, n = out.with_name(f"{stem}-{n}.nc"), n + 1
+    check_out_path(out, resume=args.resume, force=args.force)  # before any data loads: never clobber
     print(f"dsb run {cfg.experiment}: dataset={cfg.dataset} model={cfg.model} steps={cfg.steps} "
           f"seeds={cfg.seeds} probes={','.join(cfg.probes)} -> {out}", flush=True)
-    result = train(cfg, out=out, resume=args.resume, progress=True, threads=args.threads or "auto")
+    result = train(cfg, out=out, resume=args.resume, progress=True, threads=args.threads or "auto",
+                   force=args.force)
     print_summary(result.dataset, out, per_seed=getattr(args, "per_seed", False))
     t = result.timings
     print(f"wall {t['total_s']:.1f}s: training {t['train_s']:.1f}s, probe evaluation {t['eval_s']:.1f}s "
@@ -181,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataNotFoundError, MalformedDataError, FileNotFoundError) as err:
+    except (DSBError, ConfigError, DataNotFoundError, MalformedDataError, FileNotFoundError) as err:
         print(f"dsb: error: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:

@@ -49,6 +49,7 @@ worse than the 2-body model's and their clones are noisier, not just richer. Giv
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dsb_widgets.errors import MalformedDataError
 from dsb_widgets.factored_attention import (
     FactoredAttention, FactoredAttentionConfig, masked_lm_loss, n_bodies, pseudo_likelihood_loss,
 )
@@ -295,11 +297,17 @@ def load_clones(path: str | Path) -> CloneSet:
     if not (path / PROVENANCE_FILE).is_file() or not (path / VOCAB_FILE).is_file():
         raise FileNotFoundError(f"no clones in {path} (missing {PROVENANCE_FILE}); make them with "
                                 f"`dsb clone --corpus NAME --layers 1 2 --out {path}`")
-    prov = json.loads((path / PROVENANCE_FILE).read_text())
-    vocab = json.loads((path / VOCAB_FILE).read_text())
-    tokens, bodies = {}, {}
-    for key, rec in prov["orders"].items():
-        blob = torch.load(path / rec["file"], weights_only=True)
-        tokens[int(key)], bodies[int(key)] = blob["tokens"].long(), int(blob["bodies"])
-    return CloneSet(path, tokens, bodies, list(vocab["token_strings"]), prov)
+    try:  # a truncated / hand-edited file is a one-line error naming the folder, not a traceback
+        prov = json.loads((path / PROVENANCE_FILE).read_text())
+        vocab = json.loads((path / VOCAB_FILE).read_text())
+        tokens, bodies = {}, {}
+        for key, rec in prov["orders"].items():
+            blob = torch.load(path / rec["file"], weights_only=True)
+            tokens[int(key)], bodies[int(key)] = blob["tokens"].long(), int(blob["bodies"])
+        token_strings = list(vocab["token_strings"])
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, RuntimeError, pickle.UnpicklingError) as err:
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise MalformedDataError(f"the clones in {path} are unreadable ({type(err).__name__}: {reason}); remake them "
+                                 f"with `dsb clone --corpus NAME --layers 1 2 --out {path}`") from None
+    return CloneSet(path, tokens, bodies, token_strings, prov)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +27,7 @@ import xarray as xr
 
 from dsb_widgets.engine.results import load_results
 from dsb_widgets.engine.task import ConfigError, RunConfig, get_experiment, list_experiments, resolve_config
-from dsb_widgets.runs import REGISTRY, RunHandle, RunRegistry, training_threads
+from dsb_widgets.runs import REGISTRY, RunHandle, RunRegistry, reserve_run_path, training_threads
 from dsb_widgets.ui import sessions
 from dsb_widgets.errors import UnsafeInputError
 from dsb_widgets.ui.safety import DataPolicy, check_results_file, esc, open_results_bytes
@@ -57,16 +56,16 @@ def form_config(experiment: str, dataset: str | None, model: str | None, steps: 
 
 
 def run_path(runs_dir: Path, cfg: RunConfig) -> Path:
-    """Where a dashboard run writes its netCDF: runs_dir/<experiment>-<dataset>-<model>-<time>.nc."""
-    stem = Path(str(cfg.dataset or "default")).stem or "data"
-    return runs_dir / f"{cfg.experiment}-{stem}-{cfg.model or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}.nc"
+    """Where a dashboard run writes its netCDF: runs_dir/<experiment>-<dataset>-<model>-<time>[-N].nc,
+    reserved atomically (:func:`dsb_widgets.runs.reserve_run_path`): unique per run."""
+    return reserve_run_path(runs_dir, cfg)
 
 
 def saved_files(runs_dir: Path, limit: int = 200) -> list[Path]:
     """netCDF results under ``runs_dir`` (runs and sweeps), newest first."""
     if not runs_dir.is_dir():
         return []
-    files = [p for p in runs_dir.rglob("*.nc") if not p.name.startswith(".")]
+    files = [p for p in runs_dir.rglob("*.nc") if not p.name.startswith(".") and p.stat().st_size > 0]
     return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
 
 
