@@ -18,7 +18,12 @@ parallel residual, untied output) on a corpus's train split and saves step 0 and
 of two up to ``max_step``. Its tokenizer is byte-level BPE, trained on the same train split
 (``tokenizer="bpe"``, vocabulary ``vocab_size``) or GPT-2's (``tokenizer="gpt2"``, from
 ``<data_dir>/tokenizers/gpt2``); either is saved as a ``PreTrainedTokenizerFast`` beside every
-checkpoint, so the experiment reads the model's OWN tokenizer as it would Pythia's.
+checkpoint, so the experiment reads the model's OWN tokenizer as it would Pythia's. From the
+shell: ``python -m dsb_widgets.checkpoint_suite runs/suite --corpus my.txt`` (then
+``dsb run checkpoints --model runs/suite --corpus my.txt``).
+
+Measured (2 shared CPU cores, loaded; 2 layers, d = 64, BPE 1024, context 64, batch 32, 512
+steps, 231k parameters): training ~45 s CPU, 11 checkpoints of ~1 MB each.
 """
 
 from __future__ import annotations
@@ -300,3 +305,29 @@ def train_toy_suite(folder: str | Path, corpus: str = "tinystories", data_dir: s
                      settings)
     (root / "suite.json").write_text(json.dumps(asdict(suite), indent=2))
     return suite
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dsb_widgets.checkpoint_suite OUT --corpus C``: train and save a toy suite."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dsb_widgets.checkpoint_suite",
+                                description="Train a toy GPT-NeoX suite; save step0 and every power of two.")
+    p.add_argument("out", help="folder for the step<N>/ checkpoints")
+    p.add_argument("--corpus", default="tinystories", help="corpus name or path to a UTF-8 text file / folder")
+    p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR)")
+    p.add_argument("--tokenizer", default="bpe", choices=["bpe", "gpt2"])
+    p.add_argument("--vocab-size", type=int, default=1024, help="bpe: vocabulary trained on the train split")
+    p.add_argument("--max-step", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    suite = train_toy_suite(args.out, corpus=args.corpus, data_dir=args.data_dir, tokenizer=args.tokenizer,
+                            vocab_size=args.vocab_size, max_step=args.max_step, seed=args.seed, progress=True)
+    print(f"{suite.folder}: steps {list(suite.steps)}, {suite.parameters:,} parameters, vocab {suite.vocab_size}, "
+          f"{suite.train_tokens:,} train tokens, {suite.train_s:.0f} s\n"
+          f"next: dsb run checkpoints --model {suite.folder} --corpus {args.corpus} --out {suite.folder}.nc")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -172,3 +172,12 @@ def test_text_experiment_divergence_probes(tmp_path: Path) -> None:
         from dsb_widgets.engine.task import resolve_config
 
         resolve_config(cfg.replace(model="bert"))
+
+
+def test_suite_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dsb_widgets.checkpoint_suite import main as suite_main
+
+    text = _corpus(tmp_path / "c.txt", 1500, seed=2)
+    assert suite_main([str(tmp_path / "s"), "--corpus", str(text), "--vocab-size", "280", "--max-step", "2"]) == 0
+    assert [c.step for c in find_suite(str(tmp_path / "s"))] == [0, 1, 2]
+    assert "next: dsb run checkpoints --model" in capsys.readouterr().out
