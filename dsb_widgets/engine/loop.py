@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import xarray as xr
 
 from dsb_widgets.engine.ensemble import ModelStack
+from dsb_widgets.engine.optim import SGD, AdamW
 from dsb_widgets.engine.results import (METRICS, ResultsTable, check_out_path, has_result, load_results,
                                         replace_atomic, write_atomic)
 from dsb_widgets.engine.schedule import log_checkpoints, lr_at
@@ -177,15 +178,15 @@ def probe_digest(probes: Iterable[Probe]) -> str:
         if out is not None:
             self._prepare_files(resume, force)
 
-    def _optimizer(self) -> torch.optim.Optimizer:
+    def _optimizer(self) -> AdamW | SGD:
         """SGD / AdamW with weight decay on the >= 2-D weights only (matmul / conv kernels and
         embeddings), none on biases and norm scales: nanoGPT's ``configure_optimizers``."""
         cfg = self.cfg
         decay, no_decay = self.stack.decay_groups()
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+            return SGD(groups, lr=cfg.lr, momentum=cfg.momentum)  # torch.optim's arithmetic, no dynamo import
+        return AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
 
     @property
     def probes_path(self) -> Path:
