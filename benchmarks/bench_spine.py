@@ -102,7 +102,7 @@ def bench_dataset(name: str, data_dir: str | None, full: bool, pairs: list[tuple
         row(name, "load train cold / cached, CPU (s)", f"{cold_cpu:.2f} / {warm_cpu:.2f}",
             f"ratio {cold_cpu / warm_cpu:.1f}x; cached = best of 3")
     k, d = train.num_classes, train.x[0].numel()
-    stats, sec, mb = measured(lambda: ClassStats(k).fit(train.x, train.y))
+    stats, sec, mb = measured(lambda: ClassStats.fit(train.x, train.y, num_classes=k))
     row(name, "ClassStats.fit train (wall s, MB)", f"{sec:.2f}, {mb:.0f}", f"CPU {CPU[0]:.1f} s; N={len(train)}, d={d}")
     ot = GaussianOT.fit(stats, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)

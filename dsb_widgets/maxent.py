@@ -24,7 +24,7 @@ order 3: ``maxent3.ThirdOrderSampler``.
 Typical engine use (probe sets must be sampled once, from a seed, and stored: Belrose et al.'s
 code resampled them on every access, which made curves non-reproducible)::
 
-    stats = ClassStats().fit(train.x, train.y)
+    stats = ClassStats.fit(train.x, train.y)
     x1 = ExponentialMaxEnt.fit(stats).sample(labels, generator=seed)
     x1m = IndependentMarginals.fit(train.x, train.y).sample(labels, generator=seed)
     x2 = GaussianSampler.fit(stats, shrinkage="optimal").sample(labels, generator=seed)
@@ -156,7 +156,7 @@ class IndependentMarginals:
 
     @classmethod
     def fit(cls, x: Tensor, y: Tensor, num_quantiles: int = 256) -> IndependentMarginals:
-        return cls(QuantileNormalizer(num_quantiles).fit(x, y))
+        return cls(QuantileNormalizer.fit(x, y, num_quantiles=num_quantiles))
 
     def sample(self, labels: Tensor, generator: Seed = 0) -> Tensor:
         q = self.quantiles.fitted

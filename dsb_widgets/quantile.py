@@ -41,6 +41,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from dsb_widgets.stats import fitmethod
+
 Ties = Literal["random", "mid"]
 
 
@@ -58,7 +60,7 @@ def _labels(v: Tensor | int, n: int, k: int, device: torch.device, name: str) ->
 class QuantileNormalizer:
     """Per-class, per-coordinate quantile tables and the CQN transform built on them.
 
-    ``QuantileNormalizer(num_quantiles=256).fit(x, y)`` returns a fitted copy with
+    ``QuantileNormalizer.fit(x, y, num_quantiles=256)`` returns a new fitted instance with
     ``tables`` (K, d, m) float32, sorted along the last axis, on the device of ``x`` (or
     ``device``). ``cdf``, ``icdf`` and ``transform`` are vectorised over samples and pixels;
     the only Python loop is over the (at most K) source classes present in a batch.
@@ -73,17 +75,21 @@ class QuantileNormalizer:
             raise ValueError(f"num_quantiles must be >= 2, got {self.num_quantiles}")
 
     # --- fitting ---------------------------------------------------------------------------------
+    @fitmethod
     def fit(
-        self, x: Tensor, y: Tensor, *, num_classes: int | None = None, device: torch.device | str | None = None
+        cls, x: Tensor, y: Tensor, *, num_quantiles: int = 256, num_classes: int | None = None,
+        device: torch.device | str | None = None,
     ) -> QuantileNormalizer:
         """Tables from images x (N, ...) and integer labels y (N,); every class needs a sample."""
+        if num_quantiles < 2:
+            raise ValueError(f"num_quantiles must be >= 2, got {num_quantiles}")
         if x.ndim < 2 or y.shape != (x.shape[0],):
             raise ValueError(f"need x (N, ...) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
         dev = torch.device(device) if device is not None else x.device
         xf = x.reshape(x.shape[0], -1).to(dev, torch.float32)  # (N, d)
         yl = y.to(dev).long()
         k = num_classes if num_classes is not None else int(yl.max()) + 1
-        m = self.num_quantiles
+        m = num_quantiles
         levels = torch.linspace(0, 1, m, dtype=torch.float64, device=dev)  # (m,)
         tables = torch.empty(k, xf.shape[1], m, dtype=torch.float32, device=dev)
         for c in range(k):
@@ -97,12 +103,15 @@ class QuantileNormalizer:
             frac = (pos - lo).to(torch.float32)[:, None]  # (m, 1)
             # lerp is exact when both ends are equal, so atoms give exactly flat tables
             tables[c] = torch.lerp(srt[lo], srt[hi], frac).T  # (d, m)
-        return dataclasses.replace(self, tables=tables, image_shape=tuple(x.shape[1:]))
+        return cls(num_quantiles, tables, tuple(x.shape[1:]))
+
+    def _fit_settings(self) -> dict[str, int]:
+        return {"num_quantiles": self.num_quantiles}
 
     @property
     def fitted(self) -> Tensor:
         if self.tables is None:
-            raise RuntimeError("QuantileNormalizer is not fitted; call qn = qn.fit(x, y) first")
+            raise RuntimeError("QuantileNormalizer is not fitted; call qn = QuantileNormalizer.fit(x, y) first")
         return self.tables
 
     @property

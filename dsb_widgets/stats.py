@@ -21,8 +21,10 @@ about 2.5 s, CIFAR-10 train (50,000 x 3072) about 40 s.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Literal
+import types
+from typing import Any, Callable, Generic, Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -73,10 +75,40 @@ def linear_shrinkage(cov: Tensor, n: Tensor | int, weight: float | Literal["opti
     return (1 - s) * cov + s * target
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class fitmethod(Generic[F]):
+    """The package's one ``fit`` convention (concept-erasure's): ``Class.fit(x, y, **settings)`` is a
+    classmethod returning a NEW fitted instance; ``fit`` never mutates anything. (Streaming
+    accumulation is ``update``, which does mutate, as concept-erasure's ``LeaceFitter.update``.)
+
+    Called on an instance, ``ClassStats.fit(x, y, num_classes=10)``, the instance's settings
+    (``_fit_settings()``) are passed as defaults and a new instance is returned, the instance
+    itself is left as it was, so the old spelling means the same thing.
+    """
+
+    def __init__(self, func: F) -> None:
+        self.func = func
+        functools.update_wrapper(self, func)
+
+    def __get__(self, obj: Any, cls: type) -> F:
+        if obj is None:
+            return types.MethodType(self.func, cls)  # type: ignore[return-value]
+        settings = obj._fit_settings()
+
+        @functools.wraps(self.func)
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return self.func(cls, *args, **{**settings, **kwargs})
+
+        return bound  # type: ignore[return-value]
+
+
 class ClassStats:
     """Streaming per-class count, mean (K, d) and covariance (K, d, d) of flattened images.
 
-    ``ClassStats().fit(x, y)`` or repeated ``update(x, y)`` on batches; x is (N, d) or
+    ``ClassStats.fit(x, y, num_classes=K)`` (a new fitted instance) or repeated ``update(x, y)``
+    on batches of one instance; x is (N, d) or
     (N, C, H, W) (the image shape is kept in ``image_shape`` so samplers can un-flatten).
     Labels beyond the current ``num_classes`` grow the tables. Accumulation is float64 on
     ``device`` whatever the input dtype/device.
@@ -96,15 +128,17 @@ class ClassStats:
         self._m2 = torch.zeros(0, dtype=torch.float64, device=self.device)  # (K, d, d)
 
     # --- accumulation -------------------------------------------------------------------------
-    def fit(self, x: Tensor, y: Tensor, batch_size: int = 8192) -> ClassStats:
-        """Reset and accumulate all of (x, y) in batches of ``batch_size`` rows; returns self."""
-        self.counts = torch.zeros(self._k, dtype=torch.int64, device=self.device)
-        self.mean = torch.zeros(0, dtype=torch.float64, device=self.device)
-        self._m2 = torch.zeros(0, dtype=torch.float64, device=self.device)
-        self.image_shape = None
+    @fitmethod
+    def fit(cls, x: Tensor, y: Tensor, *, num_classes: int = 0, device: torch.device | str | None = None,
+            batch_size: int = 8192) -> ClassStats:
+        """New statistics of all of (x, y), accumulated in batches of ``batch_size`` rows."""
+        stats = cls(num_classes, device=device)
         for start in range(0, max(int(x.shape[0]), 1), batch_size):
-            self.update(x[start : start + batch_size], y[start : start + batch_size])
-        return self
+            stats.update(x[start : start + batch_size], y[start : start + batch_size])
+        return stats
+
+    def _fit_settings(self) -> dict[str, Any]:
+        return {"num_classes": self._k, "device": self.device}
 
     def _grow(self, k: int, d: int) -> None:
         if self.mean.numel() == 0:
@@ -156,7 +190,7 @@ class ClassStats:
     @property
     def dim(self) -> int:
         if self.mean.numel() == 0:
-            raise RuntimeError("ClassStats is empty; call fit(x, y) or update(x, y) first")
+            raise RuntimeError("ClassStats is empty; use ClassStats.fit(x, y) or call update(x, y) first")
         return int(self.mean.shape[1])
 
     def _require(self, min_count: int) -> None:

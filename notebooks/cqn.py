@@ -91,8 +91,8 @@ for name in ["digits", "fashion_mnist"] + (["cifar10"] if USE_CIFAR else []):
     train, test = got
     n = len(train) if MAX_TRAIN is None else min(MAX_TRAIN, len(train))
     DATA[name] = (train.x[:n], train.y[:n], test, train.classes)
-    QN[name] = QuantileNormalizer(num_quantiles=NUM_QUANTILES).fit(train.x[:n], train.y[:n])
-    STATS[name] = ClassStats(train.num_classes).fit(train.x[:n], train.y[:n])
+    QN[name] = QuantileNormalizer.fit(train.x[:n], train.y[:n], num_quantiles=NUM_QUANTILES)
+    STATS[name] = ClassStats.fit(train.x[:n], train.y[:n], num_classes=train.num_classes)
     OT[name] = GaussianOT.fit(STATS[name], shrinkage="optimal")  # shrunk: well conditioned
     print(f"{name}: {n} training images, d = {STATS[name].dim}")
 

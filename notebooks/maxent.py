@@ -110,7 +110,7 @@ for name in ["digits", "fashion_mnist"] + (["cifar10"] if USE_CIFAR else []):
     train, test = got
     n = len(train) if MAX_TRAIN is None else min(MAX_TRAIN, len(train))
     x, y = train.x[:n], train.y[:n]
-    stats = ClassStats(train.num_classes).fit(x, y)
+    stats = ClassStats.fit(x, y, num_classes=train.num_classes)
     per_channel = name == "cifar10" and not CIFAR_FULL_COV
     gauss = GaussianSampler.fit(stats, per_channel=per_channel)
     clone = GaussianSampler.fit(stats, ridge=REFINETTI_RIDGE, per_channel=True)

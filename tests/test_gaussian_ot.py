@@ -72,7 +72,7 @@ def test_transport_of_gaussian_samples_hits_target_moments(d: int, seed: int) ->
     chol = torch.linalg.cholesky(cov)
     z = torch.randn(2, n, d, generator=g, dtype=F64)
     x = mu[:, None] + z @ chol.mT  # (2, n, d)
-    stats = ClassStats().fit(x.reshape(2 * n, d), torch.arange(2).repeat_interleave(n))
+    stats = ClassStats.fit(x.reshape(2 * n, d), torch.arange(2).repeat_interleave(n))
     # fit on the population moments, transport fresh samples: the test is about the map
     ot = GaussianOT.from_moments(mu, cov)
     moved = ot.transport(x[0], 0, 1)  # (n, d)
@@ -86,7 +86,7 @@ def test_transport_of_gaussian_samples_hits_target_moments(d: int, seed: int) ->
 
 def test_fit_from_stats_on_digits_moves_class_moments() -> None:
     x, y = digits()
-    stats = ClassStats().fit(x, y)
+    stats = ClassStats.fit(x, y)
     ot = GaussianOT.fit(stats, dtype=F64)
     assert ot.maps.shape == (10, 10, 64, 64)
     # the maps solve A S_p A = P S_q P as accurately as concept-erasure's (relative residual)
@@ -121,7 +121,7 @@ def test_fit_from_stats_on_digits_moves_class_moments() -> None:
 
 def test_vectorised_labels_t_and_clamp() -> None:
     x, y = digits()
-    ot = GaussianOT.fit(ClassStats().fit(x, y))
+    ot = GaussianOT.fit(ClassStats.fit(x, y))
     xs = x[:50]
     tgt = (y[:50] + 1) % 10
     batch = ot.transport(xs, y[:50], tgt)
@@ -141,7 +141,7 @@ def test_vectorised_labels_t_and_clamp() -> None:
 def test_fashion_mnist_transport_if_present(fashion_mnist_test: ImageData) -> None:
     data = fashion_mnist_test
     keep = data.y < 3  # three classes keep the test to a few seconds
-    stats = ClassStats().fit(data.x[keep], data.y[keep])
+    stats = ClassStats.fit(data.x[keep], data.y[keep])
     ot = GaussianOT.fit(stats, shrinkage="optimal", dtype=F64)
     xs = data.x[data.y == 0].double()
     flat = ot.transport(xs, 0, 2).reshape(len(xs), -1)
@@ -202,7 +202,7 @@ def test_cache_is_bounded_reused_and_chunking_does_not_change_results() -> None:
 
 def test_maps_refuses_huge_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
     x, y = digits()
-    ot = GaussianOT.fit(ClassStats().fit(x, y))
+    ot = GaussianOT.fit(ClassStats.fit(x, y))
     monkeypatch.setattr(got, "MAPS_LIMIT_BYTES", 1000)
     with pytest.raises(MemoryError, match="use map"):
         ot.maps
@@ -215,7 +215,7 @@ def test_shrunk_digits_maps_agree_with_concept_erasure() -> None:
     from concept_erasure.optimal_transport import ot_map
 
     x, y = digits()
-    ot = GaussianOT.fit(ClassStats().fit(x, y), shrinkage="optimal", dtype=F64)
+    ot = GaussianOT.fit(ClassStats.fit(x, y), shrinkage="optimal", dtype=F64)
     cov = ot.cov
     for p in range(10):
         for q in range(10):

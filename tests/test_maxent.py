@@ -31,7 +31,7 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, ClassStats]:
     d = load_digits()
     x = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None]
     y = torch.tensor(d.target)
-    return x, y, ClassStats().fit(x, y)
+    return x, y, ClassStats.fit(x, y)
 
 
 def ks_per_coordinate(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ def test_per_channel_drops_cross_channel_covariance() -> None:
     g = torch.Generator().manual_seed(0)
     base = torch.randn(3000, 1, 2, 2, generator=g, dtype=F64)
     x = torch.cat([base, base + 0.1 * torch.randn(3000, 1, 2, 2, generator=g, dtype=F64)], dim=1)  # (N, 2, 2, 2)
-    stats = ClassStats().fit(x, torch.zeros(3000, dtype=torch.long))
+    stats = ClassStats.fit(x, torch.zeros(3000, dtype=torch.long))
     full = GaussianSampler.fit(stats)
     split = GaussianSampler.fit(stats, per_channel=True)
     assert split.factor.shape == (1, 2, 4, 4) and full.factor.shape == (1, 1, 8, 8)
@@ -208,6 +208,6 @@ def test_bad_input_errors(digits) -> None:
         sampler.sample(torch.tensor([10]))
     with pytest.raises(ValueError, match="1-D integer"):
         sampler.sample(torch.tensor([1.0]))
-    shifted = ClassStats().fit(torch.rand(20, 3) + 1, torch.zeros(20, dtype=torch.long))
+    shifted = ClassStats.fit(torch.rand(20, 3) + 1, torch.zeros(20, dtype=torch.long))
     with pytest.raises(ValueError, match="scaled to"):
         ExponentialMaxEnt.fit(shifted)

@@ -58,7 +58,7 @@ def test_sampler_matches_orders_1_to_3_not_4() -> None:
     """Sample moments of the probe agree with the data's within ~5 standard errors for orders
     1-3 (mean, covariance, third moments in the top-k subspace); the fourth moments differ."""
     x, y = _skewed_data()
-    stats = ClassStats(2).fit(x, y)
+    stats = ClassStats.fit(x, y, num_classes=2)
     s = ThirdOrderSampler.fit(stats, x, y, k=4)
     assert float(s.fit_error.max()) < 1e-3
     n = 200_000
@@ -86,7 +86,7 @@ def test_sampler_matches_orders_1_to_3_not_4() -> None:
 
 def test_complement_is_gaussian_and_labels_checked() -> None:
     x, y = _skewed_data(n=5000)
-    s = ThirdOrderSampler.fit(ClassStats(2).fit(x, y), x, y, k=2)
+    s = ThirdOrderSampler.fit(ClassStats.fit(x, y, num_classes=2), x, y, k=2)
     assert s.k == 2 and s.order == 3
     a = s.sample(torch.tensor([0, 1, 1]), generator=0)
     b = s.sample(torch.tensor([0, 1, 1]), generator=0)

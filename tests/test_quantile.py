@@ -50,7 +50,7 @@ def test_own_ks_matches_scipy() -> None:
 
 def test_marginals_match_target_on_digits() -> None:
     x, y = digits()
-    qn = QuantileNormalizer(256).fit(x, y)
+    qn = QuantileNormalizer.fit(x, y, num_quantiles=256)
     ours, step, before = [], [], []
     for s in range(10):
         xs = x[y == s].reshape(-1, 64)
@@ -70,7 +70,7 @@ def test_marginals_match_target_on_digits() -> None:
 
 def test_identity_when_source_is_target() -> None:
     x, y = digits()
-    qn = QuantileNormalizer(64).fit(x, y)
+    qn = QuantileNormalizer.fit(x, y, num_quantiles=64)
     for c in range(10):
         xs = x[y == c]
         torch.testing.assert_close(qn.transform(xs, c, c), xs, atol=1e-5, rtol=0)
@@ -87,7 +87,7 @@ def test_monotone_per_pixel(m: int, seed: int, ties: str) -> None:
     x[:, 2] = (x[:, 2] * 4).round() / 4  # a coarsely quantized coordinate
     y = torch.randint(0, 2, (n,), generator=g)
     y[:2] = torch.tensor([0, 1])
-    qn = QuantileNormalizer(m).fit(x, y)
+    qn = QuantileNormalizer.fit(x, y, num_quantiles=m)
     grid = torch.linspace(-0.2, 1.2, 401)[:, None].expand(401, d)
     for s, t in [(0, 1), (1, 0)]:
         out = qn.transform(grid, s, t, ties=ties, generator=torch.Generator().manual_seed(seed))
@@ -99,7 +99,7 @@ def test_cdf_is_uniform_and_icdf_inverts() -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4000, 2, generator=g)  # continuous: no atoms
     y = torch.zeros(4000, dtype=torch.long)
-    qn = QuantileNormalizer(512).fit(x, y)
+    qn = QuantileNormalizer.fit(x, y, num_quantiles=512)
     p = qn.cdf(x, 0)
     assert ks_per_coordinate(p, torch.rand(4000, 2, generator=g)).max() < 0.04
     torch.testing.assert_close(qn.icdf(p, 0), x, atol=1e-4, rtol=0)  # float32 p, steep tails
@@ -109,7 +109,7 @@ def test_cdf_is_uniform_and_icdf_inverts() -> None:
 
 def test_vectorised_labels_and_reproducible_ties() -> None:
     x, y = digits()
-    qn = QuantileNormalizer().fit(x, y)
+    qn = QuantileNormalizer.fit(x, y)
     tgt = (y[:40] + 3) % 10
     a = qn.transform(x[:40], y[:40], tgt, generator=torch.Generator().manual_seed(5))
     b = qn.transform(x[:40], y[:40], tgt, generator=torch.Generator().manual_seed(5))
@@ -123,12 +123,12 @@ def test_vectorised_labels_and_reproducible_ties() -> None:
     with pytest.raises(ValueError, match="ties must be"):
         qn.transform(x[:2], 0, 1, ties="left")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="class 3 has no samples"):
-        QuantileNormalizer().fit(x[:5], torch.tensor([0, 1, 2, 4, 4]))
+        QuantileNormalizer.fit(x[:5], torch.tensor([0, 1, 2, 4, 4]))
 
 
 def test_fashion_mnist_marginals_if_present(fashion_mnist_test: ImageData) -> None:
     data = fashion_mnist_test
-    qn = QuantileNormalizer(256).fit(data.x, data.y)
+    qn = QuantileNormalizer.fit(data.x, data.y, num_quantiles=256)
     xs, xt = data.flat()[data.y == 0], data.flat()[data.y == 9]
     ks = ks_per_coordinate(qn.transform(xs, 0, 9), xt)
     # 0.1% critical value for n = m = 1000: 1.95 sqrt(2/1000) = 0.087

@@ -32,7 +32,7 @@ def test_streaming_matches_two_pass(n: int, d: int, k: int, batch: int, seed: in
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64) * 3 + 5  # offset stresses round-off
     y = torch.randint(0, k, (n,), generator=g)
-    stats = ClassStats(num_classes=k).fit(x, y, batch_size=batch)
+    stats = ClassStats.fit(x, y, batch_size=batch, num_classes=k)
     assert stats.num_classes == k
     for c in range(k):
         xc = x[y == c]
@@ -47,7 +47,7 @@ def test_streaming_matches_two_pass(n: int, d: int, k: int, batch: int, seed: in
 
 def test_update_equals_fit_and_grows_classes() -> None:
     x, y = digits()
-    whole = ClassStats().fit(x, y)
+    whole = ClassStats.fit(x, y)
     # batches where early ones lack the high classes: the table must grow
     order = torch.argsort(y)
     parts = ClassStats()
@@ -81,33 +81,33 @@ def test_shrinkage_matches_concept_erasure_oracle() -> None:
 
 def test_covariance_options_and_errors() -> None:
     x, y = digits()
-    stats = ClassStats().fit(x, y)
+    stats = ClassStats.fit(x, y)
     assert torch.equal(stats.covariance(None), stats.cov)
     assert stats.covariance("optimal").shape == (10, 64, 64)
     with pytest.raises(ValueError, match="lie in"):
         stats.covariance(1.5)
     with pytest.raises(ValueError, match="integer class labels"):
-        ClassStats().fit(x, y.float())
+        ClassStats.fit(x, y.float())
     with pytest.raises(RuntimeError, match="call fit"):
         ClassStats().cov
-    lonely = ClassStats().fit(x[:12], torch.tensor([0] * 11 + [1]))
+    lonely = ClassStats.fit(x[:12], torch.tensor([0] * 11 + [1]))
     with pytest.raises(ValueError, match=r"classes \[1\] have fewer than 2"):
         lonely.cov
 
 
 def test_to_device_roundtrip() -> None:
     x, y = digits()
-    stats = ClassStats().fit(x, y)
+    stats = ClassStats.fit(x, y)
     moved = stats.to("cpu")
     assert moved is not stats and torch.equal(moved.cov, stats.cov)
     if torch.cuda.is_available():
-        gpu = ClassStats(device="cuda").fit(x, y)
+        gpu = ClassStats.fit(x, y, device="cuda")
         torch.testing.assert_close(gpu.cov.cpu(), stats.cov, atol=1e-12, rtol=0)
 
 
 def test_fashion_mnist_moments_if_present(fashion_mnist_test: ImageData) -> None:
     data = fashion_mnist_test
-    stats = ClassStats().fit(data.x, data.y)
+    stats = ClassStats.fit(data.x, data.y)
     assert stats.num_classes == 10 and int(stats.counts.sum()) == len(data)
     xf = data.flat().double()
     torch.testing.assert_close(stats.mean[0], xf[data.y == 0].mean(0), atol=1e-10, rtol=0)
@@ -128,3 +128,26 @@ def test_ks_per_coordinate_equals_scipy_two_sample_ks() -> None:
     ref = torch.tensor([ks_2samp(a[:, k].numpy(), b[:, k].numpy()).statistic for k in range(5)], dtype=torch.float64)
     torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
     assert ours[1] > 0.15 and ours[2] > 0.1  # shifted / wider coordinates are detected
+
+
+def test_fit_is_one_convention_everywhere() -> None:
+    """``Class.fit(x, y, **settings)`` returns a NEW fitted instance and mutates nothing (concept-erasure's
+    convention; streaming accumulation is ``update``). The instance spelling means the same."""
+    from dsb_widgets.gaussian_ot import GaussianOT
+    from dsb_widgets.maxent import ExponentialMaxEnt, GaussianSampler, IndependentMarginals
+    from dsb_widgets.quantile import QuantileNormalizer
+
+    for cls in (ClassStats, QuantileNormalizer, GaussianOT, GaussianSampler, ExponentialMaxEnt, IndependentMarginals):
+        assert getattr(cls.fit, "__self__", None) is cls, f"{cls.__name__}.fit is not a classmethod-style fit"
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(60, 2, 3, generator=g), torch.arange(60) % 3
+    empty = ClassStats(4)
+    fitted = empty.fit(x, y)
+    assert fitted is not empty and int(empty.counts.sum()) == 0 and empty.mean.numel() == 0  # not mutated
+    ref = ClassStats.fit(x, y, num_classes=4)
+    assert fitted.num_classes == ref.num_classes == 4 and torch.equal(fitted.mean, ref.mean)
+    again = fitted.fit(x[:30], y[:30])  # refitting an instance starts afresh, leaving it untouched
+    assert int(again.counts.sum()) == 30 and int(fitted.counts.sum()) == 60
+    qn = QuantileNormalizer(8)
+    q1, q2 = qn.fit(x, y), QuantileNormalizer.fit(x, y, num_quantiles=8)
+    assert qn.tables is None and torch.equal(q1.tables, q2.tables) and q1.tables.shape == (3, 6, 8)

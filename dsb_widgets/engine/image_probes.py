@@ -78,7 +78,7 @@ def class_stats(train: ImageData, train_hash: str | None = None) -> ClassStats:
     key = train_hash or data_hash(train)
 
     def build() -> dict[str, torch.Tensor]:
-        st = ClassStats(train.num_classes).fit(train.x, train.y)
+        st = ClassStats.fit(train.x, train.y, num_classes=train.num_classes)
         return {"counts": st.counts, "mean": st.mean, "m2": st._m2, "shape": torch.tensor(train.shape)}
 
     t = probe_cache.cached("class_stats", {"kind": "class_stats", "train": key}, build)
@@ -130,7 +130,7 @@ def _edit(name: str, stats: Callable[[], ClassStats], train: ImageData, x: torch
 
         ot = GaussianOT.fit(stats(), shrinkage=options.shrinkage)  # None: raw (pseudo-inverse) covariances
         return ot.transport(x, y, b, clamp=options.clamp_ot)
-    qn = QuantileNormalizer(num_quantiles=int(options.num_quantiles)).fit(train.x, train.y)
+    qn = QuantileNormalizer.fit(train.x, train.y, num_quantiles=int(options.num_quantiles))
     if name == "cqn":
         return qn.transform(x, y, b, generator=gen)
     from dsb_widgets.mean_shift import BoundedShift

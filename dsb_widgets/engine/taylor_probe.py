@@ -239,7 +239,7 @@ def maxent2_gaussians(train: ImageData) -> tuple[Tensor, Tensor]:
     from dsb_widgets.maxent import GaussianSampler
     from dsb_widgets.stats import ClassStats
 
-    sampler = GaussianSampler.fit(ClassStats(train.num_classes).fit(train.x, train.y))
+    sampler = GaussianSampler.fit(ClassStats.fit(train.x, train.y, num_classes=train.num_classes))
     return sampler.mean, sampler.cov
 
 
