@@ -94,18 +94,27 @@ def train_loss(out: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> tor
 
 @torch.no_grad()
 def evaluate_probe(stack: ModelStack, probe: Probe, device: torch.device, batch: int,
-                   amp: bool, loss: str = "ce") -> dict[str, np.ndarray]:
+                   amp: bool, loss: str = "ce", outputs: dict[tuple[int, int], torch.Tensor] | None = None,
+                   ) -> dict[str, np.ndarray]:
     """loss / accuracy (and target_* when the probe has targets) per seed, each (S,).
 
     ``loss="mse"``: mean squared error over the scored (non-NaN) targets; accuracy is NaN.
+    ``outputs``: a cache of model outputs keyed by (id of probe.x, batch start), shared by probes
+    built on the same input tensor (one forward pass for all of them).
     """
     scorer = score_mse if loss == "mse" else score
     sums = {m: torch.zeros(stack.size, dtype=torch.float64, device=device) for m in METRICS}
     count = 0
     for i in range(0, len(probe), batch):
-        x = probe.x[i:i + batch].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = stack(x, shared=True)
+        key = (id(probe.x), i)
+        if outputs is not None and key in outputs:
+            out = outputs[key]
+        else:
+            x = probe.x[i:i + batch].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out = stack(x, shared=True)
+            if outputs is not None:
+                outputs[key] = out
         ls, correct, n = scorer(out, probe.y[i:i + batch].to(device))
         sums["loss"] += ls
         sums["accuracy"] += correct
@@ -276,7 +285,10 @@ def probe_digest(probes: Iterable[Probe]) -> str:
     def evaluate(self) -> dict[str, np.ndarray]:
         """All probes and extra measurements: metric -> (n_probe, S)."""
         self.stack.eval()
-        rows = [evaluate_probe(self.stack, p, self.device, self.cfg.eval_batch, self.amp, self.task.loss)
+        shared_x = [id(p.x) for p in self.task.probes]  # probes on one input tensor share its forward
+        cache: dict[tuple[int, int], torch.Tensor] = {}
+        rows = [evaluate_probe(self.stack, p, self.device, self.cfg.eval_batch, self.amp, self.task.loss,
+                               cache if shared_x.count(id(p.x)) > 1 else None)
                 for p in self.task.probes]
         if self.task.measure is not None:
             extra = self.task.measure(self.stack)
