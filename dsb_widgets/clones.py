@@ -62,11 +62,12 @@ from torch import Tensor
 
 from dsb_widgets.errors import MalformedDataError
 from dsb_widgets.factored_attention import (
-    FactoredAttention, FactoredAttentionConfig, masked_lm_loss, n_bodies, pseudo_likelihood_loss,
+    FactoredAttention, FactoredAttentionConfig, IncrementalConditionals, masked_lm_loss, n_bodies,
+    pseudo_likelihood_loss, random_sites,
 )
 from dsb_widgets.mh_sampler import metropolis_hastings
 
-__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "fast_conditionals", "single_site_loss"]
+__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "train_factored", "test_pll"]
 
 VOCAB_FILE, PROVENANCE_FILE = "vocab.json", "provenance.json"
 MAX_LAYERS = 7  # 65 bodies; deeper x^2 stacks are numerically unusable
@@ -88,9 +89,13 @@ class CloneConfig:
     n_heads: int = 4
     attention: str = "softmax"
     mask_rate: float = 0.15
-    objective: str = "single_site"  # L >= 2: "single_site" (stochastic PLL) | "mlm" (BERT-style)
-    sweeps: int = 20
-    burn_in: int = 10
+    objective: str = "pll"  # L >= 2: "pll" (every site) | "single_site" (mask_rate of sites) | "mlm" (BERT)
+    residual: bool = True  # h^l = h^(l-1) + Attn(h^(l-1)^2) (factored_attention docstring)
+    eval_windows: int = 1024  # held-out windows for the test pseudo-likelihood
+    max_sites: int = 4  # L >= 3 with objective pll: score this many random sites per window per step
+    sweeps: int = 100  # the most MH sweeps; with window > 0 chains stop once stationary
+    burn_in: int = 10  # only with window = 0 (fixed length)
+    window: int = 10  # stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
     thin: int = 1
     chains: int = 128
     seed: int = 0
@@ -104,10 +109,12 @@ class CloneConfig:
         for name in ("vocab_size", "context", "steps", "batch_size", "sweeps", "chains", "thin", "d_embed", "n_heads"):
             if getattr(self, name) < (2 if name in ("vocab_size", "context") else 1):
                 raise ValueError(f"--{name.replace('_', '-')} is too small ({getattr(self, name)}); pass a positive value")
-        if self.objective not in ("single_site", "mlm"):
-            raise ValueError(f"--objective must be single_site or mlm, got {self.objective!r}")
+        if self.objective not in ("pll", "single_site", "mlm"):
+            raise ValueError(f"--objective must be pll, single_site or mlm, got {self.objective!r}")
         if not 0.0 < self.mask_rate <= 1.0:
             raise ValueError(f"--mask-rate must lie in (0, 1], got {self.mask_rate}")
+        if self.window < 0 or self.window == 1 or 2 * self.window > self.sweeps:
+            raise ValueError(f"--window must be 0 (off) or in [2, --sweeps / 2]; got {self.window}")
         if not 0 <= self.burn_in < self.sweeps:
             raise ValueError(f"--burn-in must lie in [0, --sweeps) = [0, {self.sweeps}); got {self.burn_in}")
 
@@ -140,44 +147,6 @@ def windows(stream: np.ndarray, context: int, n: int | None, gen: torch.Generato
     return torch.from_numpy(stream.astype(np.int64))[idx]
 
 
-def masked_site_logits(model: FactoredAttention, rows: Tensor, pos: Tensor) -> Tensor:
-    """Logits (N, q) at position pos[n] of rows[n] (N, T) with that position set to the mask token;
-    only the masked position is read out (the read-out dominates the cost when q >> d)."""
-    n = torch.arange(rows.shape[0], device=rows.device)
-    masked = rows.clone()
-    masked[n, pos] = model.cfg.mask_id
-    x = model.embed(masked)
-    for k, layer in enumerate(model.layers):
-        x = layer(x * x if k > 0 else x)  # (N, T, d)
-    h = x[n, pos]  # (N, d)
-    logits = model.readout(h) if model.readout is not None else h
-    return logits + model.fields[pos] if model.fields is not None else logits
-
-
-def fast_conditionals(model: FactoredAttention) -> Callable[[Tensor], Tensor]:
-    """tokens (B, T) -> log p(s_t | s_-t) (B, T, q), exactly ``model.conditionals`` but reading
-    out only the masked position of each of the B*T masked copies (T x less read-out work)."""
-    if model.cfg.n_layers == 1:
-        return lambda s: F.log_softmax(model(s), dim=-1)
-
-    def fn(tokens: Tensor) -> Tensor:
-        B, T = tokens.shape
-        rows = tokens.repeat_interleave(T, dim=0)  # (B*T, T)
-        pos = torch.arange(T, device=tokens.device).repeat(B)  # (B*T,)
-        return F.log_softmax(masked_site_logits(model, rows, pos), dim=-1).view(B, T, -1)
-
-    return fn
-
-
-def single_site_loss(model: FactoredAttention, x: Tensor, k: int, gen: torch.Generator) -> Tensor:
-    """Stochastic pseudo-likelihood: k random sites per sequence, each masked ALONE (the exact
-    conditionals the MH sampler uses), mean -log p(s_i | s_-i) in nats."""
-    B, T = x.shape
-    pos = torch.rand(B, T, generator=gen).argsort(dim=1)[:, :k].reshape(-1).to(x.device)  # (B*k,)
-    rows = x.repeat_interleave(k, dim=0)  # (B*k, T)
-    return F.cross_entropy(masked_site_logits(model, rows, pos), rows[torch.arange(B * k), pos])
-
-
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -186,27 +155,45 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def test_pll(model: FactoredAttention, x: Tensor) -> float:
+    """Mean -log p(s_t | s_-t) over all sites of the windows x (N, T), nats/token (no grad)."""
+    with torch.no_grad():
+        return float(pseudo_likelihood_loss(model, x, chunk=256))
+
+
 def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig, vocab: int,
-                   progress: bool = True) -> tuple[FactoredAttention, dict[str, float]]:
-    """Fit an L-layer factored MLM to random train windows; returns it and its losses (nats/token)."""
+                   progress: bool = True) -> tuple[FactoredAttention, dict[str, Any]]:
+    """Fit an L-layer factored MLM to random train windows; returns it and its losses (nats/token)
+    with a learning curve (test pseudo-likelihood at ~12 log-spaced steps)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed + 101 * L)
     gen = torch.Generator().manual_seed(cfg.seed + 7 * L)
     fcfg = FactoredAttentionConfig(vocab_size=vocab, seq_len=cfg.context, n_layers=L, n_heads=cfg.n_heads,
-                                   d_embed=cfg.d_embed, attention=cfg.attention)  # type: ignore[arg-type]
+                                   d_embed=cfg.d_embed, attention=cfg.attention,  # type: ignore[arg-type]
+                                   residual=cfg.residual)
     dev = _device(cfg.device)
     model = FactoredAttention(fcfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    warm = max(1, cfg.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 10%
+        opt, lambda k: min(1.0, (k + 1) / warm) * (0.55 + 0.45 * np.cos(np.pi * min(k, cfg.steps) / cfg.steps)))
+    held = windows(test, cfg.context, cfg.eval_windows, torch.Generator().manual_seed(cfg.seed + 1)).to(dev)
+    marks = sorted({int(v) for v in np.geomspace(1, cfg.steps, 12).round()} | {0})
+    curve: dict[int, float] = {}
     bar = tqdm(range(cfg.steps), desc=f"factored L={L} ({n_bodies(L)}-body)", unit="step", disable=not progress)
     recent: list[float] = []
-    for _ in bar:
+    k_sites = max(1, round(cfg.mask_rate * cfg.context))
+    for step in bar:
+        if step in marks:
+            curve[step] = test_pll(model, held)
         x = windows(train, cfg.context, cfg.batch_size, gen).to(dev)
-        if L == 1:
-            loss = pseudo_likelihood_loss(model, x)  # exact: one pass gives every conditional
+        if L <= 2 and cfg.objective == "pll" or L == 1:
+            loss = pseudo_likelihood_loss(model, x)  # every site, each masked alone (exact PLL)
+        elif cfg.objective == "pll":  # an unbiased estimate of the PLL gradient, T / max_sites x cheaper
+            loss = pseudo_likelihood_loss(model, x, random_sites(*x.shape, min(cfg.max_sites, cfg.context), gen).to(dev))
         elif cfg.objective == "single_site":
-            loss = single_site_loss(model, x, max(1, round(cfg.mask_rate * cfg.context)), gen)
+            loss = pseudo_likelihood_loss(model, x, random_sites(*x.shape, k_sites, gen).to(dev))
         else:
             loss = masked_lm_loss(model, x, cfg.mask_rate, gen)
         if not torch.isfinite(loss):
@@ -219,13 +206,10 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
         recent = (recent + [float(loss.detach())])[-50:]
         bar.set_postfix(loss=f"{np.mean(recent):.3f}", refresh=False)
     model.eval()
-    cond = fast_conditionals(model)
-    with torch.no_grad():
-        evals = {}
-        for split, stream in (("train", train), ("test", test)):
-            x = windows(stream, cfg.context, 256, torch.Generator().manual_seed(cfg.seed + 1)).to(dev)
-            evals[f"{split}_pll"] = float(-cond(x).gather(-1, x[..., None]).mean())
-    return model, {"train_loss": float(np.mean(recent)), **evals}
+    curve[cfg.steps] = test_pll(model, held)
+    train_x = windows(train, cfg.context, cfg.eval_windows, torch.Generator().manual_seed(cfg.seed + 1)).to(dev)
+    return model, {"train_loss": float(np.mean(recent)), "train_pll": test_pll(model, train_x),
+                   "test_pll": curve[cfg.steps], "test_pll_curve": {str(k): v for k, v in curve.items()}}
 
 
 def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
@@ -269,20 +253,28 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
         else:  # the sampler draws on the chains' device: use its global generator, seeded
             torch.manual_seed(cfg.seed + 17 * L)
             gen = None
-        res = metropolis_hastings(fast_conditionals(model), init.to(dev), n_sweeps=cfg.sweeps,
-                                  burn_in=cfg.burn_in, thin=cfg.thin, generator=gen, on_sweep=sweep_cb)
+        res = metropolis_hastings(IncrementalConditionals(model), init.to(dev), n_sweeps=cfg.sweeps,
+                                  burn_in=cfg.burn_in, thin=cfg.thin, generator=gen, on_sweep=sweep_cb,
+                                  until_stationary=cfg.window or None)
         bar.close()
         tokens = res.samples.reshape(-1, cfg.context).cpu()  # (S * chains, T)
         torch.save({"tokens": tokens, "layers": L, "bodies": n_bodies(L), "init": init}, out / f"clone_L{L}.pt")
         kept = [r for r in res.stats if not r["burn_in"]]
+        assert res.energies is not None
         prov["orders"][str(L)] = {
             "file": f"clone_L{L}.pt", "model": "factored_attention", "layers": L, "bodies": n_bodies(L),
-            "model_config": asdict(model.cfg), "sweeps": cfg.sweeps, "burn_in": cfg.burn_in, "thin": cfg.thin,
+            "model_config": asdict(model.cfg), "sweeps": len(res.stats), "max_sweeps": cfg.sweeps,
+            "burn_in": len(res.stats) - len(kept), "thin": cfg.thin,
             "chains": cfg.chains, "n_sequences": int(tokens.shape[0]),
+            "stationarity": res.stationarity,
+            "stationarity_criterion": ("split-R-hat of the per-chain energy over the last 2W sweeps < 1.05 and "
+                                       "|mean energy of the last W sweeps - the W before| < 2 s.e.; samples = "
+                                       "the last W sweeps") if cfg.window else "off (fixed sweeps, burn-in)",
             "acceptance_rate": res.acceptance_rate,
             "acceptance_per_sweep": [r["acceptance_rate"] for r in res.stats],
             "change_rate_per_sweep": [r["change_rate"] for r in res.stats],
             "mean_energy_per_sweep": [r["mean_energy"] for r in res.stats],
+            "energy_trace_quantiles": {str(qq): res.energies.quantile(qq, dim=1).tolist() for qq in (0.1, 0.5, 0.9)},
             "chain_tokens_per_second": float(np.mean([r["tokens_per_second"] for r in kept])),
             "fraction_changed_from_init": float((res.final.cpu() != init).float().mean()),
             **losses, "train_seconds": t_train, "sample_seconds": float(sum(r["seconds"] for r in res.stats)),

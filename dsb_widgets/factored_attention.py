@@ -4,33 +4,49 @@ Rende et al., "A distributional simplicity bias in the learning dynamics of tran
 (NeurIPS 2024), build *clones* of a text dataset from masked language models whose attention
 weights depend only on positions. One layer (for head ``h``)::
 
-    y_i = sum_h sum_{j != i} A^h_ij  x_j V^h                          (B, T, d)
+    Attn(x)_i = sum_h sum_{j != i} A^h_ij  x_j V^h                    (B, T, d)
 
 with ``A^h`` a learned (T, T) matrix per head whose diagonal is masked, so position ``i`` never
-sees its own token, and ``V^h`` a (d, d) value matrix. Layers are chained with the elementwise
-activation ``x -> x**2``; a linear read-out and a softmax over the vocabulary at each position
-give the conditionals ``p(s_i | s_-i)``.
+sees its own token, and ``V^h`` a (d, d) value matrix. Our layer equations (the paper's are not
+public; NOTES), with e_j the embedding of token s_j::
+
+    h^1   = Attn_1(e)
+    h^l   = h^(l-1) + Attn_l(h^(l-1) * h^(l-1))        l = 2..L   (residual, default)
+    h^l   =           Attn_l(h^(l-1) * h^(l-1))                   (``residual=False``: the plain x^2 chain)
+    logit_i(a) = (W h^L_i)_a + b_a + f_i(a)             (read-out W, bias b, per-position fields f)
+
+Why the residual. The plain chain is homogeneous: its output has degree exactly 2^(L-1), with no
+lower-order terms, and at init the square of a small h shrinks (or of a large one explodes)
+geometrically with depth, so deeper plain chains trained worse than shallower ones (measured in
+:mod:`dsb_widgets.clones`). With the residual, h^l = h^(l-1) + (a degree-2^(l-1) term), so an
+L-layer model contains the (L-1)-layer one (Attn_L = 0) and starts from it: deeper can only add
+interactions, and the x^2 branch only needs to learn the many-body corrections. The residual adds
+only LOWER-degree terms, so the degree bound -- the body count -- is unchanged.
 
 How many bodies? (the paper's "2^(L-1)+1-body" claim, derived here.) With one-hot inputs
-``x_j = e_{s_j}`` every layer is linear in its input and the activation squares, so
+``x_j = e_{s_j}`` every Attn is linear in its input and the square doubles the degree, so h^l has
+degree 2^(l-1) in the x_j (the residual adds lower degrees only) and the read-out is linear: the
+logit ``logit_i(a)`` is a polynomial of degree ``D = 2^(L-1)`` in the one-hot inputs of the
+*other* positions (monomials x_{j1} ... x_{jD}; a repeated index is still a function of one site).
+Hence ``log p(s_i = a | s_-i)`` couples ``s_i`` with at most ``D`` other sites: interactions of up
+to ``2^(L-1) + 1`` bodies, i.e. 1, 2, 3, 4, 6 layers -> 2, 3, 5, 9, 33 bodies.
+``tests/test_factored_attention.py`` checks both the polynomial degree (finite differences in a
+scale ``t`` of the inputs) and the body count (mixed differences over D+1 distinct sites vanish,
+over D sites they do not), with and without the residual.
 
-    layer 1 output:  degree 1 in the x_j
-    after l layers:  degree 2^(l-1)  (each of the l-1 activations doubles the degree)
+Masked conditionals: the ONE implementation (:meth:`FactoredAttention.conditional_logits`), used
+by training, by Metropolis-Hastings (:class:`IncrementalConditionals`) and by clone scoring.
+With one layer the masked diagonal makes h^1_i independent of s_i, so one forward gives every
+conditional (the pseudo-likelihood of a Potts model, :mod:`dsb_widgets.potts`). With L >= 2,
+s_i reaches position i through i -> j -> i, so the conditional at p is computed on a copy of the
+sequence with s_p replaced by the mask token (id ``vocab_size``), which is what MLM training does.
+All T masked copies come cheaply from ONE first-layer pass, because Attn_1 is linear:
 
-and the read-out is linear: the logit ``logit_i(a)`` is a polynomial of degree ``D = 2^(L-1)``
-in the one-hot inputs of the *other* positions (monomials x_{j1} ... x_{jD}; since x_j is
-one-hot, a repeated index is still a function of one site). Hence ``log p(s_i = a | s_-i)``
-couples ``s_i`` with at most ``D`` other sites: interactions of up to ``2^(L-1) + 1`` bodies,
-i.e. 1, 2, 3, 4, 6 layers -> 2, 3, 5, 9, 33 bodies. ``tests/test_factored_attention.py`` checks
-both the polynomial degree (finite differences in a scale ``t`` of the inputs) and the body
-count (mixed differences over D+1 distinct sites vanish, over D sites they do not).
+    h^1(copy p)_j = h^1_j + sum_h A1^h_jp (m - e_p) V1^h        (a rank-one change per copy)
 
-Masking. With one layer the masked diagonal makes the output at ``i`` independent of ``s_i``,
-so a single forward pass gives every conditional at once (this is the pseudo-likelihood of a
-Potts model, see :mod:`dsb_widgets.potts`). With ``L >= 2`` it does not: ``s_i`` reaches
-position ``i`` through ``i -> j -> i``. :meth:`FactoredAttention.conditionals` therefore
-replaces ``s_i`` by the mask token (id ``vocab_size``) for each ``i`` in turn when ``L >= 2``,
-which is what the paper's MLM training does (masked positions carry the mask token).
+and the last layer is only needed at the masked position p itself. So for L = 2 all T
+conditionals cost about one forward pass (O(T^2 d + T d^2 + T d q) per sequence), and for
+L >= 3 layers 2..L-1 run on the T copies. Tests check this equals masking by hand.
 
 Attention is NOT softmax-normalised by default: an unconstrained ``A`` can carry mixed-sign
 couplings (a non-negative, row-stochastic ``A`` cannot; see NOTES). ``attention="softmax"``
@@ -49,9 +65,11 @@ from torch import Tensor, nn
 __all__ = [
     "FactoredAttentionConfig",
     "FactoredAttention",
+    "IncrementalConditionals",
     "pseudo_likelihood_loss",
     "masked_lm_loss",
     "n_bodies",
+    "random_sites",
 ]
 
 
@@ -73,6 +91,9 @@ class FactoredAttentionConfig:
                 so one layer is exactly J_ij(a, b) = sum_h A^h_ij V^h[b, a].
     field_bias: learned per-position bias h_i(a) on the logits (the Potts fields).
     init_std:   std of A at init (V, read-out: 1/sqrt(d)).
+    residual:   h^l = h^(l-1) + Attn_l(h^(l-1)^2) (True) or the plain chain Attn_l(h^(l-1)^2).
+    branch_init: V of layers l >= 2 starts at ``branch_init / sqrt(d)`` times a Gaussian (residual
+                only), so a deeper model starts close to the shallower one.
     """
 
     vocab_size: int
@@ -84,6 +105,8 @@ class FactoredAttentionConfig:
     readout: bool = True
     field_bias: bool = True
     init_std: float = 0.1
+    residual: bool = True
+    branch_init: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layers", "n_heads"):
@@ -106,14 +129,14 @@ class FactoredAttentionConfig:
 
 
 class FactoredAttentionLayer(nn.Module):
-    """One factored-attention layer: y_i = sum_h sum_{j != i} A^h_ij x_j V^h (no softmax by default)."""
+    """One factored-attention layer: Attn(x)_i = sum_h sum_{j != i} A^h_ij x_j V^h (no softmax by default)."""
 
-    def __init__(self, cfg: FactoredAttentionConfig) -> None:
+    def __init__(self, cfg: FactoredAttentionConfig, v_scale: float = 1.0) -> None:
         super().__init__()
         self.cfg = cfg
         T, d, H = cfg.seq_len, cfg.d, cfg.n_heads
         self.A = nn.Parameter(cfg.init_std * torch.randn(H, T, T))  # (H, T, T)
-        self.V = nn.Parameter(torch.randn(H, d, d) / d**0.5)  # (H, d, d)
+        self.V = nn.Parameter(v_scale * torch.randn(H, d, d) / d**0.5)  # (H, d, d)
         self.register_buffer("offdiag", 1.0 - torch.eye(T), persistent=False)  # (T, T)
 
     def attention(self) -> Tensor:
@@ -123,13 +146,18 @@ class FactoredAttentionLayer(nn.Module):
             return torch.softmax(masked, dim=-1)
         return self.A * self.offdiag
 
+    def values(self, x: Tensor) -> Tensor:  # (..., d) -> (..., H, d)
+        return torch.einsum("...d,hde->...he", x, self.V)
+
+    def mix(self, values: Tensor) -> Tensor:  # (..., T, H, d) -> (..., T, d)
+        return torch.einsum("hij,...jhe->...ie", self.attention(), values)
+
     def forward(self, x: Tensor) -> Tensor:  # x: (B, T, d) -> (B, T, d)
-        values = torch.einsum("btd,hde->bhte", x, self.V)  # (B, H, T, d)
-        return torch.einsum("hij,bhje->bie", self.attention(), values)
+        return self.mix(self.values(x))
 
 
 class FactoredAttention(nn.Module):
-    """L factored layers with x**2 activation between them, linear read-out, logits (B, T, q)."""
+    """L factored layers (x**2 between them, residual by default), linear read-out, logits (B, T, q)."""
 
     def __init__(self, cfg: FactoredAttentionConfig) -> None:
         super().__init__()
@@ -140,10 +168,14 @@ class FactoredAttention(nn.Module):
             self.register_buffer("embedding", onehot)
         else:
             self.embedding = nn.Parameter(torch.randn(q + 1, d) / d**0.5)  # (q + 1, d)
-        self.layers = nn.ModuleList(FactoredAttentionLayer(cfg) for _ in range(cfg.n_layers))
+        branch = cfg.branch_init if cfg.residual else 1.0
+        self.layers = nn.ModuleList(
+            FactoredAttentionLayer(cfg, 1.0 if k == 0 else branch) for k in range(cfg.n_layers)
+        )
         self.readout = nn.Linear(d, q) if cfg.readout else None
         self.fields = nn.Parameter(torch.zeros(cfg.seq_len, q)) if cfg.field_bias else None
 
+    # ------------------------------------------------------------------ plain forward
     def embed(self, tokens: Tensor) -> Tensor:  # (B, T) int -> (B, T, d)
         cfg = self.cfg
         if tokens.dim() != 2 or tokens.shape[1] != cfg.seq_len:
@@ -154,47 +186,144 @@ class FactoredAttention(nn.Module):
             raise ValueError(f"token ids must lie in [0, {cfg.mask_id}] ({cfg.mask_id} = mask)")
         return self.embedding[tokens]
 
+    def _step(self, layer: FactoredAttentionLayer, h: Tensor) -> Tensor:
+        """h^l from h^(l-1) (..., T, d): the x^2 activation doubles the polynomial degree."""
+        branch = layer(h * h)
+        return h + branch if self.cfg.residual else branch
+
+    def _head(self, h: Tensor, pos: Tensor | None = None) -> Tensor:
+        """Read-out (..., d) -> logits (..., q); ``pos`` (same leading shape) picks the fields."""
+        logits = self.readout(h) if self.readout is not None else h
+        if self.fields is None:
+            return logits
+        return logits + (self.fields if pos is None else self.fields[pos])
+
     def forward_embedded(self, x: Tensor) -> Tensor:  # (B, T, d) -> logits (B, T, q)
-        for k, layer in enumerate(self.layers):
-            if k > 0:
-                x = x * x  # the x^2 activation doubles the polynomial degree
-            x = layer(x)
-        logits = self.readout(x) if self.readout is not None else x
-        return logits + self.fields if self.fields is not None else logits
+        h = self.layers[0](x)
+        for layer in self.layers[1:]:
+            h = self._step(layer, h)
+        return self._head(h)
 
     def forward(self, tokens: Tensor) -> Tensor:  # (B, T) int -> logits (B, T, q)
         """Logits at every position. Put ``cfg.mask_id`` at positions to predict when L >= 2."""
         return self.forward_embedded(self.embed(tokens))
 
-    def conditionals(self, tokens: Tensor, chunk: int = 4096) -> Tensor:
-        """log p(s_t = a | s_-t) for every t (B, T, q); position t's row never depends on s_t.
+    # ------------------------------------------------------------------ masked conditionals
+    def first_layer(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Values u (B, T, H, d) and output h^1 (B, T, d) of the unmasked sequence."""
+        u = self.layers[0].values(self.embed(tokens))
+        return u, self.layers[0].mix(u)
 
-        One forward pass when n_layers == 1 (masked diagonal); otherwise position t is replaced
-        by the mask token for each t in turn (B*T sequences, in chunks of ``chunk`` rows).
+    def logits_from_first_layer(self, u: Tensor, h1: Tensor, sites: Tensor | None = None) -> Tensor:
+        """Logits of p(s_p | s_-p) at sites p (B, K) (default every site, K = T): (B, K, q).
+
+        Each is computed on the copy of the sequence with s_p replaced by the mask token; the copies'
+        first layer is h^1 plus a rank-one term (module docstring), the last layer is evaluated at p only.
         """
-        if self.cfg.n_layers == 1:
-            return F.log_softmax(self(tokens), dim=-1)
-        B, T = tokens.shape
-        eye = torch.eye(T, dtype=torch.bool, device=tokens.device)  # (T, T)
-        masked = torch.where(eye, self.cfg.mask_id, tokens[:, None, :])  # (B, T, T)
-        masked = masked.reshape(B * T, T)
-        rows = torch.arange(B * T, device=tokens.device)
+        B, T, H, d = u.shape
+        if sites is None:
+            sites = torch.arange(T, device=u.device).expand(B, T)
+        K = sites.shape[1]
+        bk = (torch.arange(B, device=u.device)[:, None], sites)  # index (B, K) into (B, T, ...)
+        if len(self.layers) == 1:  # zero diagonal: h^1_p never saw s_p
+            return self._head(h1[bk], sites)
+        first = self.layers[0]
+        u_mask = first.values(self.embedding[self.cfg.mask_id])  # (H, d)
+        du = u_mask - u[bk]  # (B, K, H, d): value change at the masked site
+        col = first.attention().permute(2, 1, 0)[sites]  # (B, K, T, H): A1^h_{j p}
+        h = h1[:, None] + torch.einsum("bkjh,bkhe->bkje", col, du)  # (B, K, T, d): h^1 of each copy
+        for layer in self.layers[1:-1]:
+            h = self._step(layer, h)
+        last = self.layers[-1]
+        row = last.attention().permute(1, 0, 2)[sites]  # (B, K, H, T): A_L^h_{p j}
+        z = h * h
+        branch = torch.einsum("bkhj,bkje,hef->bkf", row, z, last.V)  # only position p of copy p
+        h_p = h[bk[0], torch.arange(K, device=u.device)[None, :], sites]  # (B, K, d)
+        out = h_p + branch if self.cfg.residual else branch
+        return self._head(out, sites)
+
+    def conditional_logits(self, tokens: Tensor, sites: Tensor | None = None, chunk: int = 1024) -> Tensor:
+        """Raw logits of p(s_p | s_-p) (B, K, q) at ``sites`` (B, K) (default all: (B, T, q));
+        row p never depends on s_p. Sequences are processed ``chunk`` at a time."""
         out = []
-        for lo in range(0, B * T, chunk):
-            logits = self(masked[lo : lo + chunk])  # (b, T, q)
-            out.append(logits[rows[: logits.shape[0]], rows[lo : lo + logits.shape[0]] % T])
-        return F.log_softmax(torch.cat(out).reshape(B, T, -1), dim=-1)
+        for lo in range(0, tokens.shape[0], chunk):
+            u, h1 = self.first_layer(tokens[lo : lo + chunk])
+            out.append(self.logits_from_first_layer(u, h1, None if sites is None else sites[lo : lo + chunk]))
+        return torch.cat(out)
+
+    def conditionals(self, tokens: Tensor, sites: Tensor | None = None, chunk: int = 1024) -> Tensor:
+        """log p(s_p = a | s_-p) (B, T, q) for every p (or (B, K, q) at ``sites``)."""
+        return F.log_softmax(self.conditional_logits(tokens, sites, chunk), dim=-1)
 
 
-def pseudo_likelihood_loss(model: FactoredAttention, tokens: Tensor) -> Tensor:
+class IncrementalConditionals:
+    """The factored model's conditionals for Metropolis-Hastings, updated incrementally.
+
+    Implements the sampler's protocol (:mod:`dsb_widgets.mh_sampler`): ``start(tokens)`` gives the
+    raw conditional logits (B, T, q) and a state; ``propose(tokens, state, t, new)`` gives them for
+    the sequences with s_t := new. The state is the first layer (u, h^1) (plus the logits when
+    L = 1), and changing one token changes it by a rank-one term:
+
+        h^1_j += sum_h A1^h_jt (e_new - e_old) V1^h,        u_t = e_new V1
+
+    For L = 1 the logits change by the same term through the (linear) read-out, O(T q) per chain
+    instead of a forward pass; for L >= 2 the masked copies are rebuilt from the updated first
+    layer (:meth:`FactoredAttention.logits_from_first_layer`). Calling the object is the plain
+    (non-incremental) conditionals function.
+    """
+
+    def __init__(self, model: FactoredAttention) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, tokens: Tensor) -> Tensor:
+        return self.model.conditional_logits(tokens)
+
+    @torch.no_grad()
+    def start(self, tokens: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        m = self.model
+        first = m.layers[0]
+        self._ev = first.values(m.embedding)  # (q + 1, H, d): values of every token
+        self._att = first.attention()  # (H, T, T)
+        if m.readout is not None:
+            self._evw = self._ev @ m.readout.weight.T  # (q + 1, H, q)
+        else:
+            self._evw = self._ev
+        u, h1 = m.first_layer(tokens)
+        out = m.logits_from_first_layer(u, h1)
+        return out, ((out,) if len(m.layers) == 1 else (u, h1))
+
+    @torch.no_grad()
+    def propose(self, tokens: Tensor, state: tuple[Tensor, ...], t: int, old: Tensor,
+                new: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """``tokens`` (B, T) already hold ``new`` at t; ``old`` (B,) the previous tokens there."""
+        col = self._att[:, :, t]  # (H, T): A1^h_{j t}
+        if len(self.model.layers) == 1:  # logits are linear in the first layer
+            logits = state[0] + torch.einsum("hj,bhq->bjq", col, self._evw[new] - self._evw[old])
+            return logits, (logits,)
+        u, h1 = state
+        h1 = h1 + torch.einsum("hj,bhe->bje", col, self._ev[new] - self._ev[old])
+        u = u.clone()
+        u[:, t] = self._ev[new]
+        return self.model.logits_from_first_layer(u, h1), (u, h1)
+
+
+def pseudo_likelihood_loss(model: FactoredAttention, tokens: Tensor, sites: Tensor | None = None,
+                           chunk: int = 1024) -> Tensor:
     """Mean over sequences and sites of -log p(s_i | s_-i) (nats), Besag's pseudo-likelihood.
 
-    For one layer this is one forward pass: the masked diagonal already removes s_i from the
-    prediction at i, so the logits at all positions are the T conditionals of one sequence.
-    For L >= 2 each site is masked in turn (see :meth:`FactoredAttention.conditionals`).
+    ``sites`` (B, K): score only these sites (each masked alone; a stochastic pseudo-likelihood).
+    For one layer the masked diagonal already removes s_i from the prediction at i; for L >= 2
+    each site is masked in turn (:meth:`FactoredAttention.logits_from_first_layer`).
     """
-    logp = model.conditionals(tokens)  # (B, T, q)
-    return -logp.gather(-1, tokens[..., None]).mean()
+    logits = model.conditional_logits(tokens, sites, chunk)  # (B, K, q)
+    target = tokens if sites is None else tokens.gather(1, sites)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def random_sites(B: int, T: int, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """k distinct random sites per sequence: (B, k) int64."""
+    return torch.rand(B, T, generator=generator).argsort(dim=1)[:, :k]
 
 
 def masked_lm_loss(

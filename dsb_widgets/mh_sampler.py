@@ -16,47 +16,82 @@ which leaves pi invariant whatever the conditionals are. One sweep = one proposa
 (random permutation or sequential order); all chains run as one batch. Rende et al. (NeurIPS
 2024) draw their factored-attention *clones* this way.
 
-Each proposal costs one call of ``conditionals_fn`` on the B proposed sequences (the energy of
-s' needs every conditional of s'; the current state's are cached). ``conditionals_fn`` maps
-tokens (B, T) to log-probabilities or logits (B, T, V) such that row t does not depend on s_t:
-a one-layer factored model satisfies this directly (masked diagonal); for any other MLM wrap
-it with :func:`masked_conditionals`, which masks each position in turn.
+``conditionals_fn`` maps tokens (B, T) to log-probabilities or logits (B, T, V) such that row t
+does not depend on s_t: a factored model's :class:`~dsb_widgets.factored_attention.IncrementalConditionals`
+(the one implementation of its masked conditionals); for any other MLM wrap it with
+:func:`masked_conditionals`, which masks each position in turn. If ``conditionals_fn`` also has
+``start(tokens) -> (out, state)`` and ``propose(tokens', state, t, old, new) -> (out', state')``
+(the :class:`Incremental` protocol) the sampler updates the conditionals incrementally for the
+resampled site instead of recomputing them; the state is rebuilt from scratch at every sweep.
+Every proposal is made for all B chains at once (one batch).
+
+Stationarity (:func:`stationarity`): the per-chain energy trace (sweeps, B) is stationary when the
+split-R-hat over chains of the last ``2 W`` sweeps is below ``rhat_max`` (1.05) AND the mean
+energies of the last two windows of W sweeps differ by less than ``z_max`` (2) standard errors
+(s.e. from the spread of the per-chain window means). ``metropolis_hastings(..., until_stationary=W)``
+runs until that holds (checked every W sweeps) or ``n_sweeps``, and keeps the last window's states.
 
 Caution: even with the exact conditionals of a true joint p (e.g. a Potts model), the "pll"
 target exp(sum_t log p(s_t|s_-t)) is NOT p in general; pass ``energy=model.energy`` (a callable)
 to target p itself. Both are tested exactly against enumeration in ``tests/test_mh_sampler.py``.
-Measured (``pytest -m bench tests/test_mh_sampler.py -s``; 256 chains, T = 20, q = 10, one CPU
-thread on a shared 2-core machine, energy="pll"): Potts conditionals (beta = 1): acceptance
-0.77, ~52k chain-tokens/s; one-layer factored model at init: acceptance 0.97, ~83k/s; two-layer
-factored model (masked each position, T forwards per call): acceptance 0.996, ~3.8k/s. On the
-L = 5, q = 3 test Potts model the acceptance rate is 0.87.
+Speed: ``benchmarks/bench_mh.py`` compares batched incremental chains with one chain at a time.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MHResult", "metropolis_hastings", "masked_conditionals", "pll_energy"]
+__all__ = ["MHResult", "Incremental", "metropolis_hastings", "masked_conditionals", "pll_energy",
+           "split_rhat", "stationarity"]
 
 ConditionalsFn = Callable[[Tensor], Tensor]  # (B, T) int -> (B, T, V) log-probs or logits
 EnergyFn = Callable[[Tensor], Tensor]  # (B, T) int -> (B,)
 
 
+@runtime_checkable
+class Incremental(Protocol):
+    """Conditionals that can be updated after one site of every chain changed."""
+
+    def start(self, tokens: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]: ...
+
+    def propose(self, tokens: Tensor, state: tuple[Tensor, ...], t: int, old: Tensor,
+                new: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]: ...
+
+
+class _Recompute:
+    """A plain conditionals function behind the :class:`Incremental` protocol (full recompute)."""
+
+    def __init__(self, fn: ConditionalsFn) -> None:
+        self.fn = fn
+
+    def start(self, tokens: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        return self.fn(tokens), ()
+
+    def propose(self, tokens: Tensor, state: tuple[Tensor, ...], t: int, old: Tensor,
+                new: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        return self.fn(tokens), ()
+
+
 @dataclass(frozen=True, eq=False)
 class MHResult:
-    """samples (S, B, T): states after burn-in, every ``thin`` sweeps; final (B, T); stats: one
-    dict per sweep (also passed to ``on_sweep``); acceptance_rate over the kept sweeps."""
+    """samples (S, B, T): kept states (after burn-in, every ``thin`` sweeps); final (B, T); stats:
+    one dict per sweep (also passed to ``on_sweep``); acceptance_rate over the kept sweeps;
+    energies (sweeps + 1, B): each chain's energy at the start and after every sweep;
+    stationarity: the last :func:`stationarity` check (None when not asked for)."""
 
     samples: Tensor
     final: Tensor
     stats: tuple[dict[str, float], ...]
     acceptance_rate: float
+    energies: Tensor | None = None
+    stationarity: dict[str, Any] | None = None
 
 
 def _energy_from_output(out: Tensor, tokens: Tensor, kind: str) -> Tensor:
@@ -71,8 +106,9 @@ def pll_energy(conditionals_fn: ConditionalsFn) -> EnergyFn:
 
 
 def masked_conditionals(mlm_fn: ConditionalsFn, mask_id: int, chunk: int = 4096) -> ConditionalsFn:
-    """Wrap a generic MLM (tokens (B, T) -> logits (B, T, V)) so that row t is computed with s_t
-    replaced by ``mask_id``: B*T forward rows (in chunks of ``chunk``), logits returned raw."""
+    """Wrap a generic MLM (tokens (B, T) -> logits (B, T, V), e.g. a BERT) so that row t is computed
+    with s_t replaced by ``mask_id``: B*T forward rows (in chunks of ``chunk``), logits returned raw.
+    (Factored models have their own exact, cheaper path: ``FactoredAttention.conditional_logits``.)"""
 
     def fn(tokens: Tensor) -> Tensor:
         B, T = tokens.shape
@@ -88,26 +124,38 @@ def masked_conditionals(mlm_fn: ConditionalsFn, mask_id: int, chunk: int = 4096)
     return fn
 
 
-@torch.no_grad()
-def metropolis_hastings(
-    conditionals_fn: ConditionalsFn,
-    init: Tensor,
-    *,
-    n_sweeps: int,
-    burn_in: int = 0,
-    thin: int = 1,
-    order: Literal["random", "sequential"] = "random",
-    energy: Literal["pll", "scores"] | EnergyFn = "pll",
-    generator: torch.Generator | None = None,
-    on_sweep: Callable[[dict[str, float]], None] | None = None,
-) -> MHResult:
-    """Run B chains from ``init`` (B, T) (e.g. real test sentences) for ``n_sweeps`` sweeps.
+def split_rhat(trace: Tensor) -> float:
+    """Split-R-hat (Gelman et al. 2013, BDA3 eq. 11.4) of a (S, B) trace of B chains: each chain
+    cut in two halves, between/within variance of the 2B half-chains. 1.0 = mixed."""
+    S = trace.shape[0] // 2
+    if S < 2:
+        return float("nan")
+    x = torch.cat([trace[:S], trace[S : 2 * S]], dim=1).double()  # (S, 2B)
+    means, var = x.mean(0), x.var(0)
+    W, Bv = var.mean(), S * means.var()
+    vhat = (S - 1) / S * W + Bv / S
+    return float(torch.sqrt(vhat / W.clamp_min(1e-300)))
 
-    Per-sweep stats: sweep, acceptance_rate (accepted / proposed, a proposal equal to the
-    current token counts as accepted), change_rate (fraction of proposals that changed a token),
-    mean_energy (over chains, after the sweep), seconds, tokens_per_second (B*T / seconds),
-    burn_in (1.0 during burn-in).
-    """
+
+def stationarity(energies: Tensor, window: int, rhat_max: float = 1.05, z_max: float = 2.0) -> dict[str, Any]:
+    """Is a per-chain energy trace (S, B) stationary over its last two windows of ``window`` sweeps?
+
+    Criterion: split-R-hat of the last 2W sweeps < ``rhat_max`` AND |mean(last W) - mean(previous
+    W)| < ``z_max`` standard errors (each window's s.e. from its B per-chain means)."""
+    if energies.shape[0] < 2 * window:
+        return {"stationary": False, "rhat": float("nan"), "drift": float("nan"), "drift_se": float("nan"),
+                "window": window, "sweeps": int(energies.shape[0])}
+    a, b = energies[-2 * window : -window].double(), energies[-window:].double()  # (W, B)
+    B = energies.shape[1]
+    se = math.sqrt(float(a.mean(0).var() + b.mean(0).var()) / B)
+    drift = float(b.mean() - a.mean())
+    rhat = split_rhat(energies[-2 * window :])
+    ok = rhat < rhat_max and abs(drift) < z_max * se
+    return {"stationary": bool(ok), "rhat": rhat, "drift": drift, "drift_se": se, "window": window,
+            "sweeps": int(energies.shape[0]), "rhat_max": rhat_max, "z_max": z_max}
+
+
+def _check(init: Tensor, n_sweeps: int, burn_in: int, thin: int, order: str, energy: Any) -> None:
     if init.dim() != 2 or init.dtype in (torch.float16, torch.float32, torch.float64):
         raise ValueError(f"init must be (B, T) integer token ids; got {tuple(init.shape)} {init.dtype}")
     if n_sweeps < 1 or burn_in < 0 or burn_in >= n_sweeps or thin < 1:
@@ -117,56 +165,96 @@ def metropolis_hastings(
     if not callable(energy) and energy not in ("pll", "scores"):
         raise ValueError(f"energy must be 'pll', 'scores' or a callable (B, T) -> (B,); got {energy!r}")
 
+
+@torch.no_grad()
+def metropolis_hastings(
+    conditionals_fn: ConditionalsFn | Incremental,
+    init: Tensor,
+    *,
+    n_sweeps: int,
+    burn_in: int = 0,
+    thin: int = 1,
+    order: Literal["random", "sequential"] = "random",
+    energy: Literal["pll", "scores"] | EnergyFn = "pll",
+    generator: torch.Generator | None = None,
+    on_sweep: Callable[[dict[str, float]], None] | None = None,
+    until_stationary: int | None = None,
+) -> MHResult:
+    """Run B chains from ``init`` (B, T) (e.g. real test sentences) for ``n_sweeps`` sweeps.
+
+    ``until_stationary=W``: stop early once :func:`stationarity` holds for the energy trace
+    (checked every W sweeps; ``n_sweeps`` is then the maximum) and keep the states of the last W
+    sweeps (every ``thin``-th); ``burn_in`` is ignored. Per-sweep stats: sweep, acceptance_rate
+    (accepted / proposed, a proposal equal to the current token counts as accepted), change_rate
+    (fraction of proposals that changed a token), mean_energy (over chains, after the sweep),
+    seconds, tokens_per_second (B*T / seconds), burn_in (1.0 during burn-in).
+    """
+    _check(init, n_sweeps, burn_in, thin, order, energy)
+    if until_stationary is not None and until_stationary < 2:
+        raise ValueError(f"until_stationary (a window of sweeps) must be >= 2, got {until_stationary}")
+    inc: Incremental = conditionals_fn if isinstance(conditionals_fn, Incremental) else _Recompute(conditionals_fn)
+
     def energy_of(out: Tensor, s: Tensor) -> Tensor:  # -> (B,)
         return energy(s).to(out.dtype) if callable(energy) else _energy_from_output(out, s, energy)
 
     s = init.clone()
     B, T = s.shape
-    out = conditionals_fn(s)  # (B, T, V)
+    out, _ = inc.start(s)  # (B, T, V)
     if out.shape[:2] != (B, T):
         raise ValueError(f"conditionals_fn must return (B, T, V) = ({B}, {T}, V); got {tuple(out.shape)}")
     E = energy_of(out, s)
     rows = torch.arange(B, device=s.device)
-    samples: list[Tensor] = []
-    stats: list[dict[str, float]] = []
-    kept_acc, kept_prop = 0, 0
+    states, energies, stats = [s.clone()], [E.clone()], []
+    accepted_per_sweep: list[int] = []
+    check: dict[str, Any] | None = None
     for sweep in range(n_sweeps):
         t0 = time.perf_counter()
         accepted = changed = 0
+        out, state = inc.start(s)  # rebuilt every sweep: no drift from incremental updates
         positions = torch.randperm(T, generator=generator) if order == "random" else torch.arange(T)
         for t in positions.tolist():
             logq = F.log_softmax(out[:, t], dim=-1)  # (B, V): q(. | s_-t)
             u_prop = torch.rand(B, 1, generator=generator, dtype=logq.dtype, device=s.device)
             new = (logq.exp().cumsum(-1) < u_prop).sum(-1).clamp_max(logq.shape[-1] - 1)  # (B,)
+            old = s[:, t]
             proposal = s.clone()
             proposal[:, t] = new
-            out_new = conditionals_fn(proposal)
+            out_new, state_new = inc.propose(proposal, state, t, old, new)
             E_new = energy_of(out_new, proposal)
-            log_ratio = E - E_new + logq[rows, s[:, t]] - logq[rows, new]  # q(s_t|s'_-t) = q(s_t|s_-t)
+            log_ratio = E - E_new + logq[rows, old] - logq[rows, new]  # q(s_t|s'_-t) = q(s_t|s_-t)
             u_acc = torch.rand(B, generator=generator, dtype=log_ratio.dtype, device=s.device)
             accept = torch.log(u_acc) < log_ratio  # (B,)
             accepted += int(accept.sum())
-            changed += int((accept & (new != s[:, t])).sum())
+            changed += int((accept & (new != old)).sum())
             s = torch.where(accept[:, None], proposal, s)
             out = torch.where(accept[:, None, None], out_new, out)
+            state = tuple(torch.where(accept.view(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(state_new, state))
             E = torch.where(accept, E_new, E)
         seconds = time.perf_counter() - t0
-        in_burn = sweep < burn_in
-        if not in_burn:
-            kept_acc, kept_prop = kept_acc + accepted, kept_prop + B * T
-            if (sweep - burn_in + 1) % thin == 0:
-                samples.append(s.clone())
-        row = {
-            "sweep": float(sweep),
-            "acceptance_rate": accepted / (B * T),
-            "change_rate": changed / (B * T),
-            "mean_energy": float(E.mean()),
-            "seconds": seconds,
-            "tokens_per_second": B * T / max(seconds, 1e-12),
-            "burn_in": float(in_burn),
-        }
+        states.append(s.clone())
+        energies.append(E.clone())
+        accepted_per_sweep.append(accepted)
+        row = {"sweep": float(sweep), "acceptance_rate": accepted / (B * T), "change_rate": changed / (B * T),
+               "mean_energy": float(E.mean()), "seconds": seconds,
+               "tokens_per_second": B * T / max(seconds, 1e-12),
+               "burn_in": float(until_stationary is None and sweep < burn_in)}
         stats.append(row)
         if on_sweep is not None:
             on_sweep(row)
-    stacked = torch.stack(samples) if samples else s.new_zeros((0, B, T))
-    return MHResult(stacked, s, tuple(stats), kept_acc / max(kept_prop, 1))
+        if until_stationary is not None and (sweep + 1) % until_stationary == 0:
+            check = stationarity(torch.stack(energies[1:]), until_stationary)
+            if check["stationary"]:
+                break
+    done = len(stats)
+    if until_stationary is not None:
+        first = max(0, done - until_stationary)
+        check = check or stationarity(torch.stack(energies[1:]), until_stationary)
+        for r in stats[:first]:
+            r["burn_in"] = 1.0
+    else:
+        first = burn_in
+    keep = [states[k + 1] for k in range(first, done) if (k - first + 1) % thin == 0]
+    kept_acc = sum(accepted_per_sweep[first:])
+    stacked = torch.stack(keep) if keep else s.new_zeros((0, B, T))
+    return MHResult(stacked, s, tuple(stats), kept_acc / max((done - first) * B * T, 1),
+                    torch.stack(energies), check)

@@ -14,13 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsb_widgets.cli import main
-from dsb_widgets.clones import (
-    CloneConfig, fast_conditionals, load_clones, single_site_loss, train_factored, windows,
-)
+from dsb_widgets.clones import CloneConfig, load_clones, train_factored, windows
 from dsb_widgets.engine.clones import saturation_step
 from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.task import ConfigError, RunConfig
-from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig
+from dsb_widgets.factored_attention import (
+    FactoredAttention, FactoredAttentionConfig, IncrementalConditionals, pseudo_likelihood_loss, random_sites,
+)
 from dsb_widgets.mh_sampler import metropolis_hastings
 from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens
 
@@ -101,24 +101,15 @@ def test_mask_tokens_80_10_10_proportions() -> None:
 
 
 # -------------------------------------------------------------------------------- clone making
-@pytest.mark.parametrize("L", [2, 3])
-def test_fast_conditionals_equal_model_conditionals(L: int) -> None:
-    torch.manual_seed(L)
-    model = FactoredAttention(FactoredAttentionConfig(vocab_size=7, seq_len=6, n_layers=L, n_heads=2, d_embed=8,
-                                                      attention="softmax"))
-    s = torch.randint(0, 7, (4, 6))
-    with torch.no_grad():
-        torch.testing.assert_close(fast_conditionals(model)(s), model.conditionals(s), rtol=1e-5, atol=1e-5)
-
-
-def test_single_site_loss_with_every_site_is_the_pseudo_likelihood() -> None:
+def test_stochastic_pll_with_every_site_is_the_pseudo_likelihood() -> None:
+    """Training's site-subset loss (L >= 3) scores the same conditionals as the full PLL."""
     torch.manual_seed(0)
-    model = FactoredAttention(FactoredAttentionConfig(vocab_size=9, seq_len=5, n_layers=2, n_heads=2, d_embed=8))
+    model = FactoredAttention(FactoredAttentionConfig(vocab_size=9, seq_len=5, n_layers=3, n_heads=2, d_embed=8))
     s = torch.randint(0, 9, (6, 5))
-    pll = -fast_conditionals(model)(s).gather(-1, s[..., None]).mean()
-    torch.testing.assert_close(single_site_loss(model, s, 5, torch.Generator().manual_seed(1)), pll)
-    one = single_site_loss(model, s, 1, torch.Generator().manual_seed(1))  # one random site: another value
-    assert not torch.allclose(one, pll)
+    every = random_sites(6, 5, 5, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(pseudo_likelihood_loss(model, s, every), pseudo_likelihood_loss(model, s))
+    one = pseudo_likelihood_loss(model, s, random_sites(6, 5, 1, torch.Generator().manual_seed(1)))
+    assert not torch.allclose(one, pseudo_likelihood_loss(model, s))
 
 
 def test_windows_are_slices_of_the_stream() -> None:
@@ -147,7 +138,7 @@ def test_two_body_clone_matches_pair_statistics_from_random_starts() -> None:
     model, losses = train_factored(stream, stream, 1, cfg, q, progress=False)
     assert losses["test_pll"] < 0.9  # ln 5 = 1.61 without the neighbours
     init = torch.randint(1, q, (64, 8), generator=torch.Generator().manual_seed(0))
-    res = metropolis_hastings(fast_conditionals(model), init, n_sweeps=12, burn_in=8,
+    res = metropolis_hastings(IncrementalConditionals(model), init, n_sweeps=12, burn_in=8,
                               generator=torch.Generator().manual_seed(1))
     assert follow_fraction(init) < 0.3
     assert abs(follow_fraction(res.samples.reshape(-1, 8)) - real) < 0.08
@@ -157,7 +148,7 @@ def test_two_body_clone_matches_pair_statistics_from_random_starts() -> None:
 def _clone_cmd(corpus: str, out: Path, *extra: str) -> list[str]:
     return ["clone", "--corpus", corpus, "--layers", "1", "2", "--out", str(out), "--tokenizer", "char",
             "--context", "8", "--steps", "40", "--batch-size", "32", "--d-embed", "16", "--heads", "2",
-            "--sweeps", "3", "--burn-in", "1", "--chains", "8", *extra]
+            "--sweeps", "3", "--burn-in", "1", "--window", "0", "--chains", "8", *extra]
 
 
 def test_clone_then_run_clones_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -227,7 +218,7 @@ def test_tinystories_clones_small(tmp_path: Path) -> None:
     """Real TinyStories (GPT-2 BPE, top 200 tokens): clones of 2 and 3 bodies, then the BERT."""
     out = tmp_path / "ts"
     assert main(["clone", "--corpus", "tinystories", "--layers", "1", "2", "--out", str(out), "--vocab-size", "200",
-                 "--context", "8", "--steps", "60", "--chains", "16", "--sweeps", "3", "--burn-in", "1",
+                 "--context", "8", "--steps", "60", "--chains", "16", "--sweeps", "3", "--burn-in", "1", "--window", "0",
                  "--d-embed", "32"]) == 0
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["vocab_size"] == 200 and "tinystories" in prov["source"]

@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 from dsb_widgets.factored_attention import (
     FactoredAttention,
     FactoredAttentionConfig,
+    IncrementalConditionals,
     masked_lm_loss,
     n_bodies,
     pseudo_likelihood_loss,
+    random_sites,
 )
 
 torch.set_num_threads(1)
@@ -23,6 +25,7 @@ torch.set_num_threads(1)
 
 def make(n_layers: int, seed: int = 0, **kw: object) -> FactoredAttention:
     torch.manual_seed(seed)
+    kw = {"branch_init": 1.0, **kw}  # full-size x^2 branches: the algebra tests need them visible
     cfg = FactoredAttentionConfig(vocab_size=4, seq_len=7, n_layers=n_layers, init_std=0.5, **kw)
     return FactoredAttention(cfg).double()
 
@@ -31,12 +34,14 @@ def test_n_bodies_matches_paper() -> None:
     assert [n_bodies(L) for L in (1, 2, 3, 4, 6)] == [2, 3, 5, 9, 33]
 
 
+@pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
 @pytest.mark.parametrize("d_embed", [None, 6])
-def test_logits_are_polynomial_of_degree_2_pow_L_minus_1(n_layers: int, d_embed: int | None) -> None:
+def test_logits_are_polynomial_of_degree_2_pow_L_minus_1(n_layers: int, d_embed: int | None, residual: bool) -> None:
     """logits(t * x) is a polynomial in t of degree exactly D = 2^(L-1): the (D+1)-th finite
-    difference vanishes, the D-th equals D! * (leading coefficient) and is non-zero."""
-    model = make(n_layers, n_heads=2, d_embed=d_embed)
+    difference vanishes, the D-th equals D! * (leading coefficient) and is non-zero. The residual
+    stream adds lower-degree terms only."""
+    model = make(n_layers, n_heads=2, d_embed=d_embed, residual=residual)
     tokens = torch.randint(4, (3, 7), generator=torch.Generator().manual_seed(1))
     x = model.embed(tokens)
     D = 2 ** (n_layers - 1)
@@ -65,12 +70,13 @@ def mixed_difference(model: FactoredAttention, base: torch.Tensor, i: int, sites
     return total
 
 
+@pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_conditionals_have_exactly_2_pow_L_minus_1_plus_1_bodies(n_layers: int) -> None:
+def test_conditionals_have_exactly_2_pow_L_minus_1_plus_1_bodies(n_layers: int, residual: bool) -> None:
     """log p(s_i=a|s_-i) - log p(s_i=0|s_-i) is a sum of functions of at most D = 2^(L-1) other
     sites (so with s_i: D+1 bodies): every mixed difference over D+1 distinct sites vanishes;
     over D sites it does not."""
-    model = make(n_layers, d_embed=5)
+    model = make(n_layers, d_embed=5, residual=residual)
     D = 2 ** (n_layers - 1)
     base = torch.randint(4, (1, 7), generator=torch.Generator().manual_seed(2))
     others = (1, 2, 3, 4, 5, 6)
@@ -99,20 +105,62 @@ def test_conditionals_never_see_own_token(n_layers: int) -> None:
         assert (raw_a[:, 3] - raw_b[:, 3]).abs().max() > 1e-6
 
 
-def test_pseudo_likelihood_matches_explicit_masking() -> None:
-    """For L >= 2 the chunked mask-each-site path equals masking site t by hand."""
-    model = make(2)
-    tokens = torch.randint(4, (3, 7), generator=torch.Generator().manual_seed(4))
+def masked_by_hand(model: FactoredAttention, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, q): site t read off a full forward of the sequence with s_t := mask."""
+    rows = []
+    for t in range(tokens.shape[1]):
+        masked = tokens.clone()
+        masked[:, t] = model.cfg.mask_id
+        rows.append(model(masked)[:, t])
+    return torch.stack(rows, 1)
+
+
+@pytest.mark.parametrize("attention", ["free", "softmax"])
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 4])
+def test_rank_one_masked_conditionals_equal_masking_by_hand(n_layers: int, residual: bool, attention: str) -> None:
+    """The one implementation (first layer once + rank-one copies, last layer at the site only)
+    equals T forwards with the site masked, for all sites, chosen sites and in chunks."""
+    model = make(n_layers, n_heads=2, d_embed=5, residual=residual, attention=attention)
+    tokens = torch.randint(4, (5, 7), generator=torch.Generator().manual_seed(4))
+    sites = random_sites(5, 7, 3, torch.Generator().manual_seed(5))
     with torch.no_grad():
-        expected = []
-        for t in range(7):
-            masked = tokens.clone()
-            masked[:, t] = model.cfg.mask_id
-            logp = torch.log_softmax(model(masked)[:, t], dim=-1)
-            expected.append(logp.gather(-1, tokens[:, t : t + 1]))
-        want = -torch.cat(expected).mean()
-        assert model.conditionals(tokens, chunk=5).shape == (3, 7, 4)
-        torch.testing.assert_close(pseudo_likelihood_loss(model, tokens), want)
+        want = masked_by_hand(model, tokens)
+        torch.testing.assert_close(model.conditional_logits(tokens, chunk=2), want)
+        torch.testing.assert_close(model.conditional_logits(tokens, sites), want[torch.arange(5)[:, None], sites])
+        pll = -torch.log_softmax(want, -1).gather(-1, tokens[..., None]).mean()
+        torch.testing.assert_close(pseudo_likelihood_loss(model, tokens), pll)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3])
+def test_incremental_update_equals_recomputing(n_layers: int) -> None:
+    """IncrementalConditionals.propose (rank-one update of the first layer) equals recomputing the
+    conditionals of the changed sequences, for several changes in a row."""
+    model = make(n_layers, n_heads=2, d_embed=5)
+    g = torch.Generator().manual_seed(6)
+    s = torch.randint(4, (6, 7), generator=g)
+    inc = IncrementalConditionals(model)
+    with torch.no_grad():
+        out, state = inc.start(s)
+        torch.testing.assert_close(out, model.conditional_logits(s))
+        for t in (3, 0, 3, 6):
+            new = torch.randint(4, (6,), generator=g)
+            s2 = s.clone()
+            s2[:, t] = new
+            out, state = inc.propose(s2, state, t, s[:, t], new)
+            torch.testing.assert_close(out, model.conditional_logits(s2))
+            s = s2
+
+
+def test_residual_model_contains_the_shallower_one() -> None:
+    """With the x^2 branch of layer 2 switched off (V = 0) a residual 2-layer model computes exactly
+    the 1-layer model with the same first layer: deeper models nest the shallower ones."""
+    one, two = make(1, n_heads=2, d_embed=5), make(2, n_heads=2, d_embed=5)
+    two.load_state_dict({**two.state_dict(), **{k: v for k, v in one.state_dict().items()}}, strict=False)
+    with torch.no_grad():
+        two.layers[1].V.zero_()
+        s = torch.randint(4, (5, 7), generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(two.conditionals(s), one.conditionals(s))
 
 
 def test_softmax_attention_rows_are_stochastic_and_nonnegative() -> None:
