@@ -568,3 +568,16 @@ def test_served_page_refuses_foreign_hosts_and_origins(guarded_server):
     assert _ws_status(url, token, None) == 403  # no Origin: Tornado would accept it; the guard refuses
     assert _ws_status(url, token, url) == 101  # the page's own origin
     assert _ws_status(url, token, "http://lab.example.org") == 101  # the allowed extra origin
+
+
+def test_results_with_too_many_probes_steps_or_seeds_are_refused():
+    import xarray as xr
+
+    from dsb_widgets.ui.safety import MAX_PROBES, MAX_STEPS, check_netcdf_header, check_results_layout
+
+    for dim, n in (("probe", MAX_PROBES + 1), ("step", MAX_STEPS + 1)):
+        sizes = {"step": 1, "probe": 1, "seed": 1, dim: n}
+        ds = xr.Dataset({"loss": (("step", "probe", "seed"), np.ones(tuple(sizes.values()), np.float32))})
+        blob = bytes(ds.to_netcdf(engine="scipy"))
+        with pytest.raises(UnsafeInputError, match=f"{n:,} {dim}s, over the limit"):
+            check_results_layout(check_netcdf_header(blob, "x.nc"), "x.nc")

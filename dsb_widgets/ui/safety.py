@@ -33,6 +33,7 @@ WEBSOCKET_MAX_BYTES = 64 * 2**20  # Bokeh's socket limit: over-size uploads reac
 MAX_ELEMENTS = 50_000_000  # all variables of a result together
 MAX_GRID_CELLS = 4096  # combinations of a sweep's extra dims (each is one facet / selection)
 MAX_PROBES = 512  # one glyph set per probe in the figures
+MAX_STEPS, MAX_SEEDS = 100_000, 1024  # a run has ~per_octave * log2(steps) checkpoints; points per curve
 MAX_TEXT_BYTES = 512 * 2**20  # a text corpus file or folder named in the served form
 MAX_FOLDER_FILES = 100_000
 
@@ -202,8 +203,9 @@ def check_results_layout(header: NcHeader, name: str = "file") -> None:
     if loss is None or not {"step", "probe", "seed"} <= set(loss.dims):
         raise MalformedDataError(f"{name}: no loss variable over (step, probe, seed); "
                                  "is it a result of dsb run or dsb sweep?")
-    if header.dims.get("probe", 0) > MAX_PROBES:
-        raise UnsafeInputError(f"{name}: {header.dims['probe']:,} probes, over the limit of {MAX_PROBES}")
+    for dim, limit in (("probe", MAX_PROBES), ("step", MAX_STEPS), ("seed", MAX_SEEDS)):
+        if header.dims.get(dim, 0) > limit:
+            raise UnsafeInputError(f"{name}: {header.dims[dim]:,} {dim}s, over the limit of {limit:,}")
     cells = math.prod(max(1, header.dims[d]) for d in loss.dims if d not in ("step", "probe", "seed"))
     if cells > MAX_GRID_CELLS:
         raise UnsafeInputError(f"{name}: a grid of {cells:,} sweep cells, over the limit of {MAX_GRID_CELLS:,}")
