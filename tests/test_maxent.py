@@ -211,3 +211,28 @@ def test_bad_input_errors(digits) -> None:
     shifted = ClassStats.fit(torch.rand(20, 3) + 1, torch.zeros(20, dtype=torch.long))
     with pytest.raises(ValueError, match="scaled to"):
         ExponentialMaxEnt.fit(shifted)
+
+
+def test_hypercube_maxent2_matches_moments_inside_the_cube() -> None:
+    """Belrose's order 2 on [0, 1]^d: valid pixels whose mean and covariance match the class's far
+    better than the clamped Gaussian (which shrinks variance at the box edges)."""
+    from dsb_widgets.maxent import GaussianSampler, hypercube_maxent2
+
+    gen = torch.Generator().manual_seed(0)
+    d, n = 10, 3000
+    z = torch.randn(n, d, generator=gen) @ (torch.eye(d) + 0.4 * torch.randn(d, d, generator=gen)).T
+    x = torch.sigmoid(1.5 * z - 1.0)  # pixels piled up near 0
+    stats = ClassStats.fit(x, torch.zeros(n, dtype=torch.long), num_classes=1)
+    lab = torch.zeros(300, dtype=torch.long)
+    cube = hypercube_maxent2(stats, lab, generator=1, steps=150).double()
+    assert cube.min() >= 0 and cube.max() <= 1
+    clamped = GaussianSampler.fit(stats).sample(lab, 1, clamp=True).double()
+
+    def errors(s: torch.Tensor) -> tuple[float, float]:
+        me = float((s.mean(0) - stats.mean[0]).norm() / stats.mean[0].norm())
+        ce = float((torch.cov(s.T) - stats.cov[0]).norm() / stats.cov[0].norm())
+        return me, ce
+
+    (m_cube, c_cube), (m_cl, c_cl) = errors(cube), errors(clamped)
+    assert m_cube < 0.01 and c_cube < 0.05
+    assert c_cube < c_cl / 2

@@ -16,9 +16,10 @@ real           everything
 ============== ==================================================================
 
 ``clone_ladder`` trains one network per rung plus the real-trained one (same initialisation and
-batch seeds) and reports, per rung, the first checkpoint at which the rung-trained network's
-real-test loss differs from the real-trained one's by more than ``rel`` (10%): the
-*divergence step*. The DSB predicts the steps grow up the ladder.
+batch seeds) and reports, per rung, the checkpoint from which the rung-trained network's
+real-test loss differs from the real-trained one's by more than ``rel`` (10%) for good: the
+*divergence step* (``divergence_step``; None = never left it). The DSB predicts the steps grow up
+the ladder.
 """
 
 from __future__ import annotations
@@ -82,14 +83,27 @@ def clone_batches(train_on: str, train: ImageData, stats: ClassStats, maxent3_k:
     return sample_batch
 
 
-def divergence_step(real: xr.Dataset, clone: xr.Dataset, probe: str = "real", rel: float = 0.1) -> int | None:
-    """First checkpoint where the seed-mean ``probe`` losses differ by more than ``rel`` (relative
-    to the smaller), ignoring step 0; None if they never do."""
+def divergence_step(real: xr.Dataset, clone: xr.Dataset, probe: str = "real", rel: float = 0.1,
+                    persistent: bool = True) -> int | None:
+    """The checkpoint at which the seed-mean ``probe`` losses part by more than ``rel`` (relative
+    to the smaller loss); None if they never do.
+
+    ``persistent=True`` (default) takes the first checkpoint from which the gap *stays* above
+    ``rel`` to the end of the run: during the steep early fall of the loss, two curves a few steps
+    out of phase cross 10% and come back, which says nothing about what the nets learned.
+    ``persistent=False`` takes the first crossing (step 0 ignored)."""
     la = real["loss"].sel(probe=probe).mean("seed").values
     lb = clone["loss"].sel(probe=probe).mean("seed").values
     apart = np.abs(la - lb) / np.minimum(la, lb) > rel
     apart[0] = False
-    return int(real.step.values[int(np.argmax(apart))]) if apart.any() else None
+    if not apart.any():
+        return None
+    if not persistent:
+        return int(real.step.values[int(np.argmax(apart))])
+    if not apart[-1]:
+        return None
+    together = np.nonzero(~apart)[0]
+    return int(real.step.values[together[-1] + 1])
 
 
 def clone_ladder(cfg: object, rungs: tuple[str, ...] = LADDER, rel: float = 0.1,

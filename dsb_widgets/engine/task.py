@@ -260,14 +260,17 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
     """Fill ``None`` fields from the experiment's defaults and validate; raises ConfigError."""
     cfg = _check_types(cfg)
     exp = get_experiment(cfg.experiment)
+    # per-dataset defaults (``defaults["by_dataset"][name]``) override the experiment's own
+    dataset = cfg.dataset if cfg.dataset is not None else exp.defaults.get("dataset")
+    defaults = {**exp.defaults, **exp.defaults.get("by_dataset", {}).get(dataset, {})}
     filled = {}
     for f in dataclasses.fields(cfg):
-        if getattr(cfg, f.name) is None and f.name != "probes" and f.name != "data_dir":
-            if f.name in exp.defaults:
-                filled[f.name] = exp.defaults[f.name]
+        if getattr(cfg, f.name) is None and f.name != "data_dir" and (f.name != "probes" or "probes" in defaults):
+            if f.name in defaults:
+                filled[f.name] = defaults[f.name]
             elif f.name in _COMMON_DEFAULTS:
                 filled[f.name] = _COMMON_DEFAULTS[f.name]
-    options = {**exp.defaults.get("options", {}), **dict(cfg.options)}
+    options = {**exp.defaults.get("options", {}), **defaults.get("options", {}), **dict(cfg.options)}
     if exp.options is not None:
         from dsb_widgets.options import options_dict, parse_options
 
