@@ -347,6 +347,8 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
         out = check_out_path(out, resume=resume, force=force)
     driver = get_experiment(cfg.experiment).driver
     if driver is not None:  # evaluation-only experiment (checkpoints): same files, same events
+        if threads is not None:
+            apply_threads(threads if isinstance(threads, int) else auto_threads(concurrent))
         return driver(cfg, out=out, resume=resume, subscribers=subscribers, stop_event=stop_event,
                       progress=progress)
     if threads is not None:
