@@ -26,7 +26,7 @@ def _one_thread() -> None:
 def _table(out: str) -> dict[str, list[str]]:
     """The printed summary tables (DSB probes, then edit probes): probe -> its columns."""
     lines = out.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("probe") and "min step" in line]
+    starts = [i for i, line in enumerate(lines) if line.startswith("probe") and ("min step" in line or "target acc" in line)]
     assert starts, "no summary table printed"
     rows = {}
     for start in starts:
@@ -51,11 +51,12 @@ def test_run_images_writes_netcdf_and_prints_table(tmp_path: Path, capsys: pytes
     assert list(rows) == list(IMAGE_PROBES)
     for r in summary_table(ds):  # the table shows what the file holds
         cols = rows[r["probe"]]
+        if r["kind"] == "edit":  # edit probes: target-label accuracy and loss, not the source-label loss
+            assert cols[1:4] == [f"{r['max_target_acc']:.3f}", "@", str(r["max_target_acc_step"])]
+            continue
         assert int(cols[1]) == r["min_step"]
         assert float(cols[2]) == pytest.approx(r["min_loss"], abs=6e-5)
         assert float(cols[3]) == pytest.approx(r["final_loss"], abs=6e-5)
-        if r["probe"] in ("ot", "cqn"):
-            assert "@" in cols and "->" in cols  # target accuracy: max @ step -> final
     assert str(out) in printed and "probe evaluation" in printed
 
 

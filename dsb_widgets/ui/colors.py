@@ -40,9 +40,9 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 # Fixed slots (family, index) of the probes the experiments build, so colours never depend on
 # which probes a run happens to include.
 KNOWN: dict[str, int] = {
-    "maxent1": 0, "unigram": 0, "cqn": 1, "shuffled": 2, "independent": 3,
-    "maxent2": 0, "bigram": 0, "gauss_clone": 1, "ot": 2, "shift": 3,
-    "trigram": 0,
+    "maxent1": 0, "unigram": 0, "cqn": 1, "shift": 2, "shuffled": 2, "kl_unigram": 0, "js_unigram": 1,
+    "maxent2": 0, "bigram": 0, "gauss_clone": 1, "ot": 2, "maxent2_cube": 3, "kl_bigram": 0, "js_bigram": 1,
+    "maxent3": 0, "trigram": 0, "kl_trigram": 0, "js_trigram": 1,
 }
 
 
@@ -104,7 +104,8 @@ def probe_colors(probes: Sequence[str], orders: Sequence[float] | None = None) -
 
 _DEFAULT_ORDERS: Mapping[str, float] = {
     "real": math.inf, "maxent1": 1.0, "maxent2": 2.0, "gauss_clone": 2.0, "ot": 2.0, "cqn": 1.0,
-    "unigram": 1.0, "bigram": 2.0, "trigram": 3.0, "shuffled": 1.0,
+    "unigram": 1.0, "bigram": 2.0, "trigram": 3.0, "shuffled": 1.0, "maxent3": 3.0, "maxent2_cube": 2.0,
+    "shift": 1.0,
 }
 
 

@@ -71,13 +71,14 @@ class CurvePlots:
     kinds: dict[str, str] = field(default_factory=dict)
     edit_acc: figure | None = None
     edit_loss: figure | None = None
+    div: figure | None = None  # KL/JS to n-gram predictors (text), when recorded
     mins: dict[str, ColumnDataSource] = field(default_factory=dict)
     floors: dict[str, ColumnDataSource] = field(default_factory=dict)
     overlays: list[str] = field(default_factory=list)  # labels of saved runs drawn dashed
 
     @property
     def figures(self) -> list[figure]:
-        return [f for f in (self.loss, self.acc, self.edit_acc, self.edit_loss) if f is not None]
+        return [f for f in (self.loss, self.acc, self.edit_acc, self.edit_loss, self.div) if f is not None]
 
 
 def _legend(fig: figure) -> Legend:
@@ -122,8 +123,12 @@ def make_plots(probes: Sequence[str], orders: Sequence[float], floors: Sequence[
         edit_acc.y_range = Range1d(-0.02, 1.02)
         edit_loss = _figure("Edit panel: loss on the TARGET label b", "target-label loss (nats, log scale)",
                             "edit_loss_figure", log_y=True, height=300)
-    plots = CurvePlots(loss, acc, {}, probe_styles(probes, orders), kinds, edit_acc, edit_loss)
-    hov: dict[str, list] = {"loss": [], "acc": [], "eacc": [], "eloss": []}
+    div = None
+    if any(kinds.get(p) == "divergence" for p in probes):
+        div = _figure("Divergence of the model from the train n-gram predictors on real text (KL solid, JS dashed)",
+                      "nats/token (log scale)", "divergence_figure", log_y=True, height=300)
+    plots = CurvePlots(loss, acc, {}, probe_styles(probes, orders), kinds, edit_acc, edit_loss, div)
+    hov: dict[str, list] = {"loss": [], "acc": [], "eacc": [], "eloss": [], "div": []}
     xs = [1.0, float(x_max) if x_max else 4096.0]
     for probe, floor in zip(probes, floors):
         st = plots.styles[probe]
@@ -133,6 +138,11 @@ def make_plots(probes: Sequence[str], orders: Sequence[float], floors: Sequence[
             assert edit_acc is not None and edit_loss is not None
             hov["eacc"].append(_curve(edit_acc, src, st, "tacc", "tacc_lo", "tacc_hi", probe, f"{probe} -> target"))
             hov["eloss"].append(_curve(edit_loss, src, st, "tloss", None, None, probe, f"{probe} -> target"))
+            continue
+        if kinds.get(probe) == "divergence":
+            assert div is not None
+            st = ProbeStyle(st.probe, st.order, st.color, st.marker, probe, "dashed" if probe.startswith("js_") else "solid")
+            hov["div"].append(_curve(div, src, st, "loss", "loss_lo", "loss_hi", probe, probe))
             continue
         hov["loss"].append(_curve(loss, src, st, "loss", "loss_lo", "loss_hi", probe, st.label))
         mins = ColumnDataSource(dict(x=[], y=[], step=[]), name=f"min:{probe}")
@@ -150,6 +160,8 @@ def make_plots(probes: Sequence[str], orders: Sequence[float], floors: Sequence[
     _hover(loss, hov["loss"], [("probe", "$name"), ("step", "@step{0}"), ("loss", "@loss{0.0000}"),
                                ("seeds", "@loss_lo{0.000} .. @loss_hi{0.000}")])
     _hover(acc, hov["acc"], [("probe", "$name"), ("step", "@step{0}"), ("accuracy", "@acc{0.000}")])
+    if div is not None:
+        _hover(div, hov["div"], [("probe", "$name"), ("step", "@step{0}"), ("nats/token", "@loss{0.0000}")])
     if edit_acc is not None and edit_loss is not None:
         _hover(edit_acc, hov["eacc"], [("probe", "$name"), ("step", "@step{0}"), ("target acc", "@tacc{0.000}")])
         _hover(edit_loss, hov["eloss"], [("probe", "$name"), ("step", "@step{0}"), ("target loss", "@tloss{0.000}")])
@@ -198,6 +210,12 @@ def add_saved_overlay(plots: CurvePlots, ds: xr.Dataset, label: str, band: str =
                                            line_dash=dash, name=name),
                        plots.edit_loss.line("x", "tloss", source=src, line_color=color, line_width=1.5,
                                             line_dash=dash, name=name)]
+            continue
+        if kinds[probe] == "divergence":
+            if plots.div is not None:
+                m, _, _ = summary("loss")
+                src = ColumnDataSource(dict(x=x, step=x - 1, loss=m), name=f"overlay:{label}:{probe}")
+                plots.div.line("x", "loss", source=src, line_color=color, line_width=1.5, line_dash=dash, name=name)
             continue
         m, lo, hi = summary("loss")
         am, _, _ = summary("accuracy")

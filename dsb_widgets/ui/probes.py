@@ -12,7 +12,10 @@ Families (Belrose et al., ICML 2024):
   network reads the moved statistics) and falls later. Their loss on the *source* label a is not
   a DSB curve (it rises to large values exactly when the edit "works"), so views show the
   target-label accuracy and loss, never the source-label loss next to the DSB probes.
-- ``measure``: per-checkpoint predictions that are not data sets (Taylor terms of the loss).
+- ``measure``: per-checkpoint predictions that are not data sets (Taylor terms of the loss),
+  drawn dashed on the DSB panel.
+- ``divergence``: KL / JS divergence between the model's next-token distribution and an n-gram
+  predictor on real text (``kl_<n>``, ``js_<n>``): their own panel (nats/token, not a loss).
 
 Family of a probe in a results Dataset: :func:`dsb_widgets.engine.results.probe_kinds`; of a
 live run: :func:`kind_of` (name and whether its rows carry a target accuracy).
@@ -24,19 +27,24 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
-KINDS = ("dsb", "edit", "measure")
+KINDS = ("dsb", "edit", "measure", "divergence")
 
 EXPLAIN: dict[str, str] = {
     "real": "held-out real data (every statistic): its loss should fall throughout training.",
     "maxent1": "keeps only class means (order 1): a rise means the network now uses more than the means.",
     "maxent2": "keeps class means and covariances (order 2): a rise means it uses statistics beyond the covariance.",
+    "maxent2_cube": "class means and covariances on the pixel cube [0, 1] (Belrose's sigmoid samples, order 2): "
+                    "a rise means it uses statistics beyond the covariance.",
+    "maxent3": "adds third moments in each class's top principal directions (order 3): rising later than "
+               "maxent2 = the network learns third-order statistics after second-order ones.",
     "gauss_clone": "Gaussian-mixture clone (Refinetti et al.), mean + covariance, clamped: "
                    "a rise means the network has left the Gaussian clone it first matched.",
     "ot": "test image of class a moved by Gaussian optimal transport onto class b's mean and covariance: "
           "accuracy on b rising = the network reads order-2 statistics; falling later = it uses higher ones.",
     "cqn": "test image of class a with each pixel's quantiles moved onto class b (order-1 marginals): "
            "accuracy on b rising then falling is the DSB.",
-    "shift": "test image of class a shifted by the class-mean difference towards b: accuracy on b as for OT.",
+    "shift": "test image of class a shifted per pixel onto class b's mean (order 1): accuracy on b rising "
+             "then falling is the DSB.",
     "unigram": "tokens drawn i.i.d. from the train unigram frequencies (order 1): a rise above its dotted "
                "floor means the model relies on context the sequence does not have.",
     "bigram": "Markov chain of the train bigram counts (order 2): a rise means it uses more than the previous token.",
@@ -84,6 +92,11 @@ def explain(probe: str) -> str:
                 f"its loss saturating or rising means the BERT uses interactions beyond {m.group(1)} bodies.")
     if probe.startswith("taylor"):
         return "Taylor-expansion term of the loss (a prediction, not a data set)."
+    m = re.match(r"^(kl|js)_(\w+)$", probe)
+    if m:
+        what = "KL(n-gram || model)" if m.group(1) == "kl" else "Jensen-Shannon divergence"
+        return (f"{what} to the train {m.group(2)} predictor on real text: falling = the model matches "
+                f"{m.group(2)} statistics; rising later = it moves beyond them.")
     return "probe set (no description)."
 
 
@@ -100,6 +113,8 @@ def kind_of(probe: str, has_target: bool) -> str:
         return "edit"
     if probe.startswith("taylor"):
         return "measure"
+    if probe.startswith(("kl_", "js_")):
+        return "divergence"
     return "dsb"
 
 

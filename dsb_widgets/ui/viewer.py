@@ -92,9 +92,14 @@ class RunViewer(pn.viewable.Viewer):
         self.registry = registry
         self.notebook = not in_server_session()
         self.loss_pane = pn.pane.Bokeh(placeholder("no run yet"), sizing_mode="stretch_width")
-        self.acc_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width", visible=False)
-        self.edit_acc_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width", visible=False)
-        self.edit_loss_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width", visible=False)
+        self.acc_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width")
+        self.edit_acc_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width")
+        self.edit_loss_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width")
+        self.div_pane = pn.pane.Bokeh(placeholder(""), sizing_mode="stretch_width")
+        # Shown/hidden as containers (a Bokeh pane's own `visible` does not hide its figure).
+        self.acc_box = pn.Column(self.acc_pane, sizing_mode="stretch_width", visible=False)
+        self.edit_box = pn.Row(self.edit_acc_pane, self.edit_loss_pane, sizing_mode="stretch_width", visible=False)
+        self.div_box = pn.Column(self.div_pane, sizing_mode="stretch_width", visible=False)
         self.progress = pn.indicators.Progress(value=0, max=1, bar_color="primary", sizing_mode="stretch_width",
                                                height=10, margin=(6, 10, 0, 10))
         self.alert = pn.pane.Alert("No run yet: choose settings in the sidebar and press **Start**.",
@@ -116,9 +121,8 @@ class RunViewer(pn.viewable.Viewer):
                           pn.widgets.FloatSlider.from_param(self.param.smoothing, name="smoothing (EMA)", width=180),
                           pn.widgets.Select.from_param(self.param.band, name="band over seeds", width=120),
                           self.download_nc, self.download_csv, self.resume_btn, sizing_mode="stretch_width")
-        self.layout = pn.Column(self.intro, self.progress, self.alert, controls, self.loss_pane,
-                                pn.Row(self.edit_acc_pane, self.edit_loss_pane, sizing_mode="stretch_width"),
-                                self.acc_pane, self.compare, self.explain, self.config_card,
+        self.layout = pn.Column(self.intro, self.progress, self.alert, controls, self.loss_pane, self.edit_box,
+                                self.div_box, self.acc_box, self.compare, self.explain, self.config_card,
                                 sizing_mode="stretch_width")
         self.hooks: list[Callable[[], None]] = []  # extra work per tick (e.g. the app's run list)
         self._overlays: list[tuple[xr.Dataset, str]] = []
@@ -168,14 +172,17 @@ class RunViewer(pn.viewable.Viewer):
         self.plots = plots
         self.loss_pane.object = plots.loss if plots else placeholder(message)
         self.acc_pane.object = plots.acc if plots else placeholder("")
-        self.acc_pane.visible = plots is not None
+        self.acc_box.visible = plots is not None
         has_edit = plots is not None and plots.edit_acc is not None
         if has_edit:
             self.edit_acc_pane.object, self.edit_loss_pane.object = plots.edit_acc, plots.edit_loss
-        self.edit_acc_pane.visible = self.edit_loss_pane.visible = has_edit
+        self.edit_box.visible = has_edit
+        if plots is not None and plots.div is not None:
+            self.div_pane.object = plots.div
+        self.div_box.visible = plots is not None and plots.div is not None
 
     def _panes(self) -> list[pn.pane.Bokeh]:
-        return [self.loss_pane, self.acc_pane, self.edit_acc_pane, self.edit_loss_pane]
+        return [self.loss_pane, self.acc_pane, self.edit_acc_pane, self.edit_loss_pane, self.div_pane]
 
     def drain(self) -> int:
         """Stream the run's unseen rows into the figures; returns the number of rows taken."""
@@ -307,7 +314,10 @@ class RunViewer(pn.viewable.Viewer):
     def add_overlay(self, ds: xr.Dataset, label: str) -> int:
         """Overlay a saved run (dashed, static); returns the number of probes drawn.
         The same label twice replaces the earlier overlay (no duplicate curves)."""
-        replaced = any(lbl == label for _, lbl in self._overlays)
+        same = [d for d, lbl in self._overlays if lbl == label]
+        if same and same[0].identical(ds):
+            return len(ds["probe"])  # already drawn: nothing to do
+        replaced = bool(same)
         self._overlays = [(d, lbl) for d, lbl in self._overlays if lbl != label] + [(ds, label)]
         if self.plots is None:
             self._rebuild_overlays_only()
@@ -426,7 +436,8 @@ def viewer(run: RunHandle | str | None = None, **kwargs: Any) -> RunViewer:
 
 def explainer_html(plots: CurvePlots) -> str:
     """One line per probe: colour swatch, name, family and what a rise of its curve means."""
-    family = {"dsb": "DSB panel", "edit": "edit panel (target label)", "measure": "prediction"}
+    family = {"dsb": "DSB panel", "edit": "edit panel (target label)", "measure": "prediction",
+              "divergence": "divergence panel"}
     lines = []
     for probe, st in plots.styles.items():
         kind = plots.kinds.get(probe, "dsb")
