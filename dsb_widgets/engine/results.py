@@ -209,15 +209,16 @@ def run_config(ds: xr.Dataset) -> dict[str, Any]:
 def probe_kinds(ds: xr.Dataset) -> dict[str, str]:
     """{probe: "dsb" | "edit" | "measure"}: the ``probe_kind`` coordinate when present, else
     "edit" for probes with any finite ``target_accuracy`` (OT/CQN edits: the claim is about the
-    target label), "measure" for Taylor predictions, "dsb" for the rest (real, max-ent, clones,
-    n-grams)."""
+    target label), "measure" for Taylor predictions, "divergence" for KL/JS to n-gram predictors
+    (``kl_*``, ``js_*``), "dsb" for the rest (real, max-ent, clones, n-grams)."""
     probes = [str(p) for p in ds["probe"].values]
     if "probe_kind" in ds.coords:
         return {p: str(k) for p, k in zip(probes, ds["probe_kind"].values)}
     out = {}
     for i, p in enumerate(probes):
         has_target = "target_accuracy" in ds and bool(np.isfinite(ds["target_accuracy"].isel(probe=i).values).any())
-        out[p] = "edit" if has_target else ("measure" if p.startswith("taylor") else "dsb")
+        out[p] = ("edit" if has_target else "measure" if p.startswith("taylor")
+                  else "divergence" if p.startswith(("kl_", "js_")) else "dsb")
     return out
 
 
@@ -262,17 +263,16 @@ def format_summary(ds: xr.Dataset, per_seed: bool = False) -> str:
     """The CLI's summary, split by probe family: DSB probes (loss, floors), edit probes
     (target-label accuracy and loss), measurements; ``per_seed`` adds one row per seed."""
     seeds: list[int | None] = [None] + ([int(s) for s in ds.seed.values] if per_seed else [])
-    tables: dict[str, list[str]] = {"dsb": [], "edit": [], "measure": []}
+    tables: dict[str, list[str]] = {"dsb": [], "edit": [], "measure": [], "divergence": []}
     for seed in seeds:
         for r in summary_table(ds, seed):
             name = r["probe"] if seed is None else f"{r['probe']}[s{seed}]"
             order = "real" if r["order"] == float("inf") else f"{r['order']:g}"
             if r["kind"] == "edit":
-                line = (f"{name:<16}{order:>6}{r['min_step']:>10}{r['min_loss']:>10.4f}{r['final_loss']:>10.4f}"
-                        f"   {r['max_target_acc']:.3f} @ {r['max_target_acc_step']} -> {r['final_target_acc']:.3f}")
-                if "min_target_loss" in r:
-                    line += (f"   {r['min_target_loss']:.3f} @ {r['min_target_loss_step']}"
-                             f" -> {r['final_target_loss']:.3f}")
+                acc = f"{r['max_target_acc']:.3f} @ {r['max_target_acc_step']} -> {r['final_target_acc']:.3f}"
+                tl = (f"{r['min_target_loss']:.3f} @ {r['min_target_loss_step']} -> {r['final_target_loss']:.3f}"
+                      if "min_target_loss" in r else "-")
+                line = f"{name:<16}{order:>6}   {acc:<28}{tl}"
             else:
                 floor = f"{r['floor']:.4f}" if np.isfinite(r["floor"]) else "-"
                 line = (f"{name:<16}{order:>6}{r['min_step']:>10}{r['min_loss']:>10.4f}{r['final_loss']:>10.4f}"
@@ -286,9 +286,12 @@ def format_summary(ds: xr.Dataset, per_seed: bool = False) -> str:
     if tables["edit"]:
         out += ["Edit probes: an image of class a moved onto class b's statistics; the claim is about "
                 "the TARGET label b (its loss on the source label a rises when the edit works)",
-                head + "   target acc (max @ step -> final)   target loss (min @ step -> final)",
+                f"{'probe':<16}{'order':>6}   {'target acc: max @ step -> final':<28}target loss: min @ step -> final",
                 *tables["edit"], ""]
     if tables["measure"]:
         out += ["Measurements (predictions, not data sets)", head + f"{'floor':>10}{'rise':>10}",
                 *tables["measure"], ""]
+    if tables["divergence"]:
+        out += ["Divergences from n-gram predictors on real text (nats/token; 'loss' columns hold the divergence)",
+                head + f"{'floor':>10}{'rise':>10}", *tables["divergence"], ""]
     return "\n".join(out).rstrip("\n")
