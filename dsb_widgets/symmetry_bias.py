@@ -44,3 +44,15 @@ def sweep_p_star(ds: xr.Dataset, threshold: float = 0.5) -> xr.DataArray:
     if "train_size" not in ds.dims:
         raise ValueError("the sweep has no train_size axis; sweep options.train_size (examples/sweep_symmetry.yaml)")
     return p_star(final_error(ds), threshold, dim="train_size").rename("p_star")
+
+
+def scaling_exponent(values: xr.DataArray, dim: str = "context") -> xr.DataArray:
+    """Least-squares slope of log(values) against log(dim) (e.g. P* ~ n^slope), NaNs dropped."""
+    def slope(v: np.ndarray, xs: np.ndarray) -> float:
+        ok = np.isfinite(v) & (v > 0)
+        if ok.sum() < 2:
+            return float("nan")
+        return float(np.polyfit(np.log(xs[ok]), np.log(v[ok]), 1)[0])
+
+    xs = np.asarray(values[dim].values, dtype=float)
+    return xr.apply_ufunc(slope, values, input_core_dims=[[dim]], kwargs={"xs": xs}, vectorize=True)

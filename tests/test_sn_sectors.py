@@ -155,3 +155,11 @@ def test_transformer_learns_trivial_sector_first() -> None:
     triv, std = s.sel(probe="trivial").values, s.sel(probe="standard").values
     assert np.all(np.isfinite(triv)), triv
     assert np.all(~np.isfinite(std) | (triv < std)), (triv, std)
+
+
+def test_scaling_exponent() -> None:
+    from dsb_widgets.symmetry_bias import scaling_exponent
+
+    n = np.array([4, 8, 16, 32])
+    vals = xr.DataArray(np.stack([3.0 * n ** 1.5, 7.0 * n ** 0.0]), dims=("probe", "context"), coords={"context": n})
+    np.testing.assert_allclose(scaling_exponent(vals).values, [1.5, 0.0], atol=1e-12)
