@@ -433,3 +433,15 @@ def test_no_test_asserts_on_wall_clock_time() -> None:
                     re.search(rf"\b{re.escape(n)}\b", code) for n in timed)):
                 offenders.append(f"{path.name}:{i}: {line.strip()}")
     assert not offenders, offenders
+
+
+def test_dashboard_form_reads_the_same_options_schema(tmp_path: Path) -> None:
+    from dsb_widgets.runs import RunRegistry
+    from dsb_widgets.ui.app import Dashboard
+
+    reg = RunRegistry()
+    board = Dashboard(tmp_path / "runs", reg)
+    assert "width=256" in board.options_help.value and "taylor_method" in board.options_help.value
+    for text, needle in (("widht=64", "width"), ("width=0", "must be &gt;= 1"), ("taylor=maybe", "true")):
+        board.options.value = text
+        assert board.start() is None and needle in board.message.object and not reg.runs()

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsb_widgets.engine.results import ResultsTable, load_results, write_atomic
+from dsb_widgets.engine.task import PROBE_SEEDING
 from dsb_widgets.engine.task import ConfigError
 from dsb_widgets.sweep import (KEY_PREFIX, is_finished, merge_runs, read_attempts, run_path, run_sweep)
 from dsb_widgets.sweep_config import SweepConfig, SweepRun, expand, load_sweep, parse_sweep
@@ -78,7 +79,8 @@ def _fake_run(sweep: SweepConfig, run: SweepRun, value: float, last_step: int | 
     """Write an engine-format netCDF for ``run`` whose every metric is ``value + step / 1000``."""
     cfg = run.config
     seeds = [cfg.seed + i for i in range(cfg.seeds)]
-    table = ResultsTable(list(cfg.probes), [1.0] * len(cfg.probes), seeds, attrs={"config": cfg.to_json()})
+    table = ResultsTable(list(cfg.probes), [1.0] * len(cfg.probes), seeds,
+                         attrs={"config": cfg.to_json(), "probe_seeding": PROBE_SEEDING})
     for step in (0, 1, 2, 4, cfg.steps if last_step is None else last_step):
         v = np.full((len(cfg.probes), len(seeds)), value + step / 1000)
         table.add(step, 0.1 * step, {m: v for m in ("loss", "accuracy", "target_loss", "target_accuracy")},

@@ -43,8 +43,22 @@ ACCENT = "#6a00a8"  # plasma purple, the colour family of the order map
 
 
 
+def parse_form_options(text: str | None) -> dict[str, str]:
+    """``"width=64, train_on=gauss_clone"`` -> {name: value}; the experiment's typed options schema
+    (the same one the CLI and sweeps use) checks names, types and ranges in ``resolve_config``."""
+    options: dict[str, str] = {}
+    for item in (text or "").replace(";", ",").split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise ConfigError(f"bad option {item.strip()!r}; write KEY=VALUE pairs separated by commas, e.g. width=64")
+        key, value = item.split("=", 1)
+        options[key.strip()] = value.strip()
+    return options
+
+
 def form_config(experiment: str, dataset: str | None, model: str | None, steps: int | None,
-                seeds: int | None, probes: list[str] | None = None) -> RunConfig:
+                seeds: int | None, probes: list[str] | None = None, options: str | None = None) -> RunConfig:
     """RunConfig from the sidebar's values; validation is left to ``resolve_config``."""
     if steps is None:
         raise ConfigError("steps is empty; enter a number of training steps, e.g. 1024")
@@ -52,7 +66,7 @@ def form_config(experiment: str, dataset: str | None, model: str | None, steps: 
         raise ConfigError("seeds is empty; enter how many seeds to train together, e.g. 2")
     dataset = (dataset or "").strip() or None
     return RunConfig(experiment=experiment, dataset=dataset, model=model or None, steps=int(steps),
-                     seeds=int(seeds), probes=tuple(probes) if probes else None)
+                     seeds=int(seeds), probes=tuple(probes) if probes else None, options=parse_form_options(options))
 
 
 def run_path(runs_dir: Path, cfg: RunConfig) -> Path:
@@ -95,6 +109,8 @@ class Dashboard:
         self.steps = pn.widgets.IntInput(name="Steps", value=1024, step=256)
         self.seeds = pn.widgets.IntInput(name="Seeds (trained together)", value=2, step=1)
         self.probes = pn.widgets.MultiChoice(name="Probes", options=[], value=[])
+        self.options = pn.widgets.TextInput(name="Options (KEY=VALUE, ...)", value="")
+        self.options_help = pn.widgets.TooltipIcon(value="")
         self.start_btn = pn.widgets.Button(name="Start", button_type="primary", width=110)
         self.stop_btn = pn.widgets.Button(name="Stop", button_type="danger", width=110)
         self.message = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width",
@@ -143,13 +159,20 @@ class Dashboard:
         self.model.value = d.get("model", exp.models[0])
         self.probes.options, self.probes.value = list(exp.probes), list(exp.probes)
         self.steps.value = int(d.get("steps", 1024))
+        if exp.options is not None:  # the experiment's typed options schema, as in `dsb run --help`
+            from dsb_widgets.options import options_help
+
+            lines = options_help(exp.options).splitlines()
+            self.options.placeholder = ", ".join(line.split()[0] for line in lines[:2])
+            self.options_help.value = "\n".join(lines)
+        self.options.value = ""
         self.say("")
 
     def start(self) -> RunHandle | None:
         """Validate the form and start a run in the registry; errors become a page message."""
         try:
             raw = form_config(self.experiment.value, self.dataset.value, self.model.value,
-                              self.steps.value, self.seeds.value, self.probes.value)
+                              self.steps.value, self.seeds.value, self.probes.value, self.options.value)
             self.policy.check_config(raw, get_experiment(raw.experiment).datasets)  # before any read
             cfg = resolve_config(raw)
             self.policy.check_config(cfg, get_experiment(cfg.experiment).datasets)
@@ -265,7 +288,8 @@ class Dashboard:
     def sidebar(self) -> list[Any]:
         return [
             pn.pane.Markdown("### New run"), self.experiment, self.dataset, self.model, self.steps,
-            self.seeds, self.probes, pn.Row(self.start_btn, self.stop_btn), self.message,
+            self.seeds, self.probes, pn.Row(self.options, self.options_help), pn.Row(self.start_btn, self.stop_btn),
+            self.message,
             pn.layout.Divider(), self.run_select,
             pn.layout.Divider(), pn.pane.Markdown("### Compare"), self.files,
             pn.Row(self.open_btn, self.refresh_btn), self.upload, self.clear_btn,
