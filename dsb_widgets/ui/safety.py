@@ -176,7 +176,8 @@ def check_netcdf_header(blob: bytes, name: str = "file", *, max_elements: int = 
         elements = math.prod(shape)
         declared = math.prod(max(1, n) for n in shape)  # a 0-record variable may still declare huge dims
         if declared > max_elements:
-            raise UnsafeInputError(f"{name}: variable {vname!r} declares dims {dict(zip((dims[i][0] for i in ids), shape))}, "
+            declared_dims = {dims[i][0]: n for i, n in zip(ids, shape, strict=True)}
+            raise UnsafeInputError(f"{name}: variable {vname!r} declares dims {declared_dims}, "
                                    f"over the limit of {max_elements:,} values")
         itemsize = _NC_TYPES[nc_type][1]
         record = bool(ids) and dims[ids[0]][1] == 0
