@@ -34,6 +34,9 @@ class ImageOptions:
     ot_shrinkage: str = field(default="optimal", metadata={
         "help": "covariance shrinkage of the OT maps: optimal, none, or a weight in [0, 1]"})
     clamp_ot: bool = field(default=False, metadata={"help": "clip OT-edited images to [0, 1]"})
+    ot_rank: int = field(default=0, metadata={
+        "help": "OT maps between rank-r PPCA covariances (lowrank_ot.py); 0: exact up to d = 1024, "
+                "rank 256 above (CIFAR-10)", "min": 0})
     num_quantiles: int = field(default=256, metadata={"help": "quantiles per pixel of the CQN tables", "min": 2})
     maxent3_k: int = field(default=8, metadata={
         "help": "maxent3: principal directions per class whose third moments are matched", "min": 1, "max": 32})

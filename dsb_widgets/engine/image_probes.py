@@ -45,9 +45,11 @@ PROBE_ORDER = {"real": math.inf, "maxent1": 1.0, "maxent2": 2.0, "maxent2_cube":
 IMAGE_PROBES = tuple(PROBE_ORDER)
 DEFAULT_PROBES = ("real", "maxent1", "maxent2", "maxent3", "gauss_clone", "ot", "cqn")
 EDIT_PROBES = ("ot", "cqn", "shift")
+OT_EXACT_MAX_DIM = 1024  # above: PPCA OT of rank OT_AUTO_RANK unless -o ot_rank says otherwise
+OT_AUTO_RANK = 256
 PROBE_OPTIONS = {  # the options that change each probe (part of its cache key)
     "maxent1": ("maxent1",), "maxent2": ("clamp_maxent2",), "maxent3": ("maxent3_k",),
-    "maxent2_cube": ("cube_steps",), "ot": ("ot_shrinkage", "clamp_ot"), "cqn": ("num_quantiles",),
+    "maxent2_cube": ("cube_steps",), "ot": ("ot_shrinkage", "clamp_ot", "ot_rank"), "cqn": ("num_quantiles",),
     "shift": ("num_quantiles",),
 }
 
@@ -128,6 +130,13 @@ def _edit(name: str, stats: Callable[[], ClassStats], train: ImageData, x: torch
     if name == "ot":
         from dsb_widgets.gaussian_ot import GaussianOT
 
+        d = x[0].numel()
+        rank = options.ot_rank if options.ot_rank > 0 else (0 if d <= OT_EXACT_MAX_DIM else OT_AUTO_RANK)
+        if 0 < rank < d:  # CIFAR-sized: exact OT between PPCA covariances (lowrank_ot.py)
+            from dsb_widgets.lowrank_ot import LowRankOT
+
+            out = LowRankOT.fit(stats(), rank, shrinkage=options.shrinkage).transport(x, y, b)
+            return out.clamp(0, 1) if options.clamp_ot else out
         ot = GaussianOT.fit(stats(), shrinkage=options.shrinkage)  # None: raw (pseudo-inverse) covariances
         return ot.transport(x, y, b, clamp=options.clamp_ot)
     qn = QuantileNormalizer.fit(train.x, train.y, num_quantiles=int(options.num_quantiles))
