@@ -79,6 +79,8 @@ def test_sweep_reruns_results_with_probes_seeded_another_way(tmp_path: Path) -> 
     del old.attrs["probe_seeding"]  # a result from before probes were seeded by name
     write_atomic(old, out)
     assert not is_finished(out, cfg)
+    train(cfg, out=out, resume=True)  # what a sweep does next: restarts (same config), never mixes
+    assert is_finished(out, cfg)
 
 
 # --- item 16: weight decay groups (nanoGPT) and gradient clipping --------------------------------------

@@ -132,16 +132,6 @@ def evaluate_probe(stack: ModelStack, probe: Probe, device: torch.device, batch:
     return res
 
 
-def _publish(subscribers: Iterable[Subscriber], event: dict[str, Any]) -> None:
-    for sub in subscribers:
-        try:
-            sub(event)
-        except Exception:  # a broken viewer must never stop training
-            log.exception("results subscriber failed")
-
-
-class _Run:
-    """State of one training run (models, optimizer, generators, results table)."""
 def probe_digest(probes: Iterable[Probe]) -> str:
     """SHA-256 (16 hex digits) of every probe's name and data: two results evaluated on the same
     probe sets carry the same digest (saved in the results' attrs, checked by sweeps)."""
@@ -154,6 +144,16 @@ def probe_digest(probes: Iterable[Probe]) -> str:
     return h.hexdigest()[:16]
 
 
+def _publish(subscribers: Iterable[Subscriber], event: dict[str, Any]) -> None:
+    for sub in subscribers:
+        try:
+            sub(event)
+        except Exception:  # a broken viewer must never stop training
+            log.exception("results subscriber failed")
+
+
+class _Run:
+    """State of one training run (models, optimizer, generators, results table)."""
 
     def __init__(self, cfg: RunConfig, out: Path | None, resume: bool, task: Task | None = None,
                  force: bool = False) -> None:
@@ -207,8 +207,12 @@ def probe_digest(probes: Iterable[Probe]) -> str:
 
     def _prepare_files(self, resume: bool, force: bool = False) -> None:
         if resume and self.out.exists() and self.state_path.exists():
-            self._resume()
-            return
+            if load_results(self.out).attrs.get("probe_seeding") == PROBE_SEEDING:
+                self._resume()
+                return
+            # made before probes were seeded by name: its probe sets differ from today's, so the
+            # run restarts (below: only over a result of the same config) rather than mixing them
+            log.warning("%s has probe sets seeded the old way; restarting the run", self.out)
         if resume and has_result(self.out) and not force:
             # no state to continue from: restarting is safe only for the same config (the rerun
             # recomputes the same rows); another run's results are never overwritten
