@@ -54,7 +54,7 @@ class ImageOptions:
     taylor_seed: int = field(default=0, metadata={"help": "seed of the Taylor probe directions"})
 
     def __post_init__(self) -> None:
-        self.shrinkage  # validates ot_shrinkage
+        _ = self.shrinkage  # raises ConfigError for a bad ot_shrinkage
 
     @property
     def shrinkage(self) -> str | float | None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dsb_widgets.cli import main
+from dsb_widgets.engine import RunConfig
 
 FAST = ["--steps", "4", "--probe-size", "50", "--probes", "real", "maxent1", "--device", "cpu", "-o", "width=16"]
 
@@ -125,8 +126,7 @@ def test_sweep_cells_use_the_same_schema(tmp_path: Path) -> None:
 
 
 # --- item 7: never clobber a result ------------------------------------------------------------------
-def _digits_cfg(**kw: object) -> "RunConfig":
-    from dsb_widgets.engine import RunConfig
+def _digits_cfg(**kw: object) -> RunConfig:
 
     base: dict[str, object] = dict(steps=4, probe_size=50, probes=("real", "maxent1"), device="cpu",
                                    options={"width": 16})
