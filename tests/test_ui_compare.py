@@ -83,3 +83,21 @@ def test_same_file_twice_is_one_overlay(tmp_path: Path) -> None:
     assert d.viewer.overlays == ["a"]
     names = [r.name for r in d.viewer.loss_pane.object.renderers if (r.name or "").startswith("a: ")]
     assert sorted(names) == ["a: maxent1", "a: real"]
+
+
+def test_sidebar_messages_expire_but_errors_stay(tmp_path: Path) -> None:
+    from dsb_widgets.runs import RunRegistry
+    from dsb_widgets.ui.app import MESSAGE_S, Dashboard
+
+    d = Dashboard(tmp_path, registry=RunRegistry())
+    d.viewer.stop_polling()
+    d.say("Overlaid x", "success")
+    d._refresh_runs()
+    assert d.message.visible  # fresh
+    d._said_at -= MESSAGE_S + 1
+    d._refresh_runs()
+    assert not d.message.visible  # stale success message gone
+    d.say("Could not open y", "danger")
+    d._said_at -= MESSAGE_S + 1
+    d._refresh_runs()
+    assert d.message.visible  # an error stays until the next action

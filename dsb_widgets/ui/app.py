@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -39,6 +40,7 @@ from dsb_widgets.ui.viewer import RunViewer, describe
 log = logging.getLogger(__name__)
 TITLE = "dsb_widgets: networks learn statistics of increasing complexity"
 STATUS_PATH = "/dsb_status"
+MESSAGE_S = 10.0  # seconds a sidebar success/warning message stays (the run's status line is the lasting one)
 ACCENT = "#6a00a8"  # plasma purple, the colour family of the order map
 
 
@@ -145,6 +147,13 @@ class Dashboard:
     def say(self, text: str, kind: str = "danger") -> None:
         """Show a one-line message; escaped, since it quotes names from files, paths and the form."""
         self.message.alert_type, self.message.object, self.message.visible = kind, esc(text), bool(text)
+        self._said_at = time.monotonic()
+
+    def _expire_message(self, after_s: float = MESSAGE_S) -> None:
+        """Success / warning / info messages go after ``after_s`` (errors stay until the next action)."""
+        if self.message.visible and self.message.alert_type != "danger" and \
+                time.monotonic() - getattr(self, "_said_at", 0.0) > after_s:
+            self.say("")
 
     def _fill_from_experiment(self) -> None:
         try:
@@ -157,7 +166,8 @@ class Dashboard:
         self.dataset.value = str(d.get("dataset", exp.datasets[0] if exp.datasets else ""))
         self.model.options = list(exp.models)
         self.model.value = d.get("model", exp.models[0])
-        self.probes.options, self.probes.value = list(exp.probes), list(exp.probes)
+        self.probes.options = list(exp.probes)
+        self.probes.value = list(d.get("probes") or exp.probes)  # the experiment's default set, not every probe
         self.steps.value = int(d.get("steps", 1024))
         if exp.options is not None:  # the experiment's typed options schema, as in `dsb run --help`
             from dsb_widgets.options import options_help
@@ -195,10 +205,11 @@ class Dashboard:
             self.say("No running run to stop.", "warning")
             return
         run.stop()
-        self.say(f"Stopping {run.id} after its current step (state saved, resumable).", "warning")
+        self.say("")  # the run's status line says "stopping", then "stopped"
 
     # -- runs of this process ----------------------------------------------------------------
     def _refresh_runs(self) -> None:
+        self._expire_message()
         runs = self.registry.runs()
         ids = tuple(r.id for r in runs)
         if ids == self._run_ids:

@@ -118,8 +118,8 @@ def make_plots(probes: Sequence[str], orders: Sequence[float], floors: Sequence[
     edits = [p for p in probes if kinds.get(p) == "edit"]
     edit_acc = edit_loss = None
     if edits or edit_panel:
-        edit_acc = _figure("Edit panel: accuracy on the TARGET label b (image of class a moved onto b's "
-                           "statistics; rises, then falls)", "target-label accuracy", "edit_acc_figure", height=300)
+        edit_acc = _figure("Edit panel: accuracy on the TARGET label b", "target-label accuracy", "edit_acc_figure",
+                           height=300)
         edit_acc.y_range = Range1d(-0.02, 1.02)
         edit_loss = _figure("Edit panel: loss on the TARGET label b", "target-label loss (nats, log scale)",
                             "edit_loss_figure", log_y=True, height=300)

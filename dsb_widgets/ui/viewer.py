@@ -65,6 +65,8 @@ def status_message(run: RunHandle, eta: str = "", elapsed: float | None = None) 
         return "warning", f"Run {run.id} stopped at step {st.step}/{st.total} (state saved).{how}"
     if st.status == "starting":
         return "info", f"Run {run.id} is starting: loading data and building probe sets... {spent} elapsed"
+    if run.stop_event.is_set():
+        return "warning", f"Run {run.id} stopping after its current step (state will be saved) {spent} elapsed"
     return "primary", f"Run {run.id} training: step {st.step}/{st.total} &nbsp;·&nbsp; {spent} elapsed &nbsp;·&nbsp; {eta}"
 
 
@@ -117,10 +119,11 @@ class RunViewer(pn.viewable.Viewer):
         self.config_pane = pn.pane.JSON({}, depth=2, name="run_config", sizing_mode="stretch_width")
         self.config_card = pn.Card(self.config_pane, title="Run config (full)", collapsed=True,
                                    sizing_mode="stretch_width", visible=False)
-        controls = pn.Row(pn.widgets.Checkbox.from_param(self.param.log_y, name="log-y loss", margin=(14, 10)),
+        controls = pn.FlexBox(pn.widgets.Checkbox.from_param(self.param.log_y, name="log-y loss", margin=(14, 10)),
                           pn.widgets.FloatSlider.from_param(self.param.smoothing, name="smoothing (EMA)", width=180),
                           pn.widgets.Select.from_param(self.param.band, name="band over seeds", width=120),
-                          self.download_nc, self.download_csv, self.resume_btn, sizing_mode="stretch_width")
+                          self.download_nc, self.download_csv, self.resume_btn, sizing_mode="stretch_width",
+                          flex_wrap="wrap")  # wraps at narrow widths instead of widening the page
         self.layout = pn.Column(self.intro, self.progress, self.alert, controls, self.loss_pane, self.edit_box,
                                 self.div_box, self.acc_box, self.compare, self.explain, self.config_card,
                                 sizing_mode="stretch_width")
