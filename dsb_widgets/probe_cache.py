@@ -6,7 +6,7 @@ class and per class pair) and samplers. Their inputs are fixed by the data, the 
 and the run seed, so they are computed once and stored under ``cache_dir()/probes``:
 
 * ``class_stats``: counts, means and centred scatter of the training split, keyed by the data's
-  content hash;
+  content hash (float64: 49 MB for Fashion-MNIST, 755 MB for CIFAR-10, which saves ~40 CPU-s);
 * one file per probe set (``real``, ``maxent2``, ``ot``, ...), keyed by the content hashes of
   the train and test splits, the probe name, size, seed, the options that change that probe and
   ``CACHE_VERSION`` (bump it when a sampler changes).
