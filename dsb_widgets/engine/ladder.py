@@ -20,6 +20,13 @@ batch seeds) and reports, per rung, the checkpoint from which the rung-trained n
 real-test loss differs from the real-trained one's by more than ``rel`` (10%) for good: the
 *divergence step* (``divergence_step``; None = never left it). The DSB predicts the steps grow up
 the ladder.
+
+Measured (sklearn digits, MLP 256, SGD lr 0.01, momentum 0.9, wd 5e-4, batch 128, cosine over
+1024 steps, 3 seeds, 6 checkpoints per octave; 2 loaded CPU cores, 842 s wall for the 4 runs):
+divergence steps iso_clone 144, gauss_clone 228, maxent3_clone 323 (first 10% crossing = for
+good, all three); final real-test loss 0.573 / 0.260 / 0.220 vs 0.196 trained on real data.
+With lr 0.05 the early fall is so steep that all three rungs cross 10% at the same checkpoint
+(step 45): use a learning rate that resolves the early phase.
 """
 
 from __future__ import annotations
