@@ -66,6 +66,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from dsb_widgets.data.images import load_if_available
+from dsb_widgets.ui.colors import probe_colors
 from dsb_widgets.ui.figures import image_grid
 from dsb_widgets.gaussian_ot import GaussianOT
 from dsb_widgets.quantile import QuantileNormalizer
@@ -123,7 +124,8 @@ def marginal_figure(name: str, a: int, b: int, pixels: list[int] | None = None, 
     if pixels is None:
         pixels = ks_per_coordinate(e["source a"], e["target b"]).argsort(descending=True)[:3].tolist()
     fig = make_subplots(rows=1, cols=len(pixels), subplot_titles=[f"pixel {k}" for k in pixels])
-    colors = {"source a": "#1f77b4", "target b": "#2ca02c", "CQN a→b": "#ff7f0e", "OT a→b": "#9467bd"}
+    edit = probe_colors(["cqn", "ot"])  # the probes' colours in every view (dsb_widgets.ui.colors)
+    colors = {"source a": "#7f7f7f", "target b": "#000000", "CQN a→b": edit["cqn"], "OT a→b": edit["ot"]}
     for c, k in enumerate(pixels, start=1):
         for label in ["source a", "target b", "CQN a→b", "OT a→b"]:
             fig.add_trace(go.Histogram(x=e[label][:, k].numpy(), name=label, histnorm="probability density",
@@ -138,7 +140,7 @@ def marginal_figure(name: str, a: int, b: int, pixels: list[int] | None = None, 
 marginal_figure("digits", 3, 8)
 
 # %% [markdown]
-# The Gaussian-OT edit (purple) gets the mean and variance of each pixel right but not the
+# The Gaussian-OT edit (indigo; CQN vermillion, source grey, target black) gets the mean and variance of each pixel right but not the
 # shape: it produces negative intensities and smears the atom at 0, because it moves pixels
 # *jointly* and linearly. CQN reproduces the whole marginal.
 #

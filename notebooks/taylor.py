@@ -78,6 +78,7 @@ import torch
 
 from dsb_widgets.engine.loop import train
 from dsb_widgets.engine.task import RunConfig, build_task
+from dsb_widgets.ui.colors import probe_colors
 
 pn.extension("plotly", inline=True)
 torch.set_num_threads(1)  # the Taylor terms are many tiny ops: extra threads only add sync overhead on CPU
@@ -139,8 +140,11 @@ def first_departure(measured: np.ndarray, predicted: np.ndarray, tol: float = GA
 i_real = first_departure(loss["real"], loss["taylor2"])
 i_me2 = first_departure(loss["maxent2"], loss["taylor2"])
 fig = go.Figure()
-for name, color, dash in (("real", "black", None), ("maxent2", "#2c7fb8", None), ("taylor0", "#fdae61", "dash"),
-                          ("taylor2", "#d7191c", "dash"), ("taylor4", "#7b3294", "dot")):
+# colours of every view (dsb_widgets.ui.colors): real black, order 1 oranges, order 2 blues; dashed = prediction
+TAYLOR_ORDERS = {"real": math.inf, "maxent2": 2.0, "taylor0": 1.0, "taylor2": 2.0, "taylor4": 2.0}
+COLOURS = probe_colors(list(TAYLOR_ORDERS), list(TAYLOR_ORDERS.values()))
+for name, dash in (("real", None), ("maxent2", None), ("taylor0", "dash"), ("taylor2", "dash"), ("taylor4", "dot")):
+    color = COLOURS[name]
     if name in loss:
         fig.add_trace(go.Scatter(x=x, y=loss[name], name=name, mode="lines+markers",
                                  line=dict(color=color, dash=dash), marker=dict(size=5)))
