@@ -27,13 +27,16 @@
 # The callback fires while the kernel is idle: keep working in other cells and the curves keep
 # growing.
 #
-# What to look for (Belrose et al., ICML 2024): the probes keep only low-order statistics of the
-# training images (order 1: class means, `maxent1`/`cqn`; order 2: class covariances,
-# `maxent2`/`gauss_clone`/`ot`; black: real test images). Early in training the loss on the
-# low-order probes falls together with the real loss: the network is using means and
-# covariances. Later it falls only on real data and rises on the probes, as the network starts
-# to rely on higher-order structure. On the accuracy plot, the dash-dot lines show how often
-# OT/CQN-edited images are classified as the class whose statistics they were given.
+# What to look for (Belrose et al., ICML 2024). The **DSB panel** (log-y loss) holds real test
+# images (black) and data that keep only low-order statistics of the training images (order 1,
+# oranges: `maxent1`; order 2, blues: `maxent2`, `gauss_clone`; order 3, green: `maxent3`).
+# Early in training their loss falls together with the real loss: the network uses means and
+# covariances. Later it keeps falling only on real data and rises on the probes (each probe's
+# minimum is starred), as the network starts to rely on higher-order structure. The **edit
+# panel** shows OT/CQN-edited images (a test image of class a given class b's statistics) scored
+# on the *target* label b: how often the network answers b. One line per probe under the plots
+# says what it keeps and what a rise means; the colours are those of every view
+# (`dsb_widgets.ui.colors`).
 #
 # `pn.extension(..., inline=True)` bundles the JavaScript into the notebook so it renders with
 # no network.
@@ -48,6 +51,8 @@ WAIT_FOR_RUN = FAST  # batch runs wait for the end; interactively, watch it live
 OUT = "runs/notebook-digits.nc"
 
 # %%
+import time
+
 import panel as pn
 import plotly.graph_objects as go
 import torch
@@ -55,7 +60,8 @@ import torch
 from dsb_widgets.engine.results import load_results
 from dsb_widgets.engine.task import RunConfig
 from dsb_widgets.runs import REGISTRY
-from dsb_widgets.ui.stream import order_color
+from dsb_widgets.engine.results import probe_kinds
+from dsb_widgets.ui.colors import probe_colors
 from dsb_widgets.ui.viewer import RunViewer
 
 pn.extension("plotly", inline=True)
@@ -66,39 +72,57 @@ torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # leave a core for th
 # one-line `ConfigError`) and returns a handle; training happens in the thread `dsb-train-run*`.
 
 # %%
+# Results are never overwritten: a rerun of this notebook writes a new, time-stamped file.
+out = OUT if not os.path.exists(OUT) else OUT.replace(".nc", time.strftime("-%Y%m%d-%H%M%S.nc"))
 run = REGISTRY.start(RunConfig(experiment="images", dataset="digits", model="mlp", steps=STEPS, seeds=SEEDS),
-                     out=OUT)
+                     out=out)
 view = RunViewer(run, period_ms=500)
 view
 
 # %% [markdown]
-# The viewer above updates by itself. `run.stop()` would end the run after its current step
-# (the state is saved; `dsb run images --resume --out runs/notebook-digits.nc` continues it).
-# In batch mode the next cell waits for the run to finish and flushes the last points.
+# The viewer above updates by itself while the kernel is idle. `run.stop()` would end the run
+# after its current step (the state is saved; the viewer's **Resume** button, or
+# `dsb run images --resume --out <the run's file>`, continues it). In batch mode the
+# next cell waits for the run to finish.
 
 # %%
 if WAIT_FOR_RUN:
     run.join()
-    view.drain()
 print(f"{run.id}: {run.store.status}, step {run.store.step}/{run.store.total}, {len(run.store)} rows")
 
 # %% [markdown]
-# After (or during) the run, the saved netCDF is an `xarray.Dataset` with dims
-# (step, probe, seed). A static Plotly summary of the seed-mean loss, same colours as the
-# live view (colour = interaction order):
+# A second viewer of the same run, built now: it starts from the run's first row, so it shows
+# every checkpoint so far (in a saved copy of this notebook, the viewer above shows the state
+# when its cell ran; this one shows the finished run). Each display is its own viewer: showing
+# one viewer object twice would share Bokeh models between two outputs.
 
 # %%
-ds = load_results(OUT)
+after = RunViewer(run, poll=not WAIT_FOR_RUN)
+after.drain()
+after
+
+# %% [markdown]
+# After (or during) the run, the saved netCDF is an `xarray.Dataset` with dims
+# (step, probe, seed). A static Plotly summary of the seed-mean loss of the DSB probes (log-y,
+# the same colours as the live view; edit probes are scored on their target label, not here):
+
+# %%
+ds = load_results(out)
 mean = ds["loss"].mean("seed")
+kinds = probe_kinds(ds)
+colours = probe_colors([str(p) for p in ds.probe.values], [float(o) for o in ds.probe_order.values])
 fig = go.Figure()
 for probe, order in zip(ds.probe.values, ds.probe_order.values):
+    if kinds[str(probe)] != "dsb":
+        continue
     fig.add_trace(go.Scatter(x=ds.step.values + 1, y=mean.sel(probe=probe).values, mode="lines+markers",
                              name=f"{probe} (order {'all' if order == float('inf') else f'{order:g}'})",
-                             line=dict(color=order_color(float(order)))))
-fig.update_layout(xaxis_type="log", xaxis_title="step + 1", yaxis_title="probe loss (nats)",
-                  title=f"digits MLP, {ds.sizes['seed']} seed(s): seed-mean probe loss", height=420)
+                             line=dict(color=colours[str(probe)])))
+fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="step + 1", yaxis_title="probe loss (nats, log)",
+                  title=f"digits MLP, {ds.sizes['seed']} seed(s): seed-mean loss of the DSB probes", height=420)
 summary = pn.pane.Plotly(fig, sizing_mode="stretch_width")
 summary
 
 # %%
-pn.Column(view, summary, sizing_mode="stretch_width").servable(title="dsb_widgets live run")
+# `panel serve notebooks/dashboard.ipynb`: a fresh viewer (not `view` again: one viewer per display)
+pn.Column(RunViewer(run), summary, sizing_mode="stretch_width").servable(title="dsb_widgets live run")

@@ -183,6 +183,15 @@ def test_dashboard_live_run_in_chromium(tmp_path: Path) -> None:
         if run["status"] == "stopped":
             page.get_by_role("button", name="Resume").wait_for()
 
+        # Downloads: the run's netCDF and a long CSV (one row per step, probe and seed).
+        with page.expect_download() as got:
+            page.get_by_role("button", name="CSV").click()
+        csv = Path(got.value.path()).read_text().splitlines()
+        assert csv[0].startswith("step,probe,seed") and len(csv) > 5 * 2, csv[:3]
+        with page.expect_download() as got:
+            page.get_by_role("button", name="netCDF").click()
+        assert Path(got.value.path()).read_bytes()[:3] == b"CDF"
+
         # 700 px wide: the status line wraps into a few lines, not one character per line.
         page.set_viewport_size({"width": 700, "height": 1000})
         page.wait_for_timeout(1000)
@@ -216,7 +225,7 @@ def test_default_run_screenshots(tmp_path: Path, experiment: str) -> None:
                         3600, every=5)
         assert done["status"] == "finished", srv.log()
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1500, "height": 1200})
+        page = browser.new_page(viewport={"width": 1500, "height": 2300})  # the whole main area, no scrolling
         watch = Watch(page)
         page.set_default_timeout(120_000)
         page.goto(srv.url + "/")
