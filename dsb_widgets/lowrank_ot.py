@@ -18,6 +18,11 @@ with A_V the OT matrix between the m x m blocks V^T S^_p V and V^T S^_q V (``ot_
 one top-r eigensolve per class (randomised subspace iteration, a few d^2 r products) and, per
 pair, a QR of a d x 2r matrix and an m x m eigh, instead of d x d eighs. ``rank >= d`` uses the
 full covariances (then equal to ``GaussianOT`` without pseudo-inverse cut-offs; tested).
+
+Measured (CIFAR-10 JPEG copy, 1 thread, machine loaded ~25 processes on 2 cores): the 1000-image
+``ot`` probe with rank 256 (the image experiment's default above d = 1024) took 83.6 CPU-s
+*including* the class statistics (~40 CPU-s), i.e. ~45 CPU-s for the maps, against ~22 CPU-min
+for exact ``GaussianOT``; edited pixels lie in [-1.08, 1.96].
 """
 
 from __future__ import annotations

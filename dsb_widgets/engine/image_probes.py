@@ -22,8 +22,11 @@ For the edits (``ot``, ``cqn``, ``shift``) b is drawn per image uniformly from t
 
 Caching (``dsb_widgets.probe_cache``): class statistics are stored per training-set content
 hash, and each probe set per (train and test content hashes, probe, size, seed, the options that
-change it, cache version). The second run with the same data and options loads its probes in
-well under a second instead of rebuilding them (Fashion-MNIST OT alone takes ~30 CPU-s).
+change it, cache version). Measured (1 thread, machine loaded, so wall >> CPU): Fashion-MNIST,
+default probes, all hits 0.43 CPU-s (3.9 s wall) against ~12 min wall for the first build (OT
+alone 20 CPU-s); CIFAR-10 ``real`` + ``ot``: miss 83.6 CPU-s (class statistics + rank-256 PPCA
+OT, 1377 s wall), hit 2.1 CPU-s (mostly hashing the 600 MB training split); digits, all nine
+probes: 50 s -> 0.14 s wall.
 """
 
 from __future__ import annotations
