@@ -18,7 +18,7 @@ from dsb_widgets.errors import ConfigError
 CLONE_DEFAULTS: dict[str, Any] = {
     "layers": (1, 2), "tokenizer": "gpt2", "vocab_size": 1000, "context": 16, "steps": 1500,
     "batch_size": 128, "lr": 3e-3, "d_embed": 64, "n_heads": 4, "attention": "softmax",
-    "mask_rate": 0.15, "objective": "pll", "residual": True, "eval_windows": 1024, "max_sites": 4,
+    "mask_rate": 0.15, "objective": "pll", "residual": True, "eval_windows": 1024, "max_sites": 4, "grow": True,
     "sweeps": 100, "burn_in": 10, "window": 10, "thin": 1, "chains": 128, "seed": 0, "data_dir": None,
     "max_train_chars": None, "device": "cpu",
 }
@@ -50,6 +50,8 @@ def add_clone_parser(sub: Any) -> None:
                    help="L >= 2 training: every site masked alone (pll; L >= 3: --max-sites random sites), "
                    "--mask-rate of the sites (single_site) or BERT-style (mlm)")
     p.add_argument("--max-sites", type=int, default=d["max_sites"], help="pll, L >= 3: sites scored per window")
+    p.add_argument("--no-grow", dest="grow", action="store_false",
+                   help="train every L from scratch instead of from the trained shallower model")
     p.add_argument("--no-residual", dest="residual", action="store_false",
                    help="the plain x^2 chain instead of h + Attn(h^2) (factored_attention docstring)")
     p.add_argument("--mask-rate", type=float, default=d["mask_rate"], help="fraction of sites scored per sequence")
@@ -78,7 +80,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
                           vocab_size=args.vocab_size, context=args.context, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
                           attention=args.attention, objective=args.objective, mask_rate=args.mask_rate,
-                          max_sites=args.max_sites, residual=args.residual, window=args.window,
+                          max_sites=args.max_sites, residual=args.residual, window=args.window, grow=args.grow,
                           sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin, chains=args.chains,
                           seed=args.seed, data_dir=args.data_dir, max_train_chars=args.max_train_chars,
                           device=args.device)

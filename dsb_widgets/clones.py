@@ -93,6 +93,7 @@ class CloneConfig:
     residual: bool = True  # h^l = h^(l-1) + Attn(h^(l-1)^2) (factored_attention docstring)
     eval_windows: int = 1024  # held-out windows for the test pseudo-likelihood
     max_sites: int = 4  # L >= 3 with objective pll: score this many random sites per window per step
+    grow: bool = True  # start each L from the deepest trained L' < L, new branches off (residual only)
     sweeps: int = 100  # the most MH sweeps; with window > 0 chains stop once stationary
     burn_in: int = 10  # only with window = 0 (fixed length)
     window: int = 10  # stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
@@ -162,9 +163,11 @@ def test_pll(model: FactoredAttention, x: Tensor) -> float:
 
 
 def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig, vocab: int,
-                   progress: bool = True) -> tuple[FactoredAttention, dict[str, Any]]:
+                   progress: bool = True, init_from: FactoredAttention | None = None,
+                   ) -> tuple[FactoredAttention, dict[str, Any]]:
     """Fit an L-layer factored MLM to random train windows; returns it and its losses (nats/token)
-    with a learning curve (test pseudo-likelihood at ~12 log-spaced steps)."""
+    with a learning curve (test pseudo-likelihood at ~12 log-spaced steps). ``init_from``: a
+    trained shallower model to start from (:meth:`FactoredAttention.grow_from`)."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed + 101 * L)
@@ -173,7 +176,10 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
                                    d_embed=cfg.d_embed, attention=cfg.attention,  # type: ignore[arg-type]
                                    residual=cfg.residual)
     dev = _device(cfg.device)
-    model = FactoredAttention(fcfg).to(dev)
+    model = FactoredAttention(fcfg)
+    if init_from is not None:
+        model.grow_from(init_from.cpu())
+    model = model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     warm = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 10%
@@ -234,9 +240,14 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
                             "tokenizer": cfg.tokenizer, "vocab_size": tc.vocab_size, "context": cfg.context,
                             "seed": cfg.seed, "train_tokens": int(tc.train.size),
                             "test_tokens": int(tc.test.size), "orders": {}}
-    for L in cfg.layers:
+    trained: dict[int, FactoredAttention] = {}
+    for L in sorted(cfg.layers):
         t0 = time.perf_counter()
-        model, losses = train_factored(tc.train, tc.test, L, cfg, tc.vocab_size, progress)
+        base = max((k for k in trained if k < L), default=None) if cfg.grow and cfg.residual else None
+        model, losses = train_factored(tc.train, tc.test, L, cfg, tc.vocab_size, progress,
+                                       init_from=None if base is None else trained[base])
+        trained[L] = model
+        losses["grown_from_layers"] = base
         t_train = time.perf_counter() - t0
         init = windows(tc.test, cfg.context, cfg.chains, torch.Generator().manual_seed(cfg.seed + 13 * L))
         bar = tqdm(total=cfg.sweeps, desc=f"MH L={L}", unit="sweep", disable=not progress)

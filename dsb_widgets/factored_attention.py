@@ -175,6 +175,20 @@ class FactoredAttention(nn.Module):
         self.readout = nn.Linear(d, q) if cfg.readout else None
         self.fields = nn.Parameter(torch.zeros(cfg.seq_len, q)) if cfg.field_bias else None
 
+    @torch.no_grad()
+    def grow_from(self, shallower: "FactoredAttention") -> "FactoredAttention":
+        """Copy a trained shallower model (same config but ``n_layers``) into this one and switch the
+        extra x^2 branches off (their V = 0): with the residual the result computes exactly the
+        shallower model's conditionals, so training continues from it (progressive stacking)."""
+        if not self.cfg.residual or shallower.cfg.n_layers >= self.cfg.n_layers:
+            raise ValueError("grow_from needs a residual model deeper than the source")
+        own = self.state_dict()
+        for k, v in shallower.state_dict().items():
+            own[k].copy_(v)
+        for layer in self.layers[shallower.cfg.n_layers :]:
+            layer.V.zero_()
+        return self
+
     # ------------------------------------------------------------------ plain forward
     def embed(self, tokens: Tensor) -> Tensor:  # (B, T) int -> (B, T, d)
         cfg = self.cfg

@@ -218,3 +218,17 @@ def test_bad_tokens_raise() -> None:
         model(torch.full((2, 7), 9))
     with pytest.raises(ValueError, match="integer ids"):
         model(torch.zeros(2, 7))
+
+
+def test_grow_from_reproduces_the_shallower_model_and_then_learns() -> None:
+    """Progressive stacking: a 3-layer model grown from a 1-layer one has its conditionals exactly;
+    its new branches get gradients (V has one), so training can add the higher orders."""
+    one = make(1, n_heads=2, d_embed=5)
+    three = FactoredAttention(FactoredAttentionConfig(vocab_size=4, seq_len=7, n_layers=3, n_heads=2, d_embed=5,
+                                                      init_std=0.5)).double().grow_from(one)
+    s = torch.randint(4, (5, 7), generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(three.conditionals(s), one.conditionals(s).detach())
+    pseudo_likelihood_loss(three, s).backward()
+    assert three.layers[2].V.grad is not None and three.layers[2].V.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="deeper"):
+        make(1).grow_from(three)

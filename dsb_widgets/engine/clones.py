@@ -168,11 +168,21 @@ def saturation_step(steps: np.ndarray, loss: np.ndarray, tol: float = 0.02) -> i
     return int(steps[-1])
 
 
+def saturation_steps(ds: Any, tol: float = 0.02) -> dict[str, int]:
+    """Per probe of a ``dsb run clones`` result: the step after which its seed-mean loss stops
+    improving (:func:`saturation_step`)."""
+    loss = ds.loss.mean("seed") if "seed" in ds.loss.dims else ds.loss
+    steps = np.asarray(ds.step.values)
+    return {str(p): saturation_step(steps, np.asarray(loss.sel(probe=p).values), tol) for p in ds.probe.values}
+
+
 register_experiment(Experiment(
     name="clones",
     build=build_clones_task,
+    # warm-up then CONSTANT lr (warmup-stable): a cosine decay to zero flattens every curve at the
+    # end and fakes saturation (issue 12); saturation_steps() reads the plateau off the results.
     defaults={"model": "bert", "steps": 2048, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
-              "weight_decay": 0.01, "warmup": 64, "per_octave": 4, "probe_size": 512},
+              "weight_decay": 0.01, "warmup": 64, "schedule": "constant", "per_octave": 4, "probe_size": 512},
     models=("bert",),
     probes=CLONE_PROBES,
     datasets=CORPORA,  # one list: the text data layer's
