@@ -50,13 +50,30 @@ def check_threads(threads: int | None) -> int | None:
     return threads
 
 
-def auto_threads(concurrent: int = 1, cores: int | None = None, step_flops: float | None = None) -> int:
+def busy_cores() -> float:
+    """Cores other processes keep busy: the larger of the 1-minute load average and the number of
+    runnable tasks right now (``/proc/loadavg``) minus this one; 0 where neither is known."""
+    load = 0.0
+    try:
+        load = os.getloadavg()[0]
+        with open("/proc/loadavg") as fh:
+            load = max(load, float(fh.read().split()[3].split("/")[0]) - 1)
+    except (OSError, AttributeError, IndexError, ValueError):
+        pass
+    return max(0.0, load)
+
+
+def auto_threads(concurrent: int = 1, cores: int | None = None, step_flops: float | None = None,
+                 busy: float | None = None) -> int:
     """Threads for one of ``concurrent`` runs sharing ``cores`` (default: this process's CPUs).
 
+    Never more than the cores left idle by other processes (``busy``, default :func:`busy_cores`):
+    an OpenMP team larger than the free cores waits at every barrier for a descheduled member.
     ``step_flops``: multiply-adds of one training step when known; a small model gets 1 thread.
     """
     cores = available_cores() if cores is None else max(1, cores)
-    share = max(1, cores // max(1, concurrent))
+    busy = busy_cores() if busy is None else busy
+    share = max(1, min(cores // max(1, concurrent), int(cores - busy + 0.5)))
     if step_flops is not None and step_flops < SMALL_MODEL_FLOPS:
         return 1
     return share

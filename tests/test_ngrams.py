@@ -260,3 +260,30 @@ def test_sampler_and_floor_reject_bad_sizes() -> None:
         loss_floor(stats, 0)
     with pytest.raises(ValueError, match="'exact' or 'empirical'"):
         entropy_rate(stats, "stationary")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=1, max_size=300), st.integers(1, 3))
+def test_dense_bincount_counting_equals_np_unique(x: list[int], k: int) -> None:
+    """count_codes' dense path (bincount over V^k) == its sparse path (np.unique), keys and counts;
+    and count_ngrams gives the same statistics with the dense path switched off."""
+    import dsb_widgets.ngrams as ng
+
+    V = 7
+    code = np.asarray(x, dtype=np.int64)
+    if code.size >= k:
+        n = code.size - k + 1
+        code = sum(code[i:i + n] * V ** (k - 1 - i) for i in range(k))
+    dense = ng.count_codes(code, V**k, dense_max=10**9)
+    sparse = ng.count_codes(code, V**k, dense_max=0)
+    u, c = np.unique(code, return_counts=True)
+    for got in (dense, sparse):
+        assert np.array_equal(got[0], u) and np.array_equal(got[1], c) and got[1].dtype == np.int64
+    if len(x) >= 3:
+        a = ng.count_ngrams(np.asarray(x), V, order=3)
+        old, ng.DENSE_MAX_CELLS = ng.DENSE_MAX_CELLS, 0
+        try:
+            b = ng.count_ngrams(np.asarray(x), V, order=3)
+        finally:
+            ng.DENSE_MAX_CELLS = old
+        assert all(np.array_equal(p, q) for p, q in zip(a.keys + a.counts, b.keys + b.counts))

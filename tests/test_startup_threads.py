@@ -53,10 +53,13 @@ def test_clone_parser_defaults_equal_the_clone_config() -> None:
 def test_auto_threads_never_oversubscribes() -> None:
     for cores in (1, 2, 3, 8, 64):
         for runs in range(1, 10):
-            n = auto_threads(runs, cores=cores)
-            assert n >= 1 and (n * runs <= cores or n == 1)
-    assert auto_threads(1, cores=8, step_flops=SMALL_MODEL_FLOPS / 2) == 1
-    assert auto_threads(2, cores=8, step_flops=SMALL_MODEL_FLOPS * 10) == 4
+            for busy in (None, 0.0, 1.0, cores / 2, 3.0 * cores):
+                n = auto_threads(runs, cores=cores, busy=busy)
+                assert n >= 1 and (n * runs <= cores or n == 1)
+                assert n == 1 or n <= cores - (busy or 0) + 0.5  # never more than the idle cores
+    assert auto_threads(1, cores=8, step_flops=SMALL_MODEL_FLOPS / 2, busy=0) == 1
+    assert auto_threads(2, cores=8, step_flops=SMALL_MODEL_FLOPS * 10, busy=0) == 4
+    assert auto_threads(1, cores=8, busy=5.0) == 3 and auto_threads(1, cores=2, busy=20.0) == 1
     assert check_threads(None) is None and check_threads(3) == 3
     with pytest.raises(ConfigError, match="--threads must be >= 1"):
         check_threads(0)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import dsb_widgets.engine.taylor_probe as tp
 from dsb_widgets.data import load_images
 from dsb_widgets.engine.ensemble import ModelStack
+from dsb_widgets.engine.grouped import load_stack_state
 from dsb_widgets.engine.loop import train
 from dsb_widgets.engine.schedule import log_checkpoints
 from dsb_widgets.engine.task import ConfigError, RunConfig, build_task, resolve_config
@@ -57,7 +58,7 @@ def _stack_at(out, step: int, cfg: RunConfig) -> ModelStack:
     if step != 0:
         state = torch.load(out.with_name(out.stem + ".state.pt"), weights_only=True)
         assert int(state["step"]) == step
-        stack.load_state_dict(state["model"])
+        load_stack_state(stack, state["model"])  # the engine may have stacked the seeds another way
     return stack.eval()
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 import xarray as xr
 
 from dsb_widgets.engine.ensemble import ModelStack
+from dsb_widgets.engine.grouped import load_stack_state, make_stack
 from dsb_widgets.engine.optim import SGD, AdamW
 from dsb_widgets.engine.results import (METRICS, ResultsTable, check_out_path, has_result, load_results,
                                         replace_atomic, write_atomic)
@@ -167,7 +168,9 @@ class _Run:
         for sv in self.seed_values:
             torch.manual_seed(sv)
             models.append(self.task.make_model(sv))
-        self.stack = ModelStack(models).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # an example batch for the stacking self-check
+            example = self.task.sample_batch(torch.Generator().manual_seed(0), 2)[0]
+        self.stack = make_stack(models, self.device, example)  # plain / grouped conv / vmap (engine/grouped.py)
         self.opt = self._optimizer()
         self.gens = [torch.Generator().manual_seed(sv + DATA_SEED_OFFSET) for sv in self.seed_values]
         self.checkpoints = log_checkpoints(cfg.steps, cfg.per_octave)
@@ -230,7 +233,7 @@ class _Run:
         if ds.attrs.get("config") != self.cfg.to_json():
             raise ConfigError(f"{self.out} was made with another config; drop --resume or use the same options")
         state = torch.load(self.state_path, weights_only=True, map_location=self.device)
-        self.stack.load_state_dict(state["model"])
+        load_stack_state(self.stack, state["model"])  # whichever stacking saved it
         self.opt.load_state_dict(state["optim"])
         for g, s in zip(self.gens, state["gens"]):
             g.set_state(s)
