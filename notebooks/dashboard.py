@@ -54,6 +54,7 @@ OUT = "runs/notebook-digits.nc"
 import time
 
 import panel as pn
+from IPython.display import SVG
 import plotly.graph_objects as go
 import torch
 
@@ -62,6 +63,7 @@ from dsb_widgets.engine.task import RunConfig
 from dsb_widgets.runs import REGISTRY
 from dsb_widgets.engine.results import probe_kinds
 from dsb_widgets.ui.colors import probe_colors
+from dsb_widgets.ui.figures import static_curves_svg
 from dsb_widgets.ui.viewer import RunViewer
 
 pn.extension("plotly", inline=True)
@@ -122,6 +124,14 @@ fig.update_layout(xaxis_type="log", yaxis_type="log", xaxis_title="step + 1", ya
                   title=f"digits MLP, {ds.sizes['seed']} seed(s): seed-mean loss of the DSB probes", height=420)
 summary = pn.pane.Plotly(fig, sizing_mode="stretch_width")
 summary
+
+# %% [markdown]
+# The same curves as a static SVG (no JavaScript), so a saved copy of this notebook still shows
+# them on GitHub or nbviewer, where Panel and Plotly outputs stay blank. Stars: minima inside the
+# run.
+
+# %%
+SVG(static_curves_svg(ds, title=f"digits MLP, {ds.sizes['seed']} seed(s): DSB probes (static copy)"))
 
 # %%
 # `panel serve notebooks/dashboard.ipynb`: a fresh viewer (not `view` again: one viewer per display)

@@ -61,6 +61,8 @@ from dsb_widgets.data import CharTokenizer, Corpus, DataNotFoundError, tokenize_
 from dsb_widgets.engine import RunConfig, train
 from dsb_widgets.ngrams import count_ngrams, entropy_rate, sample_sequences
 from dsb_widgets.ui.colors import probe_colors
+from dsb_widgets.ui.figures import static_curves_svg
+from IPython.display import SVG
 
 with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen of Python
     import this  # a small corpus that is always there (the fallback below)
@@ -228,6 +230,9 @@ for probe, floor in zip(ds.probe.values, ds["floor"].values):
                     "floor": round(float(floor), 3), "final loss": round(float(y[-1]), 3)})
 summary_df = pd.DataFrame(summary)
 fig
+
+# %%
+SVG(static_curves_svg(ds, title="loss on n-gram sequences (static copy for saved notebooks; dotted: floors)"))
 
 # %%
 summary_df

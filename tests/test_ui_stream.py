@@ -16,16 +16,16 @@ from hypothesis import strategies as st
 
 pn = pytest.importorskip("panel")
 
-from bokeh.models import HoverTool, Legend, Span  # noqa: E402
+from bokeh.models import HoverTool, Legend
 
-from dsb_widgets.engine.task import RunConfig  # noqa: E402
-from dsb_widgets.runs import RowStore, RunHandle, RunRegistry  # noqa: E402
-from dsb_widgets.ui import sessions  # noqa: E402
-from dsb_widgets.ui.plots import make_plots  # noqa: E402
-from dsb_widgets.ui.colors import FAMILIES, probe_colors  # noqa: E402
-from dsb_widgets.ui.stream import SeedAggregator, format_eta, order_color, probe_styles, summarize_saved  # noqa: E402
-from dsb_widgets.ui.sweep_view import SweepView, extra_dims, facet_cells, facet_curves, sweep_name  # noqa: E402
-from dsb_widgets.ui.viewer import RunViewer  # noqa: E402
+from dsb_widgets.engine.task import RunConfig
+from dsb_widgets.runs import RowStore, RunHandle, RunRegistry
+from dsb_widgets.ui import sessions
+from dsb_widgets.ui.colors import FAMILIES, probe_colors
+from dsb_widgets.ui.plots import make_plots
+from dsb_widgets.ui.stream import SeedAggregator, format_eta, order_color, probe_styles, summarize_saved
+from dsb_widgets.ui.sweep_view import SweepView, extra_dims, facet_cells, facet_curves, sweep_name
+from dsb_widgets.ui.viewer import RunViewer
 
 PROBES = ["real", "maxent1", "maxent2"]
 ORDERS = [math.inf, 1.0, 2.0]
@@ -144,9 +144,15 @@ def test_minimum_is_starred_on_raw_seed_mean() -> None:
         v.drain()
     star = v.plots.mins["maxent1"].data
     assert star["step"] == [1.0] and star["y"] == [2.0]  # maxent1 = base + 1, lowest at step 1
+    feed(run, rows(4, 0, 0.5))  # a new lowest point at the newest step: still falling, no star
+    v.drain()
+    assert v.plots.mins["maxent1"].data["x"] == []
+    feed(run, rows(5, 0, 0.7))
+    v.drain()
+    assert v.plots.mins["maxent1"].data["step"] == [4.0]
     v.smoothing = 0.5  # smoothing replays the curves; the star stays on the raw minimum
-    assert v.plots.mins["maxent1"].data["y"] == [2.0]
-    assert v.plots.sources["maxent1"].data["loss"][1] != 2.0
+    assert v.plots.mins["maxent1"].data["y"] == [1.5]
+    assert v.plots.sources["maxent1"].data["loss"][4] != 1.5
 
 
 # -- draining into Bokeh sources (no server) ----------------------------------------------------

@@ -112,7 +112,7 @@ def make_plots(probes: Sequence[str], orders: Sequence[float], floors: Sequence[
     band_text = "min..max over seeds" if band == "minmax" else "mean +/- std over seeds"
     kinds = dict(kinds or {p: kind_of(p, bool(has_target.get(p)) or p in EDIT_NAMES) for p in probes})
     loss = _figure(f"DSB panel: probe loss {title}".strip() + f"  (line: seed mean; band: {band_text}; "
-                   "star: minimum)", "cross-entropy (nats" + (", log scale)" if log_y else ")"), "loss_figure", log_y)
+                   "star: minimum, once the curve rose after it)", "cross-entropy (nats" + (", log scale)" if log_y else ")"), "loss_figure", log_y)
     acc = _figure("Accuracy on each probe's own labels", "accuracy", "accuracy_figure", height=300)
     acc.y_range = Range1d(-0.02, 1.02)
     edits = [p for p in probes if kinds.get(p) == "edit"]
@@ -169,11 +169,16 @@ def make_plots(probes: Sequence[str], orders: Sequence[float], floors: Sequence[
 
 
 def update_minimum(plots: CurvePlots, probe: str, x: np.ndarray, loss: np.ndarray) -> None:
-    """Star probe's lowest seed-mean loss (of all points so far, ``x``/``loss`` raw values)."""
+    """Star probe's lowest seed-mean loss (of all points so far, ``x``/``loss`` raw values) once
+    the curve has risen after it; a curve whose lowest point is its newest is still falling: no star."""
     src = plots.mins.get(probe)
     if src is None or len(loss) == 0 or not np.isfinite(loss).any():
         return
     i = int(np.nanargmin(loss))
+    if i == len(loss) - 1:
+        if len(src.data["x"]):
+            src.data = dict(x=[], y=[], step=[])
+        return
     src.data = dict(x=[float(x[i])], y=[float(loss[i])], step=[float(x[i]) - 1])
 
 
