@@ -47,3 +47,13 @@ def test_svg_draws_dsb_probes_floors_and_interior_minima() -> None:
     (xa, _), (xb, _), (xe, _) = pts[0], pts[2], pts[-1]
     assert abs((xb - xa) / (xe - xa) - 0.5) < 1e-3
     assert abs(float(stars[0].get("x")) - xb) < 0.2
+
+
+def test_explainers_are_plain_html_one_line_per_probe() -> None:
+    from dsb_widgets.ui.plots import make_plots
+    from dsb_widgets.ui.viewer import explainer_html
+
+    text = explainer_html(make_plots(["real", "maxent3", "<b>x</b>"], [math.inf, 3.0, 1.0], [math.nan] * 3, {}))
+    assert text.count("<li>") == 3
+    assert "&#35;" not in text and "class&#x27;s" in text  # entities a browser decodes, not Markdown ones
+    assert "<b>x</b>" not in text.replace("<b>real</b>", "").replace("<b>maxent3</b>", "")  # names escaped

@@ -28,8 +28,8 @@ import xarray as xr
 
 from dsb_widgets.runs import RunHandle
 from dsb_widgets.ui import sessions
-from dsb_widgets.ui.plots import CurvePlots, add_saved_overlay, make_plots, placeholder, update_minimum
 from dsb_widgets.ui.compare import DASHES, compare_html, config_of
+from dsb_widgets.ui.plots import CurvePlots, add_saved_overlay, make_plots, placeholder, update_minimum
 from dsb_widgets.ui.probes import explain, intro
 from dsb_widgets.ui.safety import code, esc
 from dsb_widgets.ui.stream import EtaEstimator, SeedAggregator, Smoother, format_duration, format_eta
@@ -438,7 +438,9 @@ def viewer(run: RunHandle | str | None = None, **kwargs: Any) -> RunViewer:
 
 
 def explainer_html(plots: CurvePlots) -> str:
-    """One line per probe: colour swatch, name, family and what a rise of its curve means."""
+    """One line per probe: colour swatch, name, family and what a rise of its curve means.
+    An HTML pane (no Markdown): plain HTML escaping (``esc``'s Markdown entities would show)."""
+    from html import escape as esc
     family = {"dsb": "DSB panel", "edit": "edit panel (target label)", "measure": "prediction",
               "divergence": "divergence panel"}
     lines = []
