@@ -205,7 +205,8 @@ def test_declared_data_past_the_end_of_the_file_is_refused():
 
 
 def test_header_check_never_raises_anything_but_our_errors_on_mangled_files():
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     from dsb_widgets.ui.safety import check_netcdf_header
 
@@ -248,7 +249,7 @@ def test_esc_escapes_html_and_markdown_and_renders_as_typed():
     from dsb_widgets.ui.safety import code, esc
 
     _assert_escaped(esc(XSS))
-    tricky = "a_b*c* [x](javascript:alert(1)) `tick` <script>"
+    tricky = "a_b*c* [x](javascript:alert(1)) `tick` <script> don't & #1 \"q\""  # ' and # once escaped each
     html_out = MarkdownIt("gfm-like").render(esc(tricky))
     assert "<a " not in html_out and "<em>" not in html_out and "<code>" not in html_out and "<script" not in html_out
     import html
