@@ -16,7 +16,6 @@ from typing import Any, Sequence
 from dsb_widgets.cli_parsers import add_clone_parser, add_sweep_parser, add_threads_argument
 from dsb_widgets.errors import ConfigError, DataNotFoundError, DSBError, MalformedDataError
 
-
 # Each experiment's typed -o options (small modules, no torch import): listed in `dsb run --help`.
 EXPERIMENT_OPTIONS = {"images": ("dsb_widgets.options_images", "ImageOptions"),
                       "text": ("dsb_widgets.options_text", "TextOptions"),
@@ -136,9 +135,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     check_threads(args.threads)
     from dsb_widgets.engine.loop import train
-    from dsb_widgets.engine.task import resolve_config
-
     from dsb_widgets.engine.results import check_out_path, has_result
+    from dsb_widgets.engine.task import resolve_config
 
     cfg = resolve_config(config_from_args(args))
     out = Path(args.out) if args.out else Path("runs") / f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{Path(str(cfg.model)).name}.nc"

@@ -11,12 +11,12 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from dsb_widgets.checkpoint_suite import find_suite, log_spaced, suite_steps, train_toy_suite  # noqa: E402
-from dsb_widgets.cli import main  # noqa: E402
-from dsb_widgets.divergence import DIVERGENCE_PROBES  # noqa: E402
-from dsb_widgets.engine import RunConfig, train  # noqa: E402
-from dsb_widgets.engine.results import load_results  # noqa: E402
-from dsb_widgets.errors import ConfigError, DataNotFoundError  # noqa: E402
+from dsb_widgets.checkpoint_suite import find_suite, log_spaced, suite_steps, train_toy_suite
+from dsb_widgets.cli import main
+from dsb_widgets.divergence import DIVERGENCE_PROBES
+from dsb_widgets.engine import RunConfig, train
+from dsb_widgets.engine.results import load_results
+from dsb_widgets.errors import ConfigError, DataNotFoundError
 
 WORDS = ["the", "cat", "dog", "sat", "on", "mat", "ran", "to", "a", "big", "red", "house", "and", "saw", "bird"]
 

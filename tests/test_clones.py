@@ -19,7 +19,11 @@ from dsb_widgets.engine.clones import saturation_step
 from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.task import ConfigError, RunConfig
 from dsb_widgets.factored_attention import (
-    FactoredAttention, FactoredAttentionConfig, IncrementalConditionals, pseudo_likelihood_loss, random_sites,
+    FactoredAttention,
+    FactoredAttentionConfig,
+    IncrementalConditionals,
+    pseudo_likelihood_loss,
+    random_sites,
 )
 from dsb_widgets.mh_sampler import metropolis_hastings
 from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens

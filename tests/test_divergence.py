@@ -13,8 +13,14 @@ from hypothesis import strategies as st
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 
-from dsb_widgets.divergence import (DIVERGENCE_PROBES, DivergenceMeter, context_rows, dense_probs, js_from_logits,
-                                    kl_from_logits)
+from dsb_widgets.divergence import (
+    DIVERGENCE_PROBES,
+    DivergenceMeter,
+    context_rows,
+    dense_probs,
+    js_from_logits,
+    kl_from_logits,
+)
 from dsb_widgets.ngrams import count_ngrams
 
 

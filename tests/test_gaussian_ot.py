@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
-from dsb_widgets.data import ImageData
 import dsb_widgets.gaussian_ot as got
+from dsb_widgets.data import ImageData
 from dsb_widgets.gaussian_ot import GaussianOT, ot_matrix, psd_sqrt_rsqrt
 from dsb_widgets.stats import ClassStats
 

@@ -184,7 +184,7 @@ def test_gaussian_clone_follows_refinetti_recipe(digits) -> None:
     x = gaussian_clone(stats, labels, generator=0, quantize=True)
     assert x.shape == (200, 1, 8, 8) and x.min() >= 0 and x.max() <= 1
     torch.testing.assert_close(x * 255, (x * 255).round(), atol=1e-4, rtol=0)
-    assert REFINETTI_RIDGE == pytest.approx(1e-3 / 255**2)
+    assert pytest.approx(1e-3 / 255**2) == REFINETTI_RIDGE
     ridged = GaussianSampler.fit(stats, ridge=REFINETTI_RIDGE)
     torch.testing.assert_close(ridged.cov, stats.cov + REFINETTI_RIDGE * torch.eye(64, dtype=F64), atol=1e-12, rtol=0)
 

@@ -18,9 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dsb_widgets.engine.results import ResultsTable, load_results, write_atomic
-from dsb_widgets.engine.task import PROBE_SEEDING
-from dsb_widgets.engine.task import ConfigError
-from dsb_widgets.sweep import (KEY_PREFIX, is_finished, merge_runs, read_attempts, run_path, run_sweep)
+from dsb_widgets.engine.task import PROBE_SEEDING, ConfigError
+from dsb_widgets.sweep import KEY_PREFIX, is_finished, merge_runs, read_attempts, run_path, run_sweep
 from dsb_widgets.sweep_config import SweepConfig, SweepRun, expand, load_sweep, parse_sweep
 
 REPO = Path(__file__).resolve().parents[1]

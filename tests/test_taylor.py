@@ -39,7 +39,7 @@ def _quadratic(q: Tensor, b: Tensor, c: float):
     return lambda x: 0.5 * ((x @ q) * x).sum(1) + x @ b + c  # (B, d) -> (B,)
 
 
-def _mlp(d: int, n_classes: int = 3, hidden: int = 16, seed: int = 0, gain: float = 1.0) -> torch.nn.Module:  # noqa: E501
+def _mlp(d: int, n_classes: int = 3, hidden: int = 16, seed: int = 0, gain: float = 1.0) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = torch.nn.Sequential(
         torch.nn.Linear(d, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, n_classes)
@@ -59,10 +59,10 @@ def _ce_fn(model: torch.nn.Module, y: int):
 def test_quadratic_prediction_equals_gaussian_expectation(method: str) -> None:
     gen = torch.Generator().manual_seed(1)
     d = 6
-    q, b, mu, cov = _spd(d, gen) - 0.3 * torch.eye(d, dtype=DT), torch.randn(d, generator=gen, dtype=DT), torch.randn(d, generator=gen, dtype=DT), _spd(d, gen)  # noqa: E501
+    q, b, mu, cov = _spd(d, gen) - 0.3 * torch.eye(d, dtype=DT), torch.randn(d, generator=gen, dtype=DT), torch.randn(d, generator=gen, dtype=DT), _spd(d, gen)
     loss = _quadratic(q, b, 0.7)
     truth = loss(mu[None])[0] + 0.5 * torch.trace(q @ cov)  # E under N(mu, cov), analytic
-    res = taylor_expansion(loss, mu, cov, method=method, top_k=d if method == "topk" else None, n_samples=256)  # noqa: E501
+    res = taylor_expansion(loss, mu, cov, method=method, top_k=d if method == "topk" else None, n_samples=256)
     assert set(res.terms) == {0, 1, 2} and res.terms[1] == 0
     assert torch.allclose(sum(res.terms.values()), res.prediction)
     err = (res.prediction - truth).abs()
@@ -77,11 +77,11 @@ def test_quadratic_prediction_equals_gaussian_expectation(method: str) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(d=st.integers(1, 12), seed=st.integers(0, 10_000), rank_frac=st.floats(0.2, 1.0), k_frac=st.floats(0.0, 1.0))  # noqa: E501
+@given(d=st.integers(1, 12), seed=st.integers(0, 10_000), rank_frac=st.floats(0.2, 1.0), k_frac=st.floats(0.0, 1.0))
 def test_quadratic_random_spd_all_methods(d: int, seed: int, rank_frac: float, k_frac: float) -> None:
     gen = torch.Generator().manual_seed(seed)
     rank = max(1, round(rank_frac * d))  # rank-deficient covariances included
-    q, b, mu, cov = _spd(d, gen), torch.randn(d, generator=gen, dtype=DT), torch.randn(d, generator=gen, dtype=DT), _spd(d, gen, rank)  # noqa: E501
+    q, b, mu, cov = _spd(d, gen), torch.randn(d, generator=gen, dtype=DT), torch.randn(d, generator=gen, dtype=DT), _spd(d, gen, rank)
     loss = _quadratic(q, b, -1.0)
     truth = loss(mu[None])[0] + 0.5 * torch.trace(q @ cov)
     exact = taylor_terms(loss, mu, cov, method="exact")
@@ -101,7 +101,7 @@ def test_hutchinson_is_unbiased_with_calibrated_stderr() -> None:
     loss = _quadratic(q, torch.zeros(d, dtype=DT), 0.0)
     t2 = 0.5 * torch.trace(q @ cov)
     for dist in ("rademacher", "gaussian"):
-        runs = [taylor_expansion(loss, mu, cov, method="hutchinson", n_samples=32, seed=s, distribution=dist) for s in range(n_seeds)]  # noqa: E501
+        runs = [taylor_expansion(loss, mu, cov, method="hutchinson", n_samples=32, seed=s, distribution=dist) for s in range(n_seeds)]
         est = torch.stack([r.terms[2] for r in runs])  # (n_seeds,)
         se = torch.stack([r.stderr[2] for r in runs])
         assert (est.mean() - t2).abs() < 4 * est.std() / math.sqrt(n_seeds), dist  # unbiased
@@ -131,7 +131,7 @@ def test_topk_deflation_reduces_error() -> None:
 def _cubic_setup(d: int = 4):
     gen = torch.Generator().manual_seed(5)
     t = torch.randn(d, d, d, generator=gen, dtype=DT)
-    t = sum(t.permute(*p) for p in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]) / 6  # noqa: E501
+    t = sum(t.permute(*p) for p in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]) / 6
     q, b = _spd(d, gen), torch.randn(d, generator=gen, dtype=DT)
     def loss(x: Tensor) -> Tensor:  # (B, d) -> (B,): 1/6 T[x, x, x] + 1/2 x^T Q x + b^T x
         txx = (x @ t.reshape(d, d * d)).reshape(-1, d, d)  # (B, d, d) = T[x, ., .]
@@ -184,8 +184,8 @@ def test_quartic_order4_gaussian_and_samples() -> None:
     """L = (w.x)^4 under N(mu, cov): E = s^4 + 6 s^2 s2 + 3 s2^2, s = w.mu, s2 = w^T cov w."""
     gen = torch.Generator().manual_seed(6)
     d = 5
-    w, mu, cov = torch.randn(d, generator=gen, dtype=DT), 0.3 * torch.randn(d, generator=gen, dtype=DT), _spd(d, gen)  # noqa: E501
-    loss = lambda x: (x @ w) ** 4  # noqa: E731
+    w, mu, cov = torch.randn(d, generator=gen, dtype=DT), 0.3 * torch.randn(d, generator=gen, dtype=DT), _spd(d, gen)
+    loss = lambda x: (x @ w) ** 4
     s, s2 = w @ mu, w @ cov @ w
     res = taylor_expansion(loss, mu, cov, order=4, n_samples=4096)
     assert torch.allclose(res.terms[0], s**4) and torch.allclose(res.terms[2], 6 * s**2 * s2)
@@ -213,7 +213,7 @@ def test_mlp_exact_matches_full_hessian_and_estimators_agree() -> None:
     assert torch.allclose(dd, torch.einsum("bi,ij,bj->b", v, h, v), rtol=1e-10)
     for method in ("topk", "hutchinson"):
         est = taylor_expansion(loss, mu, cov, method=method, top_k=3, n_samples=256)
-        assert 0 < est.stderr[2] and abs(est.terms[2] - exact.terms[2]) < 4 * est.stderr[2], method
+        assert est.stderr[2] > 0 and abs(est.terms[2] - exact.terms[2]) < 4 * est.stderr[2], method
 
 
 def test_mlp_order2_prediction_matches_monte_carlo_for_small_cov() -> None:
@@ -252,13 +252,13 @@ def test_class_taylor_terms_rows_match_per_class_calls_and_cnn_shape() -> None:
     assert out.shape == (n_classes, 3) and model.training  # train mode restored
     model.eval()
     for k in range(n_classes):
-        loss = lambda x, k=k: F.cross_entropy(model(x.view(-1, *shape)), torch.full((x.shape[0],), k), reduction="none")  # noqa: E501, E731
+        loss = lambda x, k=k: F.cross_entropy(model(x.view(-1, *shape)), torch.full((x.shape[0],), k), reduction="none")
         ref = taylor_terms(loss, means[k], covs[k], method="exact")
         assert torch.allclose(out[k], torch.stack([ref[0], ref[1], ref[2]]), rtol=1e-10)
     factors = factor_covs(covs)  # reused eigendecompositions give the same answer
-    again = class_taylor_terms(model, means, factors, labels=[0, 1, 2], input_shape=shape, method="exact")  # noqa: E501
+    again = class_taylor_terms(model, means, factors, labels=[0, 1, 2], input_shape=shape, method="exact")
     assert torch.allclose(again, out, rtol=1e-10)
-    rich = class_taylor_expansion(model, means, factors, input_shape=shape, method="hutchinson", n_samples=8)  # noqa: E501
+    rich = class_taylor_expansion(model, means, factors, input_shape=shape, method="hutchinson", n_samples=8)
     assert [r.n_hvp for r in rich] == [8] * n_classes
 
 
@@ -315,8 +315,8 @@ def test_bench_cost_per_call() -> None:
         torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 10),
     )  # fmt: skip
     cases = {
-        "MLP 64-128-10, d=64": (torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)), (64,)),  # noqa: E501
-        "MLP 784-256-10, d=784": (torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)), (784,)),  # noqa: E501
+        "MLP 64-128-10, d=64": (torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)), (64,)),
+        "MLP 784-256-10, d=784": (torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)), (784,)),
         "CNN 3x32x32, d=3072": (cnn, (3, 32, 32)),
     }
     for name, (model, shape) in cases.items():
@@ -326,10 +326,10 @@ def test_bench_cost_per_call() -> None:
         t = time.perf_counter()
         factor = CovFactor.from_cov(cov)
         t_eig = time.perf_counter() - t
-        loss = lambda x, m=model, s=shape: F.cross_entropy(m(x.view(-1, *s)), torch.zeros(x.shape[0], dtype=torch.long), reduction="none")  # noqa: E501, E731
+        loss = lambda x, m=model, s=shape: F.cross_entropy(m(x.view(-1, *s)), torch.zeros(x.shape[0], dtype=torch.long), reduction="none")
         row = [f"{name}: eigh {t_eig:.3f}s"]
         for method in ("exact", "topk", "hutchinson"):
             t = time.perf_counter()
             res = taylor_expansion(loss, torch.rand(d), factor, method=method, n_samples=128)
-            row.append(f"{method} {time.perf_counter() - t:.3f}s (n_hvp {res.n_hvp}, T2 {res.terms[2]:.4g} +- {res.stderr[2]:.2g})")  # noqa: E501
+            row.append(f"{method} {time.perf_counter() - t:.3f}s (n_hvp {res.n_hvp}, T2 {res.terms[2]:.4g} +- {res.stderr[2]:.2g})")
         print(" | ".join(row))

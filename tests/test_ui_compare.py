@@ -14,8 +14,8 @@ import xarray as xr
 
 pytest.importorskip("panel")
 
-from dsb_widgets.engine.results import METRICS, write_atomic  # noqa: E402
-from dsb_widgets.ui.compare import compare_html, config_diff, config_of, file_labels, port_problem  # noqa: E402
+from dsb_widgets.engine.results import METRICS, write_atomic
+from dsb_widgets.ui.compare import compare_html, config_diff, config_of, file_labels, port_problem
 
 
 def _result(cfg: dict, extra: dict | None = None) -> xr.Dataset:

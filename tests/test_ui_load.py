@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("panel")
 pytest.importorskip("websockets")
 
-from dsb_widgets.ui.served import ServedDashboard, wait_for, watch_sessions  # noqa: E402
+from dsb_widgets.ui.served import ServedDashboard, wait_for, watch_sessions
 
 N_SESSIONS = 20
 HOLD_S = 10.0

@@ -165,7 +165,7 @@ def _hub_named(name: str, test_fraction: float) -> Corpus:
     try:  # a script dataset on the hub; newer ``datasets`` may refuse it
         ds = load_dataset("karpathy/tiny_shakespeare")
         text = "".join(t for s in ("train", "validation", "test") for t in ds[s]["text"])
-    except Exception:  # noqa: BLE001 - the same file from its original home
+    except Exception:
         ds = load_dataset("text", data_files={"train": _SHAKESPEARE_URL}, sample_by="document")
         text = "".join(ds["train"]["text"])
     train, test = split_text(text, test_fraction)
@@ -226,7 +226,7 @@ def _load_corpus(name_or_path: PathLike, data_dir: PathLike | None, test_fractio
             return local
     try:
         return _hub_named(key, test_fraction)
-    except Exception as exc:  # noqa: BLE001 - any download failure gets the same two fixes
+    except Exception as exc:
         where = f"it is not under {root} and " if root is not None else ""
         raise DataNotFoundError(
             f"corpus {key!r}: {where}the Hugging Face download failed ({type(exc).__name__}: {exc}); "

@@ -154,7 +154,7 @@ def _gpt2(data_dir: str | os.PathLike[str] | None) -> HFTokenizer:
         from tokenizers import Tokenizer as _HubTokenizer
 
         return HFTokenizer(_HubTokenizer.from_pretrained("gpt2"), "gpt2")
-    except Exception as exc:  # noqa: BLE001 - any hub/network failure gets the same advice
+    except Exception as exc:
         where = f" ({root}/tokenizers/gpt2/ lacks encoder.json + vocab.bpe)" if root else ""
         raise DataNotFoundError(
             f"GPT-2 tokenizer not found{where} and the hub is unreachable ({type(exc).__name__}): "

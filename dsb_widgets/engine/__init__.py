@@ -6,21 +6,21 @@ at once, evaluates every probe at log-spaced checkpoints, writes an xarray/netCD
 goes and publishes each checkpoint to subscribers (the UI's run registry is one).
 """
 
+from dsb_widgets.engine.loop import TrainResult, train
+from dsb_widgets.engine.results import load_results
+from dsb_widgets.engine.schedule import log_checkpoints
 from dsb_widgets.engine.task import (
+    ConfigError,
     Experiment,
     Probe,
     RunConfig,
     Task,
-    ConfigError,
     build_task,
     get_experiment,
     list_experiments,
     register_experiment,
     resolve_config,
 )
-from dsb_widgets.engine.schedule import log_checkpoints
-from dsb_widgets.engine.loop import train, TrainResult
-from dsb_widgets.engine.results import load_results
 
 __all__ = [
     "ConfigError",

@@ -58,13 +58,12 @@ import torch
 from dsb_widgets.data import load_images
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.data.images import KNOWN_IMAGE_DATASETS
-from dsb_widgets.options_images import ImageOptions
+from dsb_widgets.engine.image_probes import DEFAULT_PROBES, PROBE_ORDER, build_image_probes, class_stats, clone_sampler  # noqa: F401  (re-exported)
 from dsb_widgets.engine.task import ConfigError, Experiment, RunConfig, Task, register_experiment
 from dsb_widgets.errors import MalformedDataError
-from dsb_widgets.options import parse_options
 from dsb_widgets.models.vision import VISION_MODELS, VisionConfig, make_vision_model
-from dsb_widgets.engine.image_probes import (  # noqa: F401  (re-exported)
-    DEFAULT_PROBES, PROBE_ORDER, build_image_probes, class_stats, clone_sampler)
+from dsb_widgets.options import parse_options
+from dsb_widgets.options_images import ImageOptions
 
 IMAGE_PROBES = DEFAULT_PROBES  # what a run records unless --probes says otherwise
 IMAGE_DATASETS = KNOWN_IMAGE_DATASETS  # one list: the data layer's

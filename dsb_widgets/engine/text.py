@@ -72,10 +72,10 @@ from torch import nn
 
 from dsb_widgets.data.text import CORPORA, TokenizedCorpus, tokenize_corpus
 from dsb_widgets.divergence import DIVERGENCE_ORDER, DIVERGENCE_PROBES, DivergenceMeter
-from dsb_widgets.options_text import TOKENIZERS, TextOptions
 from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, probe_seed, register_experiment
-from dsb_widgets.options import options_dict, parse_options
 from dsb_widgets.ngrams import NGramStats, count_ngrams, entropy_rate, loss_floor, sample_sequences
+from dsb_widgets.options import options_dict, parse_options
+from dsb_widgets.options_text import TextOptions
 
 TEXT_PROBES = ("real", "unigram", "bigram", "trigram", "shuffled") + DIVERGENCE_PROBES  # kl_/js_*: opt-in
 DEFAULT_PROBES = ("real", "unigram", "bigram", "trigram")

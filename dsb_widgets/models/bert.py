@@ -87,7 +87,7 @@ class Bert(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:  # (B, T) int -> (B, T, V)
         T = tokens.shape[-1]
-        if tokens.dim() != 2 or T > self.cfg.context:
+        if tokens.dim() != 2 or self.cfg.context < T:
             raise ValueError(f"tokens must be (B, T) with T <= {self.cfg.context}; got {tuple(tokens.shape)}")
         x = self.tok(tokens) + self.pos(self.positions[:T])  # (B, T, d)
         for block in self.blocks:

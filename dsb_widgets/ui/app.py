@@ -28,12 +28,12 @@ import xarray as xr
 
 from dsb_widgets.engine.results import load_results
 from dsb_widgets.engine.task import ConfigError, RunConfig, get_experiment, list_experiments, resolve_config
+from dsb_widgets.errors import UnsafeInputError
 from dsb_widgets.runs import REGISTRY, RunHandle, RunRegistry, reserve_run_path, training_threads
 from dsb_widgets.ui import sessions
-from dsb_widgets.errors import UnsafeInputError
-from dsb_widgets.ui.safety import DataPolicy, check_results_file, esc, open_results_bytes
 from dsb_widgets.ui.compare import file_labels, port_problem, run_form_values
 from dsb_widgets.ui.offline import offline_template
+from dsb_widgets.ui.safety import DataPolicy, check_results_file, esc, open_results_bytes
 from dsb_widgets.ui.sweep_view import SweepView, dims_summary, extra_dims, sweep_name
 from dsb_widgets.ui.viewer import RunViewer, describe
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 KINDS = ("dsb", "edit", "measure", "divergence")
 

@@ -17,7 +17,6 @@ order, distinct hues within an order, black for real data, identical across runs
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
