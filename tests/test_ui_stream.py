@@ -14,7 +14,7 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-pn = pytest.importorskip("panel")
+pytest.importorskip("panel")
 
 from bokeh.models import HoverTool, Legend
 
