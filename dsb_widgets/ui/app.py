@@ -262,7 +262,7 @@ class Dashboard:
             self.sweep_area.visible = True
             self.tabs[:] = [("Live run", self.viewer), (f"Sweep: {name}", self.sweep_area)]
             self.tabs.active = 1
-            return f"Opened sweep {label}: {dims_summary(ds, dims)}, {ds.sizes['seed']} seed(s)."
+            return f"Opened sweep {name}: {dims_summary(ds, dims)}, {ds.sizes['seed']} seed(s) (tab 'Sweep: {name}')."
         n = self.viewer.add_overlay(ds, label)
         return f"Overlaid {label} ({n} probes, {ds.sizes['step']} checkpoints, dashed)."
 
