@@ -77,8 +77,8 @@ class QuantileNormalizer:
     # --- fitting ---------------------------------------------------------------------------------
     @fitmethod
     def fit(
-        cls, x: Tensor, y: Tensor, *, num_quantiles: int = 256, num_classes: int | None = None,
-        device: torch.device | str | None = None,
+        cls: type[QuantileNormalizer], x: Tensor, y: Tensor, *, num_quantiles: int = 256,
+        num_classes: int | None = None, device: torch.device | str | None = None,
     ) -> QuantileNormalizer:
         """Tables from images x (N, ...) and integer labels y (N,); every class needs a sample."""
         if num_quantiles < 2:

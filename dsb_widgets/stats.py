@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import types
-from typing import Any, Callable, Generic, Literal, TypeVar
+from typing import Any, Callable, Concatenate, Generic, Literal, ParamSpec, TypeVar
 
 import torch
 from torch import Tensor
@@ -75,10 +75,12 @@ def linear_shrinkage(cov: Tensor, n: Tensor | int, weight: float | Literal["opti
     return (1 - s) * cov + s * target
 
 
-F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-class fitmethod(Generic[F]):
+class fitmethod(Generic[C, P, R]):
     """The package's one ``fit`` convention (concept-erasure's): ``Class.fit(x, y, **settings)`` is a
     classmethod returning a NEW fitted instance; ``fit`` never mutates anything. (Streaming
     accumulation is ``update``, which does mutate, as concept-erasure's ``LeaceFitter.update``.)
@@ -88,20 +90,20 @@ class fitmethod(Generic[F]):
     itself is left as it was, so the old spelling means the same thing.
     """
 
-    def __init__(self, func: F) -> None:
+    def __init__(self, func: Callable[Concatenate[type[C], P], R]) -> None:
         self.func = func
-        functools.update_wrapper(self, func)
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]  # typeshed: wrapper must be a callable
 
-    def __get__(self, obj: Any, cls: type) -> F:
+    def __get__(self, obj: C | None, cls: type[C]) -> Callable[P, R]:
         if obj is None:
-            return types.MethodType(self.func, cls)  # type: ignore[return-value]
-        settings = obj._fit_settings()
+            return types.MethodType(self.func, cls)
+        settings: dict[str, Any] = obj._fit_settings()  # type: ignore[attr-defined]  # every fitmethod class has it
 
         @functools.wraps(self.func)
-        def bound(*args: Any, **kwargs: Any) -> Any:
+        def bound(*args: P.args, **kwargs: P.kwargs) -> R:
             return self.func(cls, *args, **{**settings, **kwargs})
 
-        return bound  # type: ignore[return-value]
+        return bound
 
 
 class ClassStats:
@@ -129,8 +131,8 @@ class ClassStats:
 
     # --- accumulation -------------------------------------------------------------------------
     @fitmethod
-    def fit(cls, x: Tensor, y: Tensor, *, num_classes: int = 0, device: torch.device | str | None = None,
-            batch_size: int = 8192) -> ClassStats:
+    def fit(cls: type[ClassStats], x: Tensor, y: Tensor, *, num_classes: int = 0,
+            device: torch.device | str | None = None, batch_size: int = 8192) -> ClassStats:
         """New statistics of all of (x, y), accumulated in batches of ``batch_size`` rows."""
         stats = cls(num_classes, device=device)
         for start in range(0, max(int(x.shape[0]), 1), batch_size):
@@ -194,7 +196,7 @@ class ClassStats:
         return int(self.mean.shape[1])
 
     def _require(self, min_count: int) -> None:
-        self.dim  # raises if empty
+        _ = self.dim  # raises if empty
         low = (self.counts < min_count).nonzero().flatten().tolist()
         if low:
             raise ValueError(
