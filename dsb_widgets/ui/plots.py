@@ -112,7 +112,7 @@ def make_plots(probes: Sequence[str], orders: Sequence[float], floors: Sequence[
     band_text = "min..max over seeds" if band == "minmax" else "mean +/- std over seeds"
     kinds = dict(kinds or {p: kind_of(p, bool(has_target.get(p)) or p in EDIT_NAMES) for p in probes})
     loss = _figure(f"DSB panel: probe loss {title}".strip() + f"  (line: seed mean; band: {band_text}; "
-                   "star: minimum, once the curve rose after it)", "cross-entropy (nats" + (", log scale)" if log_y else ")"), "loss_figure", log_y)
+                   "star: minimum)", "cross-entropy (nats" + (", log scale)" if log_y else ")"), "loss_figure", log_y)
     acc = _figure("Accuracy on each probe's own labels", "accuracy", "accuracy_figure", height=300)
     acc.y_range = Range1d(-0.02, 1.02)
     edits = [p for p in probes if kinds.get(p) == "edit"]
