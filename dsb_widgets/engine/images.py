@@ -26,6 +26,9 @@ held-out accuracy stays at 97%. Tried and rejected: weight decay 0.5-1.0 keeps r
 or shrink the rise. OT target accuracy (shrunk maps) stays at 0.98 to the end on digits (with
 raw maps, ``-o ot_shrinkage=none``, it fell 0.97 -> 0.96); CQN's falls 0.96 -> 0.94. Wall time
 of ``dsb run images --seeds 3``: 47 s on an idle 2-core machine (38 s in the loop, 6% probes).
+The newer probes, same defaults, 1 seed (``--probes real maxent1 maxent2 maxent2_cube maxent3 ot
+cqn shift``): maxent2_cube 0.023@1024 -> 0.039 (x1.70), maxent3 0.048@645 -> 0.102 (x2.14),
+maxent2 0.033@1024 -> 0.058, shift target accuracy 0.986@323 -> 0.972, OT 0.989 -> 0.983.
 
 MNIST / Fashion-MNIST / CIFAR-10 / SVHN default to ``convnet`` (``BY_DATASET``). Why: on
 Fashion-MNIST (1 seed, 1 thread, machine loaded) the default MLP barely leaves the order-2
