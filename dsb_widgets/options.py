@@ -171,7 +171,7 @@ def options_help(schema: type) -> str:
     lines = []
     for f in dataclasses.fields(schema):
         default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "")  # type: ignore[misc]
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
         meta = f.metadata
         extra = f" [{'|'.join(map(str, meta['choices']))}]" if "choices" in meta else ""
         lines.append(f"{f.name}={default}  {meta.get('help', '')}{extra}".rstrip())

@@ -32,7 +32,7 @@ class TextOptions:
         "help": "read at most this many characters of the train split (none: all)", "min": 0})
 
     def __post_init__(self) -> None:
-        if self.vocab_size not in (None, 0) and self.vocab_size < 2:  # type: ignore[operator]
+        if self.vocab_size not in (None, 0) and self.vocab_size < 2:
             raise ConfigError(f"vocab size must be >= 2 (got {self.vocab_size}); pass e.g. --vocab-size 1000")
         if self.d_model % self.n_head:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_head={self.n_head}; "

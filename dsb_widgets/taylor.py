@@ -367,7 +367,7 @@ def class_taylor_expansion(
         for k in range(n_classes):
             y = ys[k].to(class_means.device)
             def fn(x: Tensor, y: Tensor = y) -> Tensor:
-                return loss_of(model(x.view(-1, *shape)), y.expand(x.shape[0]))  # type: ignore[operator]
+                return loss_of(model(x.view(-1, *shape)), y.expand(x.shape[0]))
 
             smp = None if class_samples is None else class_samples[k]
             out.append(taylor_expansion(fn, class_means[k], factors[k], order, samples=smp, **opts))  # type: ignore[arg-type]

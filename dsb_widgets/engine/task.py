@@ -210,7 +210,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _check_choice(value: str, choices: Iterable[str], what: str, flag: str) -> None:
+def _check_choice(value: str | None, choices: Iterable[str], what: str, flag: str) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"unknown {what} {value!r}; pass {flag} one of: {', '.join(choices)}")
@@ -232,7 +232,8 @@ def _check_types(cfg: RunConfig) -> RunConfig:
         value = getattr(cfg, f.name)
         if f.name == "options":
             if not isinstance(value, Mapping):
-                raise ConfigError(f"options must be a mapping of name -> value (got {value!r}), e.g. options: {{width: 64}}")
+                raise ConfigError(f"options must be a mapping of name -> value (got {value!r}), "
+                                  "e.g. options: {width: 64}")
             continue
         if value is None:
             continue
@@ -301,7 +302,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         _check_choice(cfg.model, exp.models, "model", "--model")
     _check_choice(cfg.optimizer, ("sgd", "adamw"), "optimizer", "--optimizer")
     _check_choice(cfg.schedule, ("cosine", "constant"), "schedule", "--schedule")
-    for p in cfg.probes:
+    for p in cfg.probes or ():  # filled above
         _check_choice(p, exp.probes, "probe", "--probes")
     if not (cfg.device in ("auto", "cpu", "mps") or cfg.device.startswith("cuda")):
         raise ConfigError(f"unknown device {cfg.device!r}; pass --device auto, cpu or cuda")
