@@ -91,10 +91,14 @@ def build_images_task(cfg: RunConfig) -> Task:
 
         sample_batch = clone_batches(train_on, train, class_stats(train), opts.maxent3_k)
     else:
-        x_all, y_all = train.x, train.y
+        from dsb_widgets.engine.task import pick_device
+
+        dev = pick_device(cfg.device)  # on a GPU the training set lives there (CIFAR-10: 0.6 GB)
+        x_all, y_all = (train.x, train.y) if dev.type == "cpu" else (train.x.to(dev), train.y.to(dev))
 
         def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = torch.randint(len(y_all), (bs,), generator=gen)
+            # indices from the seed's CPU generator (saved for resume); one small copy, no sync
+            idx = torch.randint(len(y_all), (bs,), generator=gen).to(y_all.device, non_blocking=True)
             return x_all[idx], y_all[idx]
 
     task = Task(make_model=lambda seed: make_vision_model(str(cfg.model), vcfg), sample_batch=sample_batch,

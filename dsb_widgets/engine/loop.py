@@ -50,21 +50,20 @@ class TrainResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def score(out: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Summed cross-entropy and correct count per seed, and the number of scored labels.
+def score(out: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed cross-entropy and correct count per seed, and the number of scored labels (0-d).
 
-    out: (S, B, ..., V) logits; labels: (B, ...) ints with -100 where not scored.
+    out: (S, B, ..., V) logits; labels: (B, ...) ints with -100 where not scored. Masked labels
+    contribute 0 (``ignore_index``) instead of being dropped by a boolean index, so nothing here
+    waits for the device (no ``bool(mask.all())`` host sync per batch on a GPU).
     """
     s, v = out.shape[0], out.shape[-1]
     logits = out.reshape(s, -1, v).float()
     lab = labels.reshape(-1)
     mask = lab != -100
-    if not bool(mask.all()):
-        logits, lab = logits[:, mask], lab[mask]
-    n = int(lab.numel())
-    ce = F.cross_entropy(logits.reshape(-1, v), lab.repeat(s), reduction="none").view(s, n)
-    correct = (logits.argmax(-1) == lab).sum(1)
-    return ce.sum(1), correct, n
+    ce = F.cross_entropy(logits.reshape(-1, v), lab.repeat(s), reduction="none", ignore_index=-100).view(s, -1)
+    correct = ((logits.argmax(-1) == lab) & mask).sum(1)
+    return ce.sum(1), correct, mask.sum()
 
 
 def score_mse(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -124,7 +123,7 @@ def evaluate_probe(stack: ModelStack, probe: Probe, device: torch.device, batch:
             sums["target_loss"] += tls
             sums["target_accuracy"] += tcorrect
         count += n
-    res = {m: (sums[m] / max(count, 1)).cpu().numpy() for m in METRICS}
+    res = {m: (sums[m] / max(float(count), 1.0)).cpu().numpy() for m in METRICS}  # one sync per probe
     if loss == "mse":
         res["accuracy"] = np.full(stack.size, np.nan)
     if probe.target is None:
