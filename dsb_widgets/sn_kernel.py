@@ -25,6 +25,12 @@ to fit a standard-sector target than a trivial one: the scaling this module meas
 (:func:`kernel_learning_curve`) and :func:`p_star` reads off. The NNGP of softmax attention with
 1/sqrt(D) logits (Hron et al. 2020) involves expectations of softmax over Gaussian logits and has
 no closed form; we did not derive it.
+
+Measured (d = 8, linear feature, sigma_p = 1, ridge 1e-6, 512 test contexts, seed 0): P* at
+relative error 0.5 for the standard sector 36, 61, 110, 191 at n = 4, 8, 16, 32 (slope 0.80 in
+log-log), trivial <= 16 at every n (10 at n = 32). The two-body targets are not fitted: their
+error stays above 1 up to P = 1024 (n <= 16), the near-interpolating ridge overfits them. Cost:
+n = 4, 8, 16 with P up to 1024 took 684 s, n = 32 up to P = 256 took 364 s, on 2 loaded cores.
 """
 
 from __future__ import annotations
