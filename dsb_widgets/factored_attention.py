@@ -180,8 +180,9 @@ class FactoredAttention(nn.Module):
         """Copy a trained shallower model (same config but ``n_layers``) into this one and switch the
         extra x^2 branches off (their V = 0): with the residual the result computes exactly the
         shallower model's conditionals, so training continues from it (progressive stacking)."""
-        if not self.cfg.residual or shallower.cfg.n_layers >= self.cfg.n_layers:
-            raise ValueError("grow_from needs a residual model deeper than the source")
+        deeper = self.cfg.n_layers > shallower.cfg.n_layers
+        if shallower.cfg.n_layers > self.cfg.n_layers or (deeper and not self.cfg.residual):
+            raise ValueError("grow_from needs a residual model at least as deep (deeper) as the source")
         own = self.state_dict()
         for k, v in shallower.state_dict().items():
             own[k].copy_(v)

@@ -95,9 +95,11 @@ class MHResult:
 
 
 def _energy_from_output(out: Tensor, tokens: Tensor, kind: str) -> Tensor:
-    """(B, T, V) conditionals output -> energy (B,)."""
-    scores = F.log_softmax(out, dim=-1) if kind == "pll" else out
-    return -scores.gather(-1, tokens[..., None]).squeeze(-1).sum(-1)
+    """(B, T, V) conditionals output -> energy (B,) (no (B, T, V) temporary for "pll")."""
+    picked = out.gather(-1, tokens[..., None]).squeeze(-1)  # (B, T)
+    if kind == "pll":
+        picked = picked - torch.logsumexp(out, dim=-1)
+    return -picked.sum(-1)
 
 
 def pll_energy(conditionals_fn: ConditionalsFn) -> EnergyFn:
@@ -227,8 +229,10 @@ def metropolis_hastings(
             accepted += int(accept.sum())
             changed += int((accept & (new != old)).sum())
             s = torch.where(accept[:, None], proposal, s)
-            out = torch.where(accept[:, None, None], out_new, out)
-            state = tuple(torch.where(accept.view(-1, *[1] * (a.dim() - 1)), a, b) for a, b in zip(state_new, state))
+            merged = torch.where(accept[:, None, None], out_new, out)
+            state = tuple(merged if a is out_new else torch.where(accept.view(-1, *[1] * (a.dim() - 1)), a, b)
+                          for a, b in zip(state_new, state))  # a state that IS the output is merged once
+            out = merged
             E = torch.where(accept, E_new, E)
         seconds = time.perf_counter() - t0
         states.append(s.clone())
