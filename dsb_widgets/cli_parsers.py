@@ -35,7 +35,8 @@ def add_clone_parser(sub: Any) -> None:
     d = CLONE_DEFAULTS
     p = sub.add_parser("clone", help="make (2^(L-1)+1)-body clones of a text corpus (Rende et al. 2024)")
     p.add_argument("--corpus", required=True, help="tinystories | wikitext2 | tinyshakespeare | path to text")
-    p.add_argument("--layers", type=int, nargs="+", default=list(d["layers"]), help="factored layers L (one clone each)")
+    p.add_argument("--layers", type=int, nargs="+", default=list(d["layers"]),
+                   help="factored layers L (one clone each)")
     p.add_argument("--out", required=True, help="output folder (clone_L{L}.pt, vocab.json, provenance.json)")
     p.add_argument("--tokenizer", default=d["tokenizer"], help="gpt2 | char")
     p.add_argument("--vocab-size", type=int, default=d["vocab_size"], help="keep the top-V tokens (incl. <unk>)")
@@ -137,7 +138,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  failed {key}: {err}")
     if res.failed:
         print(f"  errors and tracebacks: {sweep.out_dir / 'failures.json'}; rerun the same command to retry")
-    if res.path is None:
+    if res.path is None or res.dataset is None:
         print("nothing finished to merge")
     else:
         axes = json.loads(res.dataset.attrs["axes"])

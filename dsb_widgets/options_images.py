@@ -8,6 +8,7 @@ is one field here (with ``help`` and, where it applies, ``min`` / ``max`` / ``ch
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dsb_widgets.errors import ConfigError
 
@@ -57,7 +58,7 @@ class ImageOptions:
         _ = self.shrinkage  # raises ConfigError for a bad ot_shrinkage
 
     @property
-    def shrinkage(self) -> str | float | None:
+    def shrinkage(self) -> float | Literal["optimal"] | None:
         """``ot_shrinkage`` as :meth:`dsb_widgets.stats.ClassStats.covariance` takes it."""
         text = str(self.ot_shrinkage).strip().lower()
         if text in ("none", "null", ""):

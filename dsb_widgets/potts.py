@@ -35,6 +35,7 @@ from torch import Tensor
 from dsb_widgets.factored_attention import (
     FactoredAttention,
     FactoredAttentionConfig,
+    FactoredAttentionLayer,
     pseudo_likelihood_loss,
 )
 
@@ -237,7 +238,7 @@ def potts_from_model(model: FactoredAttention) -> PottsModel:
     cfg = model.cfg
     if cfg.n_layers != 1:
         raise ValueError(f"only a one-layer model is a Potts model (2 bodies); got n_layers={cfg.n_layers}")
-    layer = model.layers[0]
+    layer: FactoredAttentionLayer = model.layers[0]  # type: ignore[assignment]  # ModuleList items are Modules
     q = cfg.vocab_size
     M = torch.einsum("bd,hde->hbe", model.embedding[:q], layer.V)  # (H, q, d)
     bias = torch.zeros(q, dtype=M.dtype)
@@ -300,9 +301,9 @@ def fit_factored_potts(
             line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12,
         )
 
-        def closure() -> Tensor:
-            opt.zero_grad()
-            loss = pseudo_likelihood_loss(model, samples)
+        def closure() -> Tensor:  # used within this restart only
+            opt.zero_grad()  # noqa: B023
+            loss = pseudo_likelihood_loss(model, samples)  # noqa: B023
             loss.backward()
             return loss
 

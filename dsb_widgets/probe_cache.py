@@ -110,7 +110,7 @@ def _read(path: Path, provenance: Mapping[str, Any]) -> Tensors | None:
         if stored != _canonical({**provenance, "cache_version": CACHE_VERSION}):
             raise ValueError("provenance mismatch")
         return dict(blob["tensors"])
-    except Exception as err:  # corrupt / foreign file: rebuild
+    except Exception as err:  # noqa: BLE001 - corrupt / foreign file: rebuild
         warnings.warn(f"ignoring unusable probe cache {path} ({err}); rebuilding", stacklevel=3)
         return None
 
@@ -124,7 +124,8 @@ def _write(path: Path, provenance: Mapping[str, Any], tensors: Tensors) -> None:
         torch.save({"provenance": text, "tensors": {k: v.detach().cpu() for k, v in tensors.items()}}, tmp)
         os.replace(tmp, path)
     except OSError as err:
-        warnings.warn(f"could not write probe cache {path} ({err}); set DSB_CACHE_DIR to a writable folder")
+        warnings.warn(f"could not write probe cache {path} ({err}); set DSB_CACHE_DIR to a writable folder",
+                      stacklevel=3)
         Path(tmp).unlink(missing_ok=True)
 
 
@@ -141,10 +142,10 @@ def cached(kind: str, provenance: Mapping[str, Any], build: Callable[[], Tensors
         STATS.record(kind, False, time.perf_counter() - t0)
         return out
     path = cache_path(kind, provenance_key(provenance), root)
-    out = _read(path, provenance)
-    if out is not None:
+    cached = _read(path, provenance)
+    if cached is not None:
         STATS.record(kind, True, time.perf_counter() - t0)
-        return out
+        return cached
     out = build()
     _write(path, provenance, out)
     STATS.record(kind, False, time.perf_counter() - t0)

@@ -92,7 +92,7 @@ def is_finished(path: Path, cfg: RunConfig) -> bool:
         return False
     try:
         ds = load_results(path)
-    except Exception:  # unreadable / foreign file: not ours to trust
+    except Exception:  # noqa: BLE001 - unreadable / foreign file: not ours to trust
         return False
     probes = {str(p) for p in ds.probe.values} if "probe" in ds.coords else set()
     # (clones: only the clone orders present are built, so the file may hold fewer than cfg.probes)
@@ -252,9 +252,9 @@ def _submit_and_wait(client: Any, sweep: SweepConfig, todo: Sequence[SweepRun], 
         for fut in as_completed(list(futures)):
             pending.discard(fut)
             run = futures[fut]
-            outcome[run.key] = _collect(fut, sweep, run)
-            if outcome[run.key] is not None:
-                tqdm.write(f"FAILED {run.label()} ({run.key}): {outcome[run.key][0]}")
+            failure = outcome[run.key] = _collect(fut, sweep, run)
+            if failure is not None:
+                tqdm.write(f"FAILED {run.label()} ({run.key}): {failure[0]}")
             bar.update(1)
             keys = {f.key for f in pending}
             running = min(sum(k in keys for ks in client.processing().values() for k in ks), slots)

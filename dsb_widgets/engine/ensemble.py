@@ -40,6 +40,7 @@ class ModelStack(nn.Module):
                 self.register_buffer("buf__" + k.replace(".", "__"), v)
             self._buffer_names = list(buffers)
             base = copy.deepcopy(models[0]).to("meta")
+            self._base: nn.Module
             object.__setattr__(self, "_base", base)  # not a submodule: no parameters of its own
         else:
             self.members = nn.ModuleList(models)
@@ -67,7 +68,8 @@ class ModelStack(nn.Module):
         parameter with >= 2 dims (matmul / conv kernels and embeddings) decays; biases and norm
         scales (1-D) do not. Stacked parameters carry a leading seed dim, which is not counted."""
         lead = 1 if self.vectorized else 0
-        decay, rest = [], []
+        decay: list[nn.Parameter] = []
+        rest: list[nn.Parameter] = []
         for p in self.parameters():
             (decay if p.dim() - lead >= 2 else rest).append(p)
         return decay, rest

@@ -128,9 +128,10 @@ class SGD(_Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         for g in self.param_groups:
-            ps, grads = self._live(g)
+            ps, grads_list = self._live(g)
             if not ps:
                 continue
+            grads: list[Tensor] | tuple[Tensor, ...] = grads_list
             lr, mu, wd = g["lr"], g["momentum"], g["weight_decay"]
             if wd != 0:
                 grads = torch._foreach_add(grads, ps, alpha=wd)

@@ -16,7 +16,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import xarray as xr
@@ -24,7 +24,7 @@ import xarray as xr
 from dsb_widgets.errors import ConfigError, DSBError, OutputWriteError, ResultExistsError
 
 METRICS = ("loss", "accuracy", "target_loss", "target_accuracy")
-NETCDF_ENGINE = "scipy"
+NETCDF_ENGINE: Literal["scipy"] = "scipy"
 
 
 @dataclass
@@ -60,7 +60,7 @@ class ResultsTable:
 
     def to_dataset(self) -> xr.Dataset:
         n_p, n_s = len(self.probes), len(self.seeds)
-        data = {}
+        data: dict[str, tuple[tuple[str, ...], np.ndarray]] = {}
         for m in METRICS:
             arr = np.stack(self.values[m]) if self.steps else np.zeros((0, n_p, n_s))
             data[m] = (("step", "probe", "seed"), arr)
@@ -144,7 +144,7 @@ def clean_stale_temp_files(path: str | os.PathLike[str]) -> list[Path]:
     writers (a run killed mid-write); a live writer's are kept. Returns the removed paths."""
     path = Path(path)
     names = (path.name, f"{path.stem}.probes.pt", f"{path.stem}.state.pt")
-    removed = []
+    removed: list[Path] = []
     if not path.parent.is_dir():
         return removed
     for name in names:

@@ -222,7 +222,8 @@ class TaylorMeasure:
     def __call__(self, stack: nn.Module) -> dict[str, Tensor]:
         t0 = time.perf_counter()
         size = int(getattr(stack, "size", 1))
-        members = [stack.member(i) for i in range(size)] if hasattr(stack, "member") else [stack]
+        member = getattr(stack, "member", None)  # a ModelStack's seeds, else the model itself
+        members = [member(i) for i in range(size)] if member is not None else [stack]
         per = torch.stack([self.class_terms(m) for m in members])  # (S, K, J)
         self.per_class.append(per)
         out = {f"taylor{j}": (per[:, :, i] * self.weights).sum(1) for i, j in enumerate(self.settings.term_orders)}

@@ -76,7 +76,7 @@ class ConvNet(nn.Module):
             c = cout
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c, cfg.num_classes)
-        self.to(memory_format=torch.channels_last)
+        self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack this overload
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K)
         x = x.contiguous(memory_format=torch.channels_last)

@@ -24,7 +24,7 @@ class OfflineFast(Fast):
     bundled ``fast/`` folder, which resource resolution would otherwise look up under this
     subclass's name)."""
 
-    _resources = {**{k: v for k, v in Fast._resources.items() if k != "font"},
+    _resources = {**{k: v for k, v in Fast._resources.items() if k != "font"},  # type: ignore[typeddict-item]
                   "js_modules": {**Fast._resources["js_modules"],
                                  "fast-design": f"{CDN_DIST}bundled/fast/js/fast_design.js"}}
 

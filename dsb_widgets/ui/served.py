@@ -120,6 +120,7 @@ class SessionStats:
 async def _session(url: str, i: int, gate: asyncio.Semaphore, all_up: asyncio.Event, until: list[float],
                    stats: SessionStats, t0: float) -> None:
     import websockets
+    from websockets.typing import Origin, Subprotocol
 
     def token() -> str:
         with urllib.request.urlopen(f"{url}/", timeout=120) as r:
@@ -131,8 +132,9 @@ async def _session(url: str, i: int, gate: asyncio.Semaphore, all_up: asyncio.Ev
 
     async with gate:  # a few page builds at a time, then connect at once (unused sessions expire)
         tok = await asyncio.to_thread(token)
-        ws = await websockets.connect(url.replace("http", "ws") + "/ws", subprotocols=["bokeh", tok],
-                                      origin=url, max_size=None, open_timeout=120,  # as a browser: Origin
+        ws = await websockets.connect(url.replace("http", "ws") + "/ws",
+                                      subprotocols=[Subprotocol("bokeh"), Subprotocol(tok)],
+                                      origin=Origin(url), max_size=None, open_timeout=120,  # as a browser: Origin
                                       ping_interval=None)  # a busy server may not answer pings in time
     stats.connected_at[i] = time.time() - t0
     async with ws:
