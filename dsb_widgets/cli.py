@@ -9,12 +9,15 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 # Parsing imports nothing heavy (no torch, no xarray): `dsb --help` and bad flags answer at once;
 # each command function imports what it needs. The clone/sweep parsers live in cli_parsers.py.
 from dsb_widgets.cli_parsers import add_clone_parser, add_sweep_parser, add_threads_argument
 from dsb_widgets.errors import ConfigError, DataNotFoundError, DSBError, MalformedDataError
+
+if TYPE_CHECKING:  # annotations only: parsing imports no torch
+    from dsb_widgets.engine.task import RunConfig
 
 # Each experiment's typed -o options (small modules, no torch import): listed in `dsb run --help`.
 EXPERIMENT_OPTIONS = {"images": ("dsb_widgets.options_images", "ImageOptions"),
@@ -139,14 +142,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from dsb_widgets.engine.task import resolve_config
 
     cfg = resolve_config(config_from_args(args))
-    out = Path(args.out) if args.out else Path("runs") / f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{Path(str(cfg.model)).name}.nc"
+    default_name = f"{cfg.experiment}-{Path(str(cfg.dataset)).stem}-{Path(str(cfg.model)).name}.nc"
+    out = Path(args.out) if args.out else Path("runs") / default_name
     if not args.out and not (args.resume or args.force):  # the default name: write beside an earlier run
         stem, n = out.stem, 2
         while has_result(out):
             out, n = out.with_name(f"{stem}-{n}.nc"), n + 1
     check_out_path(out, resume=args.resume, force=args.force)  # before any data loads: never clobber
     print(f"dsb run {cfg.experiment}: dataset={cfg.dataset} model={cfg.model} steps={cfg.steps} "
-          f"seeds={cfg.seeds} probes={','.join(cfg.probes)} -> {out}", flush=True)
+          f"seeds={cfg.seeds} probes={','.join(cfg.probes or ())} -> {out}", flush=True)
     result = train(cfg, out=out, resume=args.resume, progress=True, threads=args.threads or "auto",
                    force=args.force)
     print_summary(result.dataset, out, per_seed=getattr(args, "per_seed", False))

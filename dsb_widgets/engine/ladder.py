@@ -68,7 +68,9 @@ def clone_batches(train_on: str, train: ImageData, stats: ClassStats, maxent3_k:
 
     if train_on == "iso_clone":
         sampler = IsotropicSampler.fit(stats)
-        draw = sampler.sample
+
+        def draw(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            return sampler.sample(y, generator=gen)
     elif train_on == "gauss_clone":
         gauss = clone_sampler(stats)
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import plotly.express as px
 import plotly.graph_objects as go
 import torch
+
+if TYPE_CHECKING:
+    import xarray
 
 
 def image_grid(x: torch.Tensor, rows: list[str], cols: int, title: str, row_height: int = 110) -> go.Figure:
@@ -40,7 +45,7 @@ def _ticks(lo: float, hi: float) -> list[float]:
     return [m * 10.0 ** k for k in range(k0, k1 + 1) for m in mult if lo <= m * 10.0 ** k <= hi]
 
 
-def static_curves_svg(ds: "xarray.Dataset", kinds: tuple[str, ...] = ("dsb",), width: int = 760,  # noqa: F821
+def static_curves_svg(ds: xarray.Dataset, kinds: tuple[str, ...] = ("dsb",), width: int = 760,
                       height: int = 380, title: str = "") -> str:
     """A static SVG of seed-mean loss vs step (log-log), one polyline per probe of ``kinds``,
     colours from :mod:`dsb_widgets.ui.colors`, each probe's minimum starred, floors dotted.
@@ -66,7 +71,8 @@ def static_curves_svg(ds: "xarray.Dataset", kinds: tuple[str, ...] = ("dsb",), w
     ys = [v for c in curves.values() for v in c if np.isfinite(v) and v > 0]
     ys += [f for f in floors.values() if math.isfinite(f) and f > 0]
     if not ys or len(x) == 0:
-        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="40"><text x="8" y="24">no data</text></svg>'
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="40">'
+                '<text x="8" y="24">no data</text></svg>')
     y0, y1 = min(ys) / 1.15, max(ys) * 1.15
     x0, x1 = 1.0, max(float(x[-1]), 2.0)
     left, right, top, bottom = 64, 170, 30, 46
@@ -89,7 +95,8 @@ def static_curves_svg(ds: "xarray.Dataset", kinds: tuple[str, ...] = ("dsb",), w
         out.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{left + pw}" y2="{py(t):.1f}" stroke="#eee"/>'
                    f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{t:g}</text>')
     out.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">training step + 1 (log)</text>'
-               f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">loss (nats, log)</text>')
+               f'<text transform="translate(14 {top + ph / 2}) rotate(-90)" text-anchor="middle">'
+               'loss (nats, log)</text>')
     for i, p in enumerate(probes):
         c, y = colours[p], curves[p]
         ok = np.isfinite(y) & (y > 0)
