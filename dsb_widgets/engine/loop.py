@@ -269,7 +269,8 @@ class _Run:
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, self.cfg.lr, self.cfg.steps, self.cfg.warmup, self.cfg.schedule)
         x, y = self.sample()
-        self.stack.train()
+        if not self.stack.training:  # Module.train() walks every submodule: 7% of a digits MLP step
+            self.stack.train()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.stack(x)
         losses = train_loss(out, y, self.task.loss)
