@@ -32,7 +32,7 @@ from dsb_widgets.errors import UnsafeInputError
 from dsb_widgets.runs import REGISTRY, RunHandle, RunRegistry, reserve_run_path, training_threads
 from dsb_widgets.ui import sessions
 from dsb_widgets.ui.compare import file_labels, port_problem, run_form_values
-from dsb_widgets.ui.offline import offline_template
+from dsb_widgets.ui.offline import local_resources_for_session, offline_template
 from dsb_widgets.ui.safety import DataPolicy, check_results_file, esc, open_results_bytes
 from dsb_widgets.ui.sweep_view import SweepView, dims_summary, extra_dims, sweep_name
 from dsb_widgets.ui.viewer import RunViewer, describe
@@ -321,6 +321,7 @@ class Dashboard:
 def build_app(runs_dir: str | Path = "runs", registry: RunRegistry = REGISTRY,
               policy: DataPolicy | None = None) -> pn.template.FastListTemplate:
     """One session's page (Panel calls this for every new browser tab)."""
+    local_resources_for_session()  # stylesheets from this server even if the session is rebuilt
     return Dashboard(runs_dir, registry, policy).template()
 
 

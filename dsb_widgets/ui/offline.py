@@ -34,3 +34,24 @@ def offline_template(**params: Any) -> pn.template.FastListTemplate:
     params.setdefault("font", SYSTEM_FONT)
     params.setdefault("font_url", "")
     return pn.template.FastListTemplate(design=OfflineFast, **params)
+
+
+def local_resources_for_session() -> None:
+    """Make every stylesheet of this server session point at the server, never at the CDN.
+
+    Panel rewrites component stylesheets (``cdn.holoviz.org/.../css/*.css``) to the server's
+    ``static/extensions/panel/`` only through ``doc._template_variables['dist_url']``, which it
+    sets while rendering the page's HTML. A session whose document is built without that render
+    (a slow page that opened its websocket after the unused-session lifetime: Bokeh builds a new
+    document on connect) kept CDN URLs: seen as 13 stylesheet requests to cdn.holoviz.org in the
+    Chromium test on the loaded machine. Setting the variable when the session's page is built
+    covers both paths. (``_template_variables`` is Bokeh's private per-document dict; Panel reads
+    it the same way.)
+    """
+    from panel.io.resources import LOCAL_DIST
+
+    doc = pn.state.curdoc
+    if doc is None or doc.session_context is None:
+        return
+    rel = pn.state.rel_path
+    doc._template_variables.setdefault("dist_url", f"{rel}/{LOCAL_DIST}" if rel else LOCAL_DIST)
