@@ -39,7 +39,7 @@ def extra_dims(ds: xr.Dataset, metric: str = "loss") -> tuple[str, ...]:
     missing = [d for d in CORE_DIMS if d not in ds[metric].dims]
     if missing:
         raise ValueError(f"{metric!r} lacks dims {missing}; expected (step, probe, seed) plus grid axes")
-    return tuple(d for d in ds[metric].dims if d not in CORE_DIMS)
+    return tuple(str(d) for d in ds[metric].dims if d not in CORE_DIMS)
 
 
 def _coord_text(value: Any) -> str:
@@ -186,9 +186,10 @@ class SweepView(pn.viewable.Viewer):
     """Faceted view of a sweep result: one selector per extra dim, a grid of cell figures, and
     ``overlay``: a grid dim whose conditions are drawn on one axis (line style per value)."""
 
-    metric = param.Selector(default="loss", objects=["loss", "accuracy", "target_accuracy", "target_loss"])
-    band = param.Selector(default="std", objects=["std", "minmax"])
-    overlay = param.Selector(default="none", objects=["none"])
+    metric: param.Selector[str] = param.Selector(default="loss",
+                                                 objects=["loss", "accuracy", "target_accuracy", "target_loss"])
+    band: param.Selector[str] = param.Selector(default="std", objects=["std", "minmax"])
+    overlay: param.Selector[str] = param.Selector(default="none", objects=["none"])
 
     def __init__(self, ds: xr.Dataset, label: str = "sweep", **params: Any) -> None:
         super().__init__(**params)
@@ -232,8 +233,8 @@ class SweepView(pn.viewable.Viewer):
     def redraw(self) -> None:
         groups = self.groups()
         shown = groups[:MAX_FACETS]
-        self.note.object = (f"{len(groups)} figure(s) with data" +
-                            (f"; showing the first {MAX_FACETS}: narrow the selectors" if len(groups) > MAX_FACETS else ""))
+        more = f"; showing the first {MAX_FACETS}: narrow the selectors" if len(groups) > MAX_FACETS else ""
+        self.note.object = f"{len(groups)} figure(s) with data{more}"
         self.grid.ncols = min(3, max(1, len(shown)))
         overlay = None if self.overlay == "none" else self.overlay
         self.grid.objects = [pn.pane.Bokeh(facet_figure(g if overlay else g[0], self.metric, self.band,

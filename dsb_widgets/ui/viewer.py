@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import panel as pn
@@ -50,7 +50,10 @@ def describe(run: RunHandle) -> str:
     return f"{run.id}: {c.experiment}/{c.dataset}/{c.model}, {c.steps} steps x {c.seeds} seed(s)"
 
 
-def status_message(run: RunHandle, eta: str = "", elapsed: float | None = None) -> tuple[str, str]:
+AlertType = Literal["primary", "success", "danger", "warning", "info"]
+
+
+def status_message(run: RunHandle, eta: str = "", elapsed: float | None = None) -> tuple[AlertType, str]:
     """(alert type, the ONE status line of a run): state, step, elapsed, ETA; never a traceback."""
     st = run.store
     spent = format_duration(st.elapsed if elapsed is None else elapsed)
@@ -67,7 +70,8 @@ def status_message(run: RunHandle, eta: str = "", elapsed: float | None = None) 
         return "info", f"Run {run.id} is starting: loading data and building probe sets... {spent} elapsed"
     if run.stop_event.is_set():
         return "warning", f"Run {run.id} stopping after its current step (state will be saved) {spent} elapsed"
-    return "primary", f"Run {run.id} training: step {st.step}/{st.total} &nbsp;·&nbsp; {spent} elapsed &nbsp;·&nbsp; {eta}"
+    return "primary", (f"Run {run.id} training: step {st.step}/{st.total} &nbsp;·&nbsp; {spent} elapsed"
+                       f" &nbsp;·&nbsp; {eta}")
 
 
 class RunViewer(pn.viewable.Viewer):
@@ -83,7 +87,7 @@ class RunViewer(pn.viewable.Viewer):
     """
 
     period_ms = param.Integer(default=500, bounds=(50, 10_000))
-    band = param.Selector(default="minmax", objects=["minmax", "std"])
+    band: param.Selector[str] = param.Selector(default="minmax", objects=["minmax", "std"])
     log_y = param.Boolean(default=True, doc="log-scale loss axes")
     smoothing = param.Number(default=0.0, bounds=(0.0, 0.95), step=0.05, doc="EMA weight (0 = raw)")
 
@@ -111,7 +115,7 @@ class RunViewer(pn.viewable.Viewer):
         self.explain = pn.pane.HTML("", sizing_mode="stretch_width", name="explainers")
         self.compare = pn.pane.HTML("", sizing_mode="stretch_width", name="compare_table")
         self.resume_btn = pn.widgets.Button(name="Resume", button_type="primary", width=110, visible=False)
-        self.resume_btn.on_click(lambda e: self.resume())
+        self.resume_btn.on_click(self._resume_clicked)
         self.download_nc = pn.widgets.FileDownload(callback=self._nc_bytes, filename="run.nc", label="netCDF",
                                                    width=110, visible=False)
         self.download_csv = pn.widgets.FileDownload(callback=self._csv_bytes, filename="run.csv", label="CSV",
@@ -177,7 +181,7 @@ class RunViewer(pn.viewable.Viewer):
         self.acc_pane.object = plots.acc if plots else placeholder("")
         self.acc_box.visible = plots is not None
         has_edit = plots is not None and plots.edit_acc is not None
-        if has_edit:
+        if plots is not None and has_edit:
             self.edit_acc_pane.object, self.edit_loss_pane.object = plots.edit_acc, plots.edit_loss
         self.edit_box.visible = has_edit
         if plots is not None and plots.div is not None:
@@ -279,6 +283,9 @@ class RunViewer(pn.viewable.Viewer):
                 self.stop_polling()
 
     # -- actions --------------------------------------------------------------------------
+    def _resume_clicked(self, event: object) -> None:
+        self.resume()
+
     def resume(self) -> RunHandle | None:
         """Continue a stopped run from its saved state (same config, same file)."""
         run = self.run
@@ -289,7 +296,7 @@ class RunViewer(pn.viewable.Viewer):
             self.registry = REGISTRY
         try:
             new = self.registry.start(run.config, out=run.out, resume=True)
-        except Exception as err:  # a message, never a traceback
+        except Exception as err:  # noqa: BLE001 - a message, never a traceback
             self.alert.alert_type = "danger"
             self.alert.object = esc(f"Could not resume {run.id}: {type(err).__name__}: {err}".splitlines()[0])
             return None
