@@ -94,7 +94,7 @@ def test_digits_split_is_stratified_deterministic_and_complete():
     full = load_digits()
     both = torch.cat([train.x, test.x]).reshape(-1, 64).numpy() * 16
     assert np.array_equal(np.unique(both, axis=0, return_counts=True)[1].sum(), 1797)
-    key = lambda a: a[np.lexsort(a.T[::-1])]
+    key = lambda a: a[np.lexsort(a.T[::-1])]  # noqa: E731
     assert np.array_equal(key(both), key(full.data.astype(np.float32)))
     # stratified: each class has round(20%) of its images in test
     counts = np.bincount(full.target, minlength=10)

@@ -59,7 +59,7 @@ def _ce_fn(model: torch.nn.Module, y: int):
 def test_quadratic_prediction_equals_gaussian_expectation(method: str) -> None:
     gen = torch.Generator().manual_seed(1)
     d = 6
-    q, b, mu, cov = _spd(d, gen) - 0.3 * torch.eye(d, dtype=DT), torch.randn(d, generator=gen, dtype=DT), torch.randn(d, generator=gen, dtype=DT), _spd(d, gen)
+    q, b, mu, cov = _spd(d, gen) - 0.3 * torch.eye(d, dtype=DT), torch.randn(d, generator=gen, dtype=DT), torch.randn(d, generator=gen, dtype=DT), _spd(d, gen)  # noqa: E501
     loss = _quadratic(q, b, 0.7)
     truth = loss(mu[None])[0] + 0.5 * torch.trace(q @ cov)  # E under N(mu, cov), analytic
     res = taylor_expansion(loss, mu, cov, method=method, top_k=d if method == "topk" else None, n_samples=256)
@@ -81,7 +81,7 @@ def test_quadratic_prediction_equals_gaussian_expectation(method: str) -> None:
 def test_quadratic_random_spd_all_methods(d: int, seed: int, rank_frac: float, k_frac: float) -> None:
     gen = torch.Generator().manual_seed(seed)
     rank = max(1, round(rank_frac * d))  # rank-deficient covariances included
-    q, b, mu, cov = _spd(d, gen), torch.randn(d, generator=gen, dtype=DT), torch.randn(d, generator=gen, dtype=DT), _spd(d, gen, rank)
+    q, b, mu, cov = _spd(d, gen), torch.randn(d, generator=gen, dtype=DT), torch.randn(d, generator=gen, dtype=DT), _spd(d, gen, rank)  # noqa: E501
     loss = _quadratic(q, b, -1.0)
     truth = loss(mu[None])[0] + 0.5 * torch.trace(q @ cov)
     exact = taylor_terms(loss, mu, cov, method="exact")
@@ -101,7 +101,7 @@ def test_hutchinson_is_unbiased_with_calibrated_stderr() -> None:
     loss = _quadratic(q, torch.zeros(d, dtype=DT), 0.0)
     t2 = 0.5 * torch.trace(q @ cov)
     for dist in ("rademacher", "gaussian"):
-        runs = [taylor_expansion(loss, mu, cov, method="hutchinson", n_samples=32, seed=s, distribution=dist) for s in range(n_seeds)]
+        runs = [taylor_expansion(loss, mu, cov, method="hutchinson", n_samples=32, seed=s, distribution=dist) for s in range(n_seeds)]  # noqa: E501
         est = torch.stack([r.terms[2] for r in runs])  # (n_seeds,)
         se = torch.stack([r.stderr[2] for r in runs])
         assert (est.mean() - t2).abs() < 4 * est.std() / math.sqrt(n_seeds), dist  # unbiased
@@ -185,7 +185,7 @@ def test_quartic_order4_gaussian_and_samples() -> None:
     gen = torch.Generator().manual_seed(6)
     d = 5
     w, mu, cov = torch.randn(d, generator=gen, dtype=DT), 0.3 * torch.randn(d, generator=gen, dtype=DT), _spd(d, gen)
-    loss = lambda x: (x @ w) ** 4
+    loss = lambda x: (x @ w) ** 4  # noqa: E731
     s, s2 = w @ mu, w @ cov @ w
     res = taylor_expansion(loss, mu, cov, order=4, n_samples=4096)
     assert torch.allclose(res.terms[0], s**4) and torch.allclose(res.terms[2], 6 * s**2 * s2)
@@ -252,7 +252,7 @@ def test_class_taylor_terms_rows_match_per_class_calls_and_cnn_shape() -> None:
     assert out.shape == (n_classes, 3) and model.training  # train mode restored
     model.eval()
     for k in range(n_classes):
-        loss = lambda x, k=k: F.cross_entropy(model(x.view(-1, *shape)), torch.full((x.shape[0],), k), reduction="none")
+        loss = lambda x, k=k: F.cross_entropy(model(x.view(-1, *shape)), torch.full((x.shape[0],), k), reduction="none")  # noqa: E731
         ref = taylor_terms(loss, means[k], covs[k], method="exact")
         assert torch.allclose(out[k], torch.stack([ref[0], ref[1], ref[2]]), rtol=1e-10)
     factors = factor_covs(covs)  # reused eigendecompositions give the same answer
@@ -315,8 +315,8 @@ def test_bench_cost_per_call() -> None:
         torch.nn.Flatten(), torch.nn.Linear(32 * 8 * 8, 10),
     )  # fmt: skip
     cases = {
-        "MLP 64-128-10, d=64": (torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)), (64,)),
-        "MLP 784-256-10, d=784": (torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)), (784,)),
+        "MLP 64-128-10, d=64": (torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10)), (64,)),  # noqa: E501
+        "MLP 784-256-10, d=784": (torch.nn.Sequential(torch.nn.Linear(784, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)), (784,)),  # noqa: E501
         "CNN 3x32x32, d=3072": (cnn, (3, 32, 32)),
     }
     for name, (model, shape) in cases.items():
@@ -326,10 +326,10 @@ def test_bench_cost_per_call() -> None:
         t = time.perf_counter()
         factor = CovFactor.from_cov(cov)
         t_eig = time.perf_counter() - t
-        loss = lambda x, m=model, s=shape: F.cross_entropy(m(x.view(-1, *s)), torch.zeros(x.shape[0], dtype=torch.long), reduction="none")
+        loss = lambda x, m=model, s=shape: F.cross_entropy(m(x.view(-1, *s)), torch.zeros(x.shape[0], dtype=torch.long), reduction="none")  # noqa: E501, E731
         row = [f"{name}: eigh {t_eig:.3f}s"]
         for method in ("exact", "topk", "hutchinson"):
             t = time.perf_counter()
             res = taylor_expansion(loss, torch.rand(d), factor, method=method, n_samples=128)
-            row.append(f"{method} {time.perf_counter() - t:.3f}s (n_hvp {res.n_hvp}, T2 {res.terms[2]:.4g} +- {res.stderr[2]:.2g})")
+            row.append(f"{method} {time.perf_counter() - t:.3f}s (n_hvp {res.n_hvp}, T2 {res.terms[2]:.4g} +- {res.stderr[2]:.2g})")  # noqa: E501
         print(" | ".join(row))

@@ -103,7 +103,8 @@ def _path_corpus(path: Path, test_fraction: float) -> Corpus:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise DataNotFoundError(f"folder {path} holds no .txt files; give a UTF-8 text file or a folder of .txt files")
+            raise DataNotFoundError(f"folder {path} holds no .txt files; "
+                                    "give a UTF-8 text file or a folder of .txt files")
         text = "\n\n".join(_read(p).strip("\n") for p in files)
         source = f"{len(files)} .txt files under {path}"
     else:
@@ -165,7 +166,7 @@ def _hub_named(name: str, test_fraction: float) -> Corpus:
     try:  # a script dataset on the hub; newer ``datasets`` may refuse it
         ds = load_dataset("karpathy/tiny_shakespeare")
         text = "".join(t for s in ("train", "validation", "test") for t in ds[s]["text"])
-    except Exception:
+    except Exception:  # noqa: BLE001 - the same file from its original home
         ds = load_dataset("text", data_files={"train": _SHAKESPEARE_URL}, sample_by="document")
         text = "".join(ds["train"]["text"])
     train, test = split_text(text, test_fraction)
@@ -345,7 +346,8 @@ def tokenize_corpus(
     return _build(meta, arrays, data_dir, base)
 
 
-def _build(meta: dict, arrays: dict[str, np.ndarray], data_dir: PathLike | None, base: object | None) -> TokenizedCorpus:
+def _build(meta: dict, arrays: dict[str, np.ndarray], data_dir: PathLike | None,
+           base: object | None) -> TokenizedCorpus:
     chars, kind = meta["chars"], meta["tokenizer"]
 
     def make_base() -> object:
