@@ -236,10 +236,11 @@ def fit_reference(train: Tensor, q: int, bodies: int, l2: float = 1e-4, iters: i
 
 def train_factored(train: Tensor, test: Tensor, q: int, n_layers: int, steps: int = 3000, batch: int = 256,
                    lr: float = 0.1, optimizer: str = "sgd", d_embed: int | None = 32, n_heads: int = 4,
-                   seed: int = 0, evals: int = 24) -> tuple[Any, dict[int, float]]:
+                   seed: int = 0, evals: int = 24, init_from: Any = None) -> tuple[Any, dict[int, float]]:
     """Train an ``n_layers`` factored-attention model (every site, exact PLL per batch) with
     minibatch SGD (the paper: batch 256, lr 0.1) or Adam; returns it and its held-out
-    pseudo-likelihood loss at ~``evals`` log-spaced steps (incl. 0 and ``steps``)."""
+    pseudo-likelihood loss at ~``evals`` log-spaced steps (incl. 0 and ``steps``). ``init_from``: a
+    trained shallower model to grow from (its new x^2 branches start switched off)."""
     from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig, pseudo_likelihood_loss
 
     torch.manual_seed(seed + 31 * n_layers)
@@ -247,6 +248,8 @@ def train_factored(train: Tensor, test: Tensor, q: int, n_layers: int, steps: in
     cfg = FactoredAttentionConfig(vocab_size=q, seq_len=train.shape[1], n_layers=n_layers, n_heads=n_heads,
                                   d_embed=d_embed)
     model = FactoredAttention(cfg)
+    if init_from is not None:
+        model.grow_from(init_from)
     if optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     elif optimizer == "adam":
@@ -271,9 +274,9 @@ def train_factored(train: Tensor, test: Tensor, q: int, n_layers: int, steps: in
 
 def ladder(layers: tuple[int, ...] = (1, 2, 3), seed: int = 0, *, L: int = 20, q: int = 10,
            n_train: int = 25_600, n_test: int = 4096, beta2: float = 0.5, g3: float = 0.6, g4: float = 0.8,
-           steps: int = 3000, batch: int = 256, lr: float = 0.01, optimizer: str = "adam",
+           steps: int = 600, batch: int = 256, lr: float = 0.01, optimizer: str = "adam",
            d_embed: int | None = 32, n_heads: int = 4, chains: int = 512, burn_in: int = 60,
-           ref_iters: int = 100, progress: bool = False) -> Any:
+           ref_iters: int = 100, grow: bool = True, progress: bool = False) -> Any:
     """The paper's Fig. 2 at CPU scale: returns an ``xarray.Dataset`` with
 
     - ``test_loss`` (layers, step): held-out pseudo-likelihood loss of each factored model;
@@ -301,23 +304,23 @@ def ladder(layers: tuple[int, ...] = (1, 2, 3), seed: int = 0, *, L: int = 20, q
         cpu[f"reference_{k}"] = time.process_time() - t0
         if progress:
             print(f"{k}-body reference: test {out['test_loss']:.4f}", flush=True)
-    curves = {}
-    for n_layers in layers:
+    curves, prev = {}, None
+    for n_layers in sorted(layers):
         t0 = time.process_time()
-        _, curves[n_layers] = train_factored(train, test, q, n_layers, steps, batch, lr, optimizer, d_embed,
-                                             n_heads, seed)
+        prev, curves[n_layers] = train_factored(train, test, q, n_layers, steps, batch, lr, optimizer, d_embed,
+                                                n_heads, seed, init_from=prev if grow else None)
         cpu[f"factored_{n_layers}"] = time.process_time() - t0
         if progress:
             print(f"{n_layers} layers: test {curves[n_layers][steps]:.4f}", flush=True)
-    step_axis = sorted(curves[layers[0]])
+    step_axis = sorted(curves[min(layers)])
     return xr.Dataset(
-        {"test_loss": (("layers", "step"), np.array([[curves[n][s] for s in step_axis] for n in layers])),
+        {"test_loss": (("layers", "step"), np.array([[curves[n][s] for s in step_axis] for n in sorted(layers)])),
          "reference_loss": (("bodies",), np.array(refs)),
          "train_reference_loss": (("bodies",), np.array(train_refs)),
          "true_loss": ((), truth.conditional_loss(test))},
-        coords={"layers": list(layers), "step": step_axis, "bodies": [2, 3, 4]},
+        coords={"layers": sorted(layers), "step": step_axis, "bodies": [2, 3, 4]},
         attrs={"units": "nats per site", "paper": "Rende, Gerace, Laio, Goldt (NeurIPS 2024), Fig. 2",
                "L": L, "q": q, "n_train": n_train, "n_test": n_test, "beta2": beta2, "g3": g3, "g4": g4,
-               "optimizer": optimizer, "lr": lr, "batch": batch, "steps": steps, "seed": seed,
+               "optimizer": optimizer, "lr": lr, "batch": batch, "steps": steps, "seed": seed, "grow": int(grow),
                **{f"sampler_{k}": v for k, v in diag.items()}, **{f"cpu_s_{k}": v for k, v in cpu.items()}},
     )
