@@ -97,7 +97,8 @@ class LowRankOT:
         blocks = []
         for c in (p, q):
             b = v.T @ self.basis[c]  # (m, r)
-            blocks.append(self.noise[c] * torch.eye(v.shape[1], dtype=v.dtype) + (b * (self.evals[c] - self.noise[c])) @ b.T)
+            blocks.append(self.noise[c] * torch.eye(v.shape[1], dtype=v.dtype)
+                          + (b * (self.evals[c] - self.noise[c])) @ b.T)
         a = ot_matrix(blocks[0], blocks[1])
         ratio = (self.noise[q] / self.noise[p]).sqrt() if float(self.noise[p]) > 0 else torch.zeros((), dtype=v.dtype)
         return v, a, ratio

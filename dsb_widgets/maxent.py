@@ -288,16 +288,16 @@ def hypercube_maxent2(stats: ClassStats, labels: Tensor, generator: Seed = 0, *,
         u = torch.logit(start[idx]).requires_grad_(True)
         opt = torch.optim.LBFGS([u], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
-        def closure() -> Tensor:
-            opt.zero_grad()
-            x = torch.sigmoid(u)
+        def closure() -> Tensor:  # called within this class's iteration only (B023 false positive)
+            opt.zero_grad()  # noqa: B023
+            x = torch.sigmoid(u)  # noqa: B023
             m = x.mean(0)
             xc = x - m
             n = max(len(x) - 1, 1)
             # ||C - S||^2 = ||Xc Xc^T||^2 / n^2 - 2 <Xc S, Xc> / n + ||S||^2 (no d x d product)
             gram = xc @ xc.T
-            cov_err = gram.pow(2).sum() / n**2 - 2 * ((xc @ sig) * xc).sum() / n + sig_n
-            loss = (m - mu).pow(2).sum() / mu_n + cov_err / sig_n
+            cov_err = gram.pow(2).sum() / n**2 - 2 * ((xc @ sig) * xc).sum() / n + sig_n  # noqa: B023
+            loss = (m - mu).pow(2).sum() / mu_n + cov_err / sig_n  # noqa: B023
             if entropy_weight and len(x) > 1:
                 loss = loss - entropy_weight * _knn_entropy(x)
             loss.backward()

@@ -113,7 +113,8 @@ def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     for v in values:
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if lo is not None and v < lo:
-                raise ConfigError(f"option {name!r} must be >= {lo} (got {v}); pass e.g. -o {name}={meta.get('default_hint', lo)}")
+                hint = meta.get("default_hint", lo)
+                raise ConfigError(f"option {name!r} must be >= {lo} (got {v}); pass e.g. -o {name}={hint}")
             if hi is not None and v > hi:
                 raise ConfigError(f"option {name!r} must be <= {hi} (got {v})")
 

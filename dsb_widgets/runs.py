@@ -142,7 +142,7 @@ class RunRegistry:
             try:
                 train(cfg, out=out_path, resume=resume, subscribers=[store.on_event], stop_event=stop,
                       threads=threads, concurrent=concurrent)
-            except Exception as err:  # surfaced to viewers via the store
+            except Exception as err:  # noqa: BLE001 - surfaced to viewers via the store
                 store.status, store.error = "failed", f"{type(err).__name__}: {err}"
                 store.meta.setdefault("traceback", traceback.format_exc())
 

@@ -159,7 +159,8 @@ class SectorTargets:
         if max(idx) >= d:
             raise ValueError(f"sectors {sectors} need token dimension d >= {max(idx) + 1} (got {d})")
         q, _ = np.linalg.qr(np.random.default_rng([seed, 0]).standard_normal((d, d)))
-        coeffs = tuple(positional_coefficients(s, n, np.random.default_rng([seed, 1 + i])) for s, i in zip(sectors, idx))
+        coeffs = tuple(positional_coefficients(s, n, np.random.default_rng([seed, 1 + i]))
+                       for s, i in zip(sectors, idx))
         return cls(n, d, tuple(sectors), q[:, idx].T.copy(), coeffs, feature)
 
     def token_features(self, x: np.ndarray) -> np.ndarray:

@@ -333,7 +333,8 @@ def read_cifar_pickles(paths: list[Path], classes: list[str]) -> RawImages:
             data, labels = batch[b"data"], batch[b"labels"]
         except KeyError as err:
             raise MalformedDataError(f"{path}: not a CIFAR-10 python batch (no key {err})") from err
-        if not isinstance(data, np.ndarray) or data.dtype.kind not in "ui" or not isinstance(labels, (list, np.ndarray)):
+        if (not isinstance(data, np.ndarray) or data.dtype.kind not in "ui"
+                or not isinstance(labels, (list, np.ndarray))):
             raise MalformedDataError(f"{path}: b'data' must be an integer array and b'labels' a list of ints")
         data = np.asarray(data, dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):

@@ -42,7 +42,7 @@ def read(file: Path) -> formats.RawImages | None:
     try:
         with np.load(file, allow_pickle=False) as archive:
             return formats.RawImages(archive["x"], archive["y"], [str(c) for c in archive["classes"]])
-    except Exception as err:  # a half-written or corrupt cache file is rebuilt, not fatal
+    except Exception as err:  # noqa: BLE001 - a half-written or corrupt cache file is rebuilt, not fatal
         warnings.warn(f"ignoring unreadable cache file {file} ({err}); decoding again", stacklevel=3)
         return None
 
@@ -56,5 +56,5 @@ def write(file: Path, raw: formats.RawImages) -> None:
             np.savez(handle, x=raw.x, y=raw.y, classes=np.array(raw.classes, dtype=str))
         os.replace(tmp, file)
     except OSError as err:
-        warnings.warn(f"could not write cache {file} ({err}); set DSB_CACHE_DIR to a writable folder")
+        warnings.warn(f"could not write cache {file} ({err}); set DSB_CACHE_DIR to a writable folder", stacklevel=3)
         Path(tmp).unlink(missing_ok=True)

@@ -77,7 +77,7 @@ def file_labels(runs_dir: Path, files: Sequence[Path]) -> dict[str, str]:
             continue
         try:
             name, runs = sweep_runs(f)
-        except Exception:  # unreadable: listed by path; Open reports the problem
+        except Exception:  # noqa: BLE001 - unreadable: listed by path; Open reports the problem
             continue
         if not runs:
             continue  # not written by dsb sweep (no run table): listed by path
@@ -126,7 +126,8 @@ def compare_html(rows: Sequence[tuple[str, str, Mapping[str, Any]]]) -> str:
     head = "".join(f"<th style='padding:0 8px'>{esc(k)}</th>" for k in diff) or "<th>(same config)</th>"
     body = []
     for label, dash, cfg in rows:
-        sample = f"<span style='display:inline-block;width:36px;border-top:3px {CSS_DASH.get(dash, 'solid')} #444'></span>"
+        css = CSS_DASH.get(dash, "solid")
+        sample = f"<span style='display:inline-block;width:36px;border-top:3px {css} #444'></span>"
         cells = "".join(f"<td style='padding:0 8px'>{esc(json.dumps(cfg.get(k), default=str))}</td>" for k in diff)
         body.append(f"<tr><td>{sample} {esc(dash)}</td><td style='padding:0 8px'><b>{esc(label)}</b></td>{cells}</tr>")
     return ("<b>Compare</b> (line style = run; colour = probe, as everywhere)<table style='font-size:0.9em'>"

@@ -141,7 +141,8 @@ def make_plots(probes: Sequence[str], orders: Sequence[float], floors: Sequence[
             continue
         if kinds.get(probe) == "divergence":
             assert div is not None
-            st = ProbeStyle(st.probe, st.order, st.color, st.marker, probe, "dashed" if probe.startswith("js_") else "solid")
+            dash = "dashed" if probe.startswith("js_") else "solid"
+            st = ProbeStyle(st.probe, st.order, st.color, st.marker, probe, dash)
             hov["div"].append(_curve(div, src, st, "loss", "loss_lo", "loss_hi", probe, probe))
             continue
         hov["loss"].append(_curve(loss, src, st, "loss", "loss_lo", "loss_hi", probe, st.label))
@@ -202,7 +203,7 @@ def add_saved_overlay(plots: CurvePlots, ds: xr.Dataset, label: str, band: str =
             if var not in ds:
                 nan = np.full(len(x), np.nan)
                 return nan, nan, nan
-            return summarize_saved(ds[var].sel(probe=probe).transpose("step", "seed").values, band)
+            return summarize_saved(ds[var].sel(probe=probe).transpose("step", "seed").values, band)  # noqa: B023
 
         name = f"{label}: {probe}"
         if kinds[probe] == "edit":

@@ -39,7 +39,8 @@ MAX_FOLDER_FILES = 100_000
 # One translation table, applied in one pass (escaping twice would show "&#x27;" as text): HTML's
 # five specials plus the Markdown characters that could form links, emphasis or code spans.
 _MD_ESCAPES = {ord(c): f"&#{ord(c)};" for c in "`*_[]#|~\\"}
-_ESCAPES = {**_MD_ESCAPES, ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord('"'): "&quot;", ord("'"): "&#x27;"}
+_ESCAPES = {**_MD_ESCAPES, ord("&"): "&amp;", ord("<"): "&lt;", ord(">"): "&gt;", ord('"'): "&quot;",
+            ord("'"): "&#x27;"}
 
 
 def esc(value: Any) -> str:
@@ -307,7 +308,8 @@ class DataPolicy:
         for n, p in enumerate(folder.rglob("*.txt")):  # what the text loader reads
             real = p.resolve()
             if n >= MAX_FOLDER_FILES or not self._inside(real) or not real.is_file():
-                why = "too many files" if n >= MAX_FOLDER_FILES else f"{p.name} leads outside the roots or is not a file"
+                why = ("too many files" if n >= MAX_FOLDER_FILES
+                       else f"{p.name} leads outside the roots or is not a file")
                 raise UnsafeInputError(f"{what} {text!r}: {why}")
             total += real.stat().st_size
             if total > self.max_text_bytes:
