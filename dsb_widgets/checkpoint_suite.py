@@ -175,7 +175,7 @@ def load_model(ckpt: Checkpoint, device: torch.device, dtype: torch.dtype = torc
         kw["revision"] = ckpt.revision
     with quiet_transformers():
         model = AutoModelForCausalLM.from_pretrained(ckpt.location, **kw)
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' stub of the wrapped .to
 
 
 def encode(tokenizer: Any, text: str) -> np.ndarray:

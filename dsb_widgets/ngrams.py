@@ -331,7 +331,7 @@ def loss_floor(stats: NGramStats, length: int) -> np.ndarray:
         src, nxt, p, ent = _expand(stats, codes, t)
         out[t] = prob @ ent
         codes, inv = np.unique((codes[src] * V + nxt) % V ** (t + 1), return_inverse=True)
-        prob = np.bincount(inv, weights=prob[src] * p, minlength=codes.size)
+        prob = np.bincount(inv, weights=prob[src] * p, minlength=codes.size).astype(np.float64, copy=False)
         t += 1
     if t < length:
         chain = _chain(stats, codes)

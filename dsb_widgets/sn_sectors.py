@@ -202,11 +202,13 @@ def isotypic_projection(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, i
     """
     n = x.shape[1]
     perms = perms if perms is not None else [np.array(p) for p in itertools.permutations(range(n))]
-    acc = None
+    acc: np.ndarray | None = None
     for p in perms:
         term = character(irrep, p) * fn(permute_positions(x, p))
         acc = term if acc is None else acc + term
-    return irrep_dim(irrep, n) * acc / len(perms)
+    if acc is None:
+        raise ValueError("perms is empty; pass None for all of S_n")
+    return np.asarray(irrep_dim(irrep, n) * acc / len(perms))
 
 
 def sector_fractions(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> dict[str, np.ndarray]:
