@@ -131,6 +131,8 @@ class FactoredAttentionConfig:
 class FactoredAttentionLayer(nn.Module):
     """One factored-attention layer: Attn(x)_i = sum_h sum_{j != i} A^h_ij x_j V^h (no softmax by default)."""
 
+    offdiag: Tensor  # buffer (T, T)
+
     def __init__(self, cfg: FactoredAttentionConfig, v_scale: float = 1.0) -> None:
         super().__init__()
         self.cfg = cfg
@@ -169,7 +171,8 @@ class FactoredAttention(nn.Module):
         else:
             self.embedding = nn.Parameter(torch.randn(q + 1, d) / d**0.5)  # (q + 1, d)
         branch = cfg.branch_init if cfg.residual else 1.0
-        self.layers = nn.ModuleList(
+        # typed as the list of layers it indexes and iterates like (ModuleList items are bare Modules)
+        self.layers: list[FactoredAttentionLayer] = nn.ModuleList(  # type: ignore[assignment]
             FactoredAttentionLayer(cfg, 1.0 if k == 0 else branch) for k in range(cfg.n_layers)
         )
         self.readout = nn.Linear(d, q) if cfg.readout else None

@@ -35,7 +35,6 @@ from torch import Tensor
 from dsb_widgets.factored_attention import (
     FactoredAttention,
     FactoredAttentionConfig,
-    FactoredAttentionLayer,
     pseudo_likelihood_loss,
 )
 
@@ -238,7 +237,7 @@ def potts_from_model(model: FactoredAttention) -> PottsModel:
     cfg = model.cfg
     if cfg.n_layers != 1:
         raise ValueError(f"only a one-layer model is a Potts model (2 bodies); got n_layers={cfg.n_layers}")
-    layer: FactoredAttentionLayer = model.layers[0]  # type: ignore[assignment]  # ModuleList items are Modules
+    layer = model.layers[0]
     q = cfg.vocab_size
     M = torch.einsum("bd,hde->hbe", model.embedding[:q], layer.V)  # (H, q, d)
     bias = torch.zeros(q, dtype=M.dtype)
