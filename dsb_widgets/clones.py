@@ -54,13 +54,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dsb_widgets.errors import MalformedDataError
 from dsb_widgets.factored_attention import (
-    FactoredAttention, FactoredAttentionConfig, IncrementalConditionals, masked_lm_loss, n_bodies,
-    pseudo_likelihood_loss, random_sites,
+    FactoredAttention,
+    FactoredAttentionConfig,
+    IncrementalConditionals,
+    masked_lm_loss,
+    n_bodies,
+    pseudo_likelihood_loss,
+    random_sites,
 )
 from dsb_widgets.mh_sampler import metropolis_hastings
 
@@ -106,14 +110,15 @@ class CloneConfig:
             raise ValueError(f"--layers must be integers in [1, {MAX_LAYERS}], e.g. --layers 1 2 3; got {self.layers}")
         for name in ("vocab_size", "context", "steps", "batch_size", "sweeps", "chains", "thin", "d_embed", "n_heads"):
             if getattr(self, name) < (2 if name in ("vocab_size", "context") else 1):
-                raise ValueError(f"--{name.replace('_', '-')} is too small ({getattr(self, name)}); pass a positive value")
+                flag = name.replace("_", "-")
+                raise ValueError(f"--{flag} is too small ({getattr(self, name)}); pass a positive value")
         if self.objective not in ("pll", "single_site", "mlm"):
             raise ValueError(f"--objective must be pll, single_site or mlm, got {self.objective!r}")
         if not 0.0 < self.mask_rate <= 1.0:
             raise ValueError(f"--mask-rate must lie in (0, 1], got {self.mask_rate}")
         if self.window < 0 or self.window == 1 or 2 * self.window > self.sweeps:
             raise ValueError(f"--window must be 0 (off) or in [2, --sweeps / 2]; got {self.window}")
-        if not 0 <= self.burn_in < self.sweeps:
+        if self.window == 0 and not 0 <= self.burn_in < self.sweeps:
             raise ValueError(f"--burn-in must lie in [0, --sweeps) = [0, {self.sweeps}); got {self.burn_in}")
 
 
@@ -191,12 +196,14 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
         if step in marks:
             curve[step] = test_pll(model, held)
         x = windows(train, cfg.context, cfg.batch_size, gen).to(dev)
+        n_seq, n_pos = x.shape  # (B, T)
         if L <= 2 and cfg.objective == "pll" or L == 1:
             loss = pseudo_likelihood_loss(model, x)  # every site, each masked alone (exact PLL)
         elif cfg.objective == "pll":  # an unbiased estimate of the PLL gradient, T / max_sites x cheaper
-            loss = pseudo_likelihood_loss(model, x, random_sites(*x.shape, min(cfg.max_sites, cfg.context), gen).to(dev))
+            sites = random_sites(n_seq, n_pos, min(cfg.max_sites, cfg.context), gen).to(dev)
+            loss = pseudo_likelihood_loss(model, x, sites)
         elif cfg.objective == "single_site":
-            loss = pseudo_likelihood_loss(model, x, random_sites(*x.shape, k_sites, gen).to(dev))
+            loss = pseudo_likelihood_loss(model, x, random_sites(n_seq, n_pos, k_sites, gen).to(dev))
         else:
             loss = masked_lm_loss(model, x, cfg.mask_rate, gen)
         if not torch.isfinite(loss):
