@@ -60,7 +60,7 @@ from torch.func import jvp
 
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.engine.task import ConfigError, Task
-from dsb_widgets.options_images import TAYLOR_METHODS, TAYLOR_ORDERS, TAYLOR_WEIGHTS
+from dsb_widgets.options_images import TAYLOR_METHODS, TAYLOR_ORDERS, TAYLOR_WEIGHTS, ImageOptions
 from dsb_widgets.taylor import CovFactor, class_taylor_expansion
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,8 @@ def class_weights(kind: str, task: Task | None, train: ImageData) -> Tensor:
     return counts / counts.sum()
 
 
-def make_taylor_measure(train: ImageData, opts: Mapping[str, Any], task: Task | None = None) -> TaylorMeasure:
+def make_taylor_measure(train: ImageData, opts: ImageOptions | Mapping[str, Any],
+                        task: Task | None = None) -> TaylorMeasure:
     """Class Gaussians, their eigendecompositions (once) and weights -> a TaylorMeasure."""
     settings = TaylorSettings.from_options(opts)
     means, covs = maxent2_gaussians(train)
@@ -271,7 +272,7 @@ def make_taylor_measure(train: ImageData, opts: Mapping[str, Any], task: Task | 
     return TaylorMeasure(means.float(), factors, weights, tuple(train.shape), settings)
 
 
-def attach_taylor(task: Task, train: ImageData, opts: Mapping[str, Any]) -> TaylorMeasure:
+def attach_taylor(task: Task, train: ImageData, opts: ImageOptions | Mapping[str, Any]) -> TaylorMeasure:
     """Make the engine record taylor0/taylor2 (see module docstring) at every checkpoint.
 
     Sets ``task.measure`` and ``task.extra_probes``; raises ConfigError on bad ``taylor_*`` options
