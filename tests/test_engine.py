@@ -132,7 +132,8 @@ def test_results_dataset_layout(dsb_run: xr.Dataset) -> None:
     has_target = ~np.isnan(ds["target_accuracy"]).any(("step", "seed"))
     assert {p for p, h in zip(ds.probe.values, has_target.values) if h} == {"ot", "cqn"}
     assert np.isfinite(ds["loss"].values).all() and np.isfinite(ds["accuracy"].values).all()
-    assert np.isnan(ds["train_loss"].isel(step=0)).all() and np.isfinite(ds["train_loss"].isel(step=slice(1, None))).all()
+    assert np.isnan(ds["train_loss"].isel(step=0)).all()
+    assert np.isfinite(ds["train_loss"].isel(step=slice(1, None))).all()
     # an untrained 10-way classifier: loss ~ ln 10, accuracy ~ chance, on every probe
     assert np.allclose(ds["loss"].isel(step=0), math.log(10), atol=0.1)
     assert float(ds["accuracy"].isel(step=0).mean()) < 0.25
@@ -279,7 +280,7 @@ def test_subscribers_get_every_checkpoint(tmp_path: Path) -> None:
     ck = [e for e in events if e["type"] == "checkpoint"]
     assert [e["step"] for e in ck] == ds.step.values.tolist()
     n_rows = ds.sizes["probe"] * ds.sizes["seed"]
-    for i, e in enumerate(ck):
+    for e in ck:
         assert len(e["rows"]) == n_rows
         for r in e["rows"]:
             assert r["step"] == e["step"]

@@ -204,7 +204,7 @@ def test_maps_refuses_huge_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
     ot = GaussianOT.fit(ClassStats.fit(x, y))
     monkeypatch.setattr(got, "MAPS_LIMIT_BYTES", 1000)
     with pytest.raises(MemoryError, match="use map"):
-        ot.maps
+        _ = ot.maps
     assert ot.map(1, 2).shape == (64, 64)
 
 

@@ -155,7 +155,8 @@ def test_default_out_writes_beside_an_earlier_run(tmp_path: Path, monkeypatch: p
     monkeypatch.chdir(tmp_path)
     assert main(["run", "images", *FAST]) == 0
     assert main(["run", "images", *FAST]) == 0
-    assert sorted(p.name for p in (tmp_path / "runs").glob("*.nc")) == ["images-digits-mlp-2.nc", "images-digits-mlp.nc"]
+    names = sorted(p.name for p in (tmp_path / "runs").glob("*.nc"))
+    assert names == ["images-digits-mlp-2.nc", "images-digits-mlp.nc"]
 
 
 def test_python_api_and_registry_refuse_an_existing_result(tmp_path: Path, no_data: None) -> None:
@@ -252,7 +253,7 @@ def test_concurrent_writers_of_one_file_never_fail(tmp_path: Path) -> None:
         try:
             for _ in range(10):
                 write_atomic(ds, tmp_path / "same.nc")
-        except BaseException as err:  # the old shared temp name raised FileNotFoundError here
+        except BaseException as err:  # noqa: BLE001 - the old shared temp name raised FileNotFoundError here
             errors.append(err)
 
     threads = [threading.Thread(target=write) for _ in range(3)]
@@ -369,7 +370,8 @@ def test_yaml_float_strings_are_numbers(tmp_path: Path) -> None:
     from dsb_widgets.sweep_config import expand, load_sweep
 
     f = tmp_path / "s.yaml"
-    f.write_text(f"out_dir: {tmp_path}\nbase: {{steps: 4}}\ngrid: {{lr: [\"1e-3\", 3e-3]}}\n")  # YAML 1.1: 1e-3 is a str
+    # YAML 1.1: 1e-3 is a str
+    f.write_text(f"out_dir: {tmp_path}\nbase: {{steps: 4}}\ngrid: {{lr: [\"1e-3\", 3e-3]}}\n")
     assert [r.config.lr for r in expand(load_sweep(f))] == [0.001, 0.003]
 
 

@@ -88,10 +88,10 @@ def test_covariance_options_and_errors() -> None:
     with pytest.raises(ValueError, match="integer class labels"):
         ClassStats.fit(x, y.float())
     with pytest.raises(RuntimeError, match="call fit"):
-        ClassStats().cov
+        _ = ClassStats().cov
     lonely = ClassStats.fit(x[:12], torch.tensor([0] * 11 + [1]))
     with pytest.raises(ValueError, match=r"classes \[1\] have fewer than 2"):
-        lonely.cov
+        _ = lonely.cov
 
 
 def test_to_device_roundtrip() -> None:

@@ -43,7 +43,7 @@ def test_path_corpus_splits_at_a_document_boundary(tmp_path: Path) -> None:
 
 
 def test_folder_corpus_reads_txt_files_in_sorted_order(tmp_path: Path) -> None:
-    for i, name in enumerate(["b.txt", "a.txt", "sub/c.txt"]):
+    for name in ["b.txt", "a.txt", "sub/c.txt"]:
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(f"file {name} line one\nline two\n", encoding="utf-8")
     (tmp_path / "skip.md").write_text("not text corpus", encoding="utf-8")
