@@ -269,7 +269,8 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             torch.manual_seed(cfg.seed + 17 * L)
             gen = None
         res = metropolis_hastings(IncrementalConditionals(model), init.to(dev), n_sweeps=cfg.sweeps,
-                                  burn_in=cfg.burn_in, thin=cfg.thin, generator=gen, on_sweep=sweep_cb,
+                                  burn_in=0 if cfg.window else cfg.burn_in, thin=cfg.thin, generator=gen,
+                                  on_sweep=sweep_cb,
                                   until_stationary=cfg.window or None)
         bar.close()
         tokens = res.samples.reshape(-1, cfg.context).cpu()  # (S * chains, T)

@@ -13,11 +13,13 @@ The Hamiltonian (ours; the paper's generator is not public, NOTES)::
            - g4 sum_{i} w4_i phi4(s_i) phi4(s_{i+1}) phi4(s_{i+2}) phi4(s_{i+3})
 
 J = beta2 * A0 (x) V as in :func:`dsb_widgets.potts.random_factored_potts` (dense pairs), the 3-
-and 4-body terms act on contiguous windows with Gaussian strengths w and a zero-mean colour
-feature phi (q values, unit variance), h = 0. Scale: the k-body term enters a conditional as
-g_k times a product of k-1 unit-variance features, so g_k is its typical logit size; the defaults
-(beta2 = 1, g3 = 0.8, g4 = 0.8) were chosen by measuring the gap each order opens between
-the references: see :data:`MEASURED`.
+and 4-body terms act on contiguous windows with Gaussian strengths w and a balanced +-1 colour
+feature phi_k (half the colours +1), h = 0. Scale: the k-body term enters a conditional as
++-g_k w, so g_k is its typical logit size. Measured while choosing (12,800 sequences): with
+Gaussian features or beta2 = 1 the chains do not mix (split-R-hat 1.2-1.7: heavy-tailed
+products of features freeze the system); with +-1 features, beta2 = 0.5, g3 = 0.6, g4 = 0.8
+(the defaults) R-hat = 1.01, tau ~ 1.2 sweeps, and each order opens a clear gap between the
+references: held-out loss 2-body 2.15, 3-body 2.01, true Hamiltonian 1.50 nats.
 
 Every conditional is exact and cheap: log p(s_i = a | s_-i) = log_softmax_a(-H(s with s_i = a)),
 computed for all sites and colours at once by :meth:`ManyBody.logits`. That gives (i) an exact
