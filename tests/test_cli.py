@@ -26,7 +26,8 @@ def _one_thread() -> None:
 def _table(out: str) -> dict[str, list[str]]:
     """The printed summary tables (DSB probes, then edit probes): probe -> its columns."""
     lines = out.splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("probe") and ("min step" in line or "target acc" in line)]
+    starts = [i for i, line in enumerate(lines)
+              if line.startswith("probe") and ("min step" in line or "target acc" in line)]
     assert starts, "no summary table printed"
     rows = {}
     for start in starts:
@@ -103,7 +104,8 @@ def test_resume_flag_continues_the_saved_run(tmp_path: Path, capsys: pytest.Capt
     assert err.startswith("dsb: error:") and "\n" not in err and "--resume" in err
 
 
-def test_default_output_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_default_output_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                             capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--steps", "2", "--probe-size", "50", "--probes", "real", "ot", "--device", "cpu"]) == 0
     assert (tmp_path / "runs" / "images-digits-mlp.nc").exists()

@@ -222,8 +222,8 @@ def test_tinystories_clones_small(tmp_path: Path) -> None:
     """Real TinyStories (GPT-2 BPE, top 200 tokens): clones of 2 and 3 bodies, then the BERT."""
     out = tmp_path / "ts"
     assert main(["clone", "--corpus", "tinystories", "--layers", "1", "2", "--out", str(out), "--vocab-size", "200",
-                 "--context", "8", "--steps", "60", "--chains", "16", "--sweeps", "3", "--burn-in", "1", "--window", "0",
-                 "--d-embed", "32"]) == 0
+                 "--context", "8", "--steps", "60", "--chains", "16", "--sweeps", "3", "--burn-in", "1",
+                 "--window", "0", "--d-embed", "32"]) == 0
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["vocab_size"] == 200 and "tinystories" in prov["source"]
     for rec in prov["orders"].values():

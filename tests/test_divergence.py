@@ -112,7 +112,8 @@ def test_kl_nonnegative_js_bounded(seed: int, V: int) -> None:
     assert np.all(js >= -1e-12) and np.all(js <= math.log(2) + 1e-12)
     # disjoint supports reach ln 2
     p2 = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
-    assert js_from_logits(p2, torch.tensor([[-80.0, 0.0]], dtype=torch.float64).log_softmax(-1)).item() == pytest.approx(math.log(2), abs=1e-9)
+    far = torch.tensor([[-80.0, 0.0]], dtype=torch.float64).log_softmax(-1)
+    assert js_from_logits(p2, far).item() == pytest.approx(math.log(2), abs=1e-9)
 
 
 def test_meter_stacks_seeds_and_rejects_small_models() -> None:

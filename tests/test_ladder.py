@@ -15,7 +15,8 @@ from dsb_widgets.stats import ClassStats
 def _curve(losses: list[float]) -> xr.Dataset:
     steps = np.arange(len(losses)) * 10
     loss = np.asarray(losses, dtype=float)[:, None, None]
-    return xr.Dataset({"loss": (("step", "probe", "seed"), loss)}, coords={"step": steps, "probe": ["real"], "seed": [0]})
+    return xr.Dataset({"loss": (("step", "probe", "seed"), loss)},
+                      coords={"step": steps, "probe": ["real"], "seed": [0]})
 
 
 def test_divergence_step_first_crossing_and_for_good() -> None:

@@ -15,7 +15,8 @@ def _skewed_data(n: int = 40_000, d: int = 6, seed: int = 0) -> tuple[torch.Tens
     xs, ys = [], []
     torch.manual_seed(seed)
     for c, shape in enumerate((2.0, 4.0)):
-        g = (torch.distributions.Gamma(torch.full((d // 2,), shape), torch.ones(d // 2)).sample((n,)) - shape) / shape**0.5
+        gamma = torch.distributions.Gamma(torch.full((d // 2,), shape), torch.ones(d // 2))
+        g = (gamma.sample((n,)) - shape) / shape**0.5
         lap = torch.distributions.Laplace(torch.zeros(d - d // 2), torch.full((d - d // 2,), 2**-0.5)).sample((n,))
         mix = torch.eye(d) + 0.3 * torch.randn(d, d, generator=gen)
         xs.append(torch.cat([g, lap], 1) @ mix.T * 0.1 + 0.2 * c)

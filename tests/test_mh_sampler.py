@@ -191,7 +191,8 @@ def test_bench_throughput() -> None:
     for name, fn, q, T in [
         ("potts L=20 q=10", small_potts_big().conditionals, 10, 20),
         ("factored 1 layer q=10 T=20", FactoredAttention(FactoredAttentionConfig(10, 20)).conditionals, 10, 20),
-        ("factored 2 layers q=10 T=20", FactoredAttention(FactoredAttentionConfig(10, 20, n_layers=2)).conditionals, 10, 20),
+        ("factored 2 layers q=10 T=20",
+         FactoredAttention(FactoredAttentionConfig(10, 20, n_layers=2)).conditionals, 10, 20),
     ]:
         init = torch.randint(q, (256, T), generator=torch.Generator().manual_seed(0))
         t0 = time.perf_counter()

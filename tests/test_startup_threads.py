@@ -12,7 +12,8 @@ import pytest
 from dsb_widgets.errors import BusyError, ConfigError
 from dsb_widgets.threads import SMALL_MODEL_FLOPS, auto_threads, check_threads
 
-PROBE_IMPORTS = "import sys; print(sorted(m for m in ('torch', 'xarray', 'numpy', 'sklearn', 'distributed') if m in sys.modules))"
+PROBE_IMPORTS = ("import sys; "
+                 "print(sorted(m for m in ('torch', 'xarray', 'numpy', 'sklearn', 'distributed') if m in sys.modules))")
 
 
 def _run_py(code: str) -> subprocess.CompletedProcess[str]:
@@ -47,7 +48,7 @@ def test_clone_parser_defaults_equal_the_clone_config() -> None:
     from dsb_widgets.clones import CloneConfig
 
     want = {f.name: f.default for f in dataclasses.fields(CloneConfig) if f.name != "corpus"}
-    assert CLONE_DEFAULTS == want
+    assert want == CLONE_DEFAULTS
 
 
 def test_auto_threads_never_oversubscribes() -> None:

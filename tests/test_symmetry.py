@@ -76,7 +76,8 @@ def test_bad_window_and_short_corpus_raise() -> None:
 # ---- covariance against brute force ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("embedding, oov", [("onehot", "unk"), ("onehot", "zero"), ("random", "unk"), ("random", "zero")])
+@pytest.mark.parametrize("embedding, oov",
+                         [("onehot", "unk"), ("onehot", "zero"), ("random", "unk"), ("random", "zero")])
 @pytest.mark.parametrize("stride", [1, 3])
 def test_pair_covariance_matches_brute_force(embedding: str, oov: str, stride: int) -> None:
     tokens = _zipf_tokens(3000, 12, seed=1)
