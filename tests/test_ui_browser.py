@@ -44,13 +44,15 @@ OVERLAYS_JS = """() => [...Bokeh.documents[0].all_models]
   .filter(m => m.name && m.name.startsWith('overlay:saved-a:') && m.data !== undefined).length"""
 SOURCES_JS = """() => [...Bokeh.documents[0].all_models].filter(m => m.name && m.name.startsWith('src:')).length"""
 
-pytestmark = [pytest.mark.ui, pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium")]
+pytestmark = [pytest.mark.ui,
+              pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium")]
 
 
 def external_refs(html: str) -> list[str]:
     """src/href values of the page that point outside the server."""
     refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', html)
-    return [r for r in refs if re.match(r"^(https?:)?//", r) and urlparse(r if ":" in r.split("//")[0] else "http:" + r).hostname not in LOCAL_HOSTS]
+    return [r for r in refs if re.match(r"^(https?:)?//", r)
+            and urlparse(r if ":" in r.split("//")[0] else "http:" + r).hostname not in LOCAL_HOSTS]
 
 
 def off_machine(url: str) -> bool:
@@ -89,7 +91,8 @@ class Watch:
 
 
 def test_helpers() -> None:
-    html = ('<link href="static/a.css"><script src="https://cdn.x/y.js"></script><link href="//fonts.googleapis.com/css">'
+    html = ('<link href="static/a.css"><script src="https://cdn.x/y.js"></script>'
+            '<link href="//fonts.googleapis.com/css">'
             '<script src="http://127.0.0.1:5006/static/z.js"></script>')
     assert external_refs(html) == ["https://cdn.x/y.js", "//fonts.googleapis.com/css"]
     assert off_machine("https://fonts.gstatic.com/x.woff2") and off_machine("ws://example.org/ws")
@@ -195,7 +198,8 @@ def test_dashboard_live_run_in_chromium(tmp_path: Path) -> None:
         # 700 px wide: the status line wraps into a few lines, not one character per line.
         page.set_viewport_size({"width": 700, "height": 1000})
         page.wait_for_timeout(1000)
-        box = page.locator(".bk-panel-models-markup-HTML, div").filter(has_text=f"Run run1 {run['status']}").last.bounding_box()
+        status = page.locator(".bk-panel-models-markup-HTML, div").filter(has_text=f"Run run1 {run['status']}")
+        box = status.last.bounding_box()
         assert box is not None and box["width"] > 200, box
         page.screenshot(path=str(ARTIFACTS / "dashboard-700px.png"))
         browser.close()
