@@ -93,7 +93,7 @@ def whole_runs(models: list[str], seeds: int) -> None:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
-    print(f"\nwhole runs (imports, data, probes, training, checkpoints), child CPU seconds:")
+    print("\nwhole runs (imports, data, probes, training, checkpoints), child CPU seconds:")
     with tempfile.TemporaryDirectory() as tmp:
         for name in models:
             common = ["--model", name, "--steps", str(steps.get(name, 32))]

@@ -59,9 +59,9 @@ import numpy as np
 import torch
 
 from dsb_widgets.data.text import CORPORA
-from dsb_widgets.options_clones import CloneOptions
 from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, probe_seed, register_experiment
 from dsb_widgets.options import options_dict, parse_options
+from dsb_widgets.options_clones import CloneOptions
 
 CLONE_LAYERS = tuple(range(1, 8))
 CLONE_PROBES = ("real",) + tuple(f"{2 ** (L - 1) + 1}-body" for L in CLONE_LAYERS)
