@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dsb_widgets.manybody import (
-    ManyBody, fit_reference, gibbs, integrated_autocorr_time, random_manybody, sample,
+    ManyBody, fit_reference, gibbs, integrated_autocorr_time, ladder, random_manybody, sample,
 )
 from dsb_widgets.potts import exact_distribution
 
@@ -117,3 +117,18 @@ def test_gibbs_shapes_and_bad_reference_order() -> None:
     assert states.shape == (3, 5, 6) and energies.shape == (3, 5)
     with pytest.raises(ValueError, match="bodies"):
         fit_reference(states[0], 3, 5)
+
+
+@pytest.mark.slow
+def test_ladder_orders_losses_by_depth_on_a_small_instance() -> None:
+    """A toy ladder (10 sites, 5 colours, 2,000 sequences; ~10 CPU-s): held-out losses fall with
+    depth, one layer sits at the 2-body line, three layers below the 3-body line (measured
+    1.332 / 1.114 / 1.051 vs references 1.299 / 1.067 / 1.042, true 0.931)."""
+    ds = ladder(L=10, q=5, n_train=2000, n_test=500, steps=60, chains=128, burn_in=20, ref_iters=20, d_embed=16,
+                n_heads=2)
+    final = ds.test_loss.isel(step=-1).values
+    ref = ds.reference_loss.values
+    assert set(ds.test_loss.dims) == {"layers", "step"} and list(ds.bodies.values) == [2, 3, 4]
+    assert final[0] > final[1] > final[2]
+    assert abs(final[0] - ref[0]) < 0.06 and final[2] < ref[1]
+    assert ds.attrs["sampler_rhat"] < 1.05 and float(ds.true_loss) < ref[2] + 0.02
