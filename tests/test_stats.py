@@ -87,7 +87,7 @@ def test_covariance_options_and_errors() -> None:
         stats.covariance(1.5)
     with pytest.raises(ValueError, match="integer class labels"):
         ClassStats.fit(x, y.float())
-    with pytest.raises(RuntimeError, match="call fit"):
+    with pytest.raises(RuntimeError, match=r"ClassStats.fit\(x, y\) or call update"):
         _ = ClassStats().cov
     lonely = ClassStats.fit(x[:12], torch.tensor([0] * 11 + [1]))
     with pytest.raises(ValueError, match=r"classes \[1\] have fewer than 2"):
