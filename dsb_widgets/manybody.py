@@ -286,6 +286,12 @@ def ladder(layers: tuple[int, ...] = (1, 2, 3), seed: int = 0, *, L: int = 20, q
     - ``train_reference_loss`` (bodies), ``true_loss`` (scalar, the exact conditional loss of the
       generating Hamiltonian on the test set), attrs: sampler diagnostics (R-hat, tau), settings,
       CPU seconds per stage.
+
+    Measured (defaults, seed 0, one thread, 2 shared cores): sampler R-hat 1.006, tau 1.19 sweeps,
+    thin 3; references (held-out) 2-body 2.134, 3-body 1.990, 4-body 1.898; factored 1 / 2 / 3
+    layers 2.112 / 1.884 / 1.558; true Hamiltonian 1.497. CPU seconds: sampling 9, references
+    9 + 22 + 49, factored 11 + 47 + 237 (387 in all; 32 min wall under load 15-28). The optimizer
+    is Adam lr 0.01 (the paper's SGD lr 0.1 was not tried for lack of time).
     """
     import xarray as xr
 
