@@ -39,6 +39,7 @@ L  before,1  before,B  after,1  after,B  after,B / before,1
 1       771       918      586    6,758   8.8x   (second run: 1,059 / 971 / 545 / 7,569: 7.1x)
 2       442       476      360    3,060   6.9x
 3       479       357      299      841   1.8x   (second run)
+4       343       291      312      529   1.5x   (second run)
 
 The issue's >= 10x is NOT reached: with the pll energy every proposal needs the normaliser of
 all T conditionals of the proposed sequence, i.e. O(T q) work per chain (L = 1: the rank-one
