@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsb_widgets.engine.loop import train
-from dsb_widgets.engine.task import RunConfig, resolve_config
+from dsb_widgets.engine.task import RunConfig, required, resolve_config
 from dsb_widgets.errors import BusyError
 from dsb_widgets.threads import available_cores
 
@@ -49,7 +49,7 @@ class RowStore:
                 cfg: RunConfig = event["config"]
                 self.meta = {k: event[k] for k in ("probes", "orders", "floors", "seeds", "checkpoints")}
                 self.meta["config"] = cfg
-                self.total, self.step, self.status = cfg.steps, event["step"], "running"
+                self.total, self.step, self.status = required(cfg.steps, "steps"), event["step"], "running"
                 self._rows.extend(event["rows"])
             elif kind == "checkpoint":
                 self._rows.extend(event["rows"])
@@ -131,7 +131,7 @@ class RunRegistry:
             from dsb_widgets.engine.results import check_out_path
 
             check_out_path(out, resume=resume)
-        store, stop = RowStore(total=cfg.steps), threading.Event()
+        store, stop = RowStore(total=required(cfg.steps, "steps")), threading.Event()
         with self._lock:
             run_id = f"run{next(self._ids)}"
         out_path = Path(out) if out is not None else None

@@ -61,7 +61,15 @@ from dsb_widgets.data.text import CORPORA, Corpus, TokenizedCorpus, load_corpus
 from dsb_widgets.divergence import DIVERGENCE_ORDER, DIVERGENCE_PROBES, DivergenceMeter
 from dsb_widgets.engine.loop import TrainResult, _publish, checkpoint_rows
 from dsb_widgets.engine.results import METRICS, ResultsTable, load_results, write_atomic
-from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, pick_device, register_experiment
+from dsb_widgets.engine.task import (
+    ConfigError,
+    Experiment,
+    Probe,
+    RunConfig,
+    pick_device,
+    register_experiment,
+    required,
+)
 from dsb_widgets.engine.text import PROBE_ORDER, TextSetup, build_text_probes
 from dsb_widgets.ngrams import count_ngrams
 
@@ -126,7 +134,7 @@ def prepare(corpus: Corpus, tokenizer: Any, names: tuple[str, ...], cfg: RunConf
     stats = {k: count_ngrams(toks.train, toks.vocab_size, order=k) for k in (1, 2, 3)}
     setup = TextSetup(toks, stats, context, mlm=False)
     wanted = tuple(n for n in SAMPLE_PROBES if n in names or n == "real")
-    built = {p.name: p for p in build_text_probes(setup, wanted, int(cfg.probe_size), cfg.seed)}
+    built = {p.name: p for p in build_text_probes(setup, wanted, required(cfg.probe_size, "probe_size"), cfg.seed)}
     return SuiteData(setup, [built[n] for n in SAMPLE_PROBES if n in names], built["real"], fingerprint(tokenizer))
 
 
@@ -182,7 +190,7 @@ def evaluate_checkpoints(cfg: RunConfig, out: str | Path | None = None, resume: 
     corpus = load_corpus(str(cfg.dataset), cfg.data_dir, max_train_chars=opts.max_train_chars or None)
     tok = load_tokenizer(suite[0])
     data = prepare(corpus, tok, names, cfg, opts.context)
-    orders = [PROBE_ORDER.get(n, DIVERGENCE_ORDER.get(n)) for n in names]
+    orders = [PROBE_ORDER.get(n, DIVERGENCE_ORDER.get(n, math.nan)) for n in names]
     floors = {p.name: p.floor for p in data.probes}
     setup = data.setup
     attrs = {"config": cfg.to_json(), "experiment": cfg.experiment, "units": "nats", "model": str(cfg.model),
@@ -221,7 +229,7 @@ def evaluate_checkpoints(cfg: RunConfig, out: str | Path | None = None, resume: 
         model = load_model(ckpt, device)
         te = time.perf_counter()
         t_load += te - tl
-        metrics = evaluate_model(model, data, names, int(cfg.batch_size), device, amp)
+        metrics = evaluate_model(model, data, names, required(cfg.batch_size, "batch_size"), device, amp)
         t_eval += time.perf_counter() - te
         del model  # one checkpoint in memory at a time
         gc.collect()

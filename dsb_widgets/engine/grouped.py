@@ -25,10 +25,13 @@ and cannot update BatchNorm statistics. Measured in ``benchmarks/bench_seeds.py`
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from dsb_widgets.engine.ensemble import ModelStack
 
 _ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.SiLU, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.Flatten,
                 nn.Sequential, nn.ModuleList)
@@ -41,7 +44,8 @@ class GroupedLinear(nn.Module):
         super().__init__()
         self.seeds, self.in_features, self.out_features = len(layers), layers[0].in_features, layers[0].out_features
         self.weight = nn.Parameter(torch.stack([m.weight.detach() for m in layers]).clone())
-        self.bias = nn.Parameter(torch.stack([m.bias.detach() for m in layers]).clone()) if layers[0].bias is not None else None
+        self.bias = (nn.Parameter(torch.stack([m.bias.detach() for m in layers]).clone())
+                     if layers[0].bias is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -52,14 +56,24 @@ class GroupedLinear(nn.Module):
         return out.transpose(0, 1).reshape(b, self.seeds * self.out_features)
 
 
+def _copy_cat(dst: torch.Tensor | None, srcs: Sequence[torch.Tensor | None]) -> None:
+    """``dst`` <- the S seeds' tensors concatenated along dim 0 (all present when the layers' flags say so)."""
+    present = [t for t in srcs if t is not None]
+    if dst is None or len(present) != len(srcs):
+        raise ValueError("the seeds' layers disagree on which parameters / buffers they have")
+    dst.copy_(torch.cat(present))
+
+
 def _grouped_conv(layers: list[nn.Conv2d]) -> nn.Conv2d:
     m, s = layers[0], len(layers)
-    wide = nn.Conv2d(s * m.in_channels, s * m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation,
-                     groups=s * m.groups, bias=m.bias is not None, padding_mode=m.padding_mode)
+    # torch's stubs type the attributes as tuple[int, ...], the constructor as tuple[int, int]
+    wide = nn.Conv2d(s * m.in_channels, s * m.out_channels, m.kernel_size, m.stride, m.padding,  # type: ignore[arg-type]
+                     m.dilation, groups=s * m.groups, bias=m.bias is not None,  # type: ignore[arg-type]
+                     padding_mode=m.padding_mode)
     with torch.no_grad():
         wide.weight.copy_(torch.cat([c.weight for c in layers]))
         if m.bias is not None:
-            wide.bias.copy_(torch.cat([c.bias for c in layers]))
+            _copy_cat(wide.bias, [c.bias for c in layers])
     return wide.to(m.weight.device, m.weight.dtype)
 
 
@@ -68,11 +82,13 @@ def _grouped_bn(layers: list[nn.BatchNorm2d]) -> nn.BatchNorm2d:
     wide = type(m)(s * m.num_features, m.eps, m.momentum, m.affine, m.track_running_stats)
     with torch.no_grad():
         if m.affine:
-            wide.weight.copy_(torch.cat([b.weight for b in layers]))
-            wide.bias.copy_(torch.cat([b.bias for b in layers]))
+            _copy_cat(wide.weight, [b.weight for b in layers])
+            _copy_cat(wide.bias, [b.bias for b in layers])
         if m.track_running_stats:
-            wide.running_mean.copy_(torch.cat([b.running_mean for b in layers]))
-            wide.running_var.copy_(torch.cat([b.running_var for b in layers]))
+            _copy_cat(wide.running_mean, [b.running_mean for b in layers])
+            _copy_cat(wide.running_var, [b.running_var for b in layers])
+            if wide.num_batches_tracked is None or m.num_batches_tracked is None:
+                raise ValueError("BatchNorm with track_running_stats but no num_batches_tracked")
             wide.num_batches_tracked.copy_(m.num_batches_tracked)
     return wide.to(next(iter([*m.parameters(), *m.buffers()])).device)
 
@@ -115,6 +131,7 @@ class GroupedStack(nn.Module):
     """
 
     vectorized = False
+    _template: nn.Module  # set with object.__setattr__: not a submodule
 
     def __init__(self, models: list[nn.Module]) -> None:
         super().__init__()
@@ -140,7 +157,8 @@ class GroupedStack(nn.Module):
 
     def decay_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(weights to decay, the rest) by each seed's own parameter shape (nanoGPT's rule)."""
-        decay, rest = [], []
+        decay: list[nn.Parameter] = []
+        rest: list[nn.Parameter] = []
         for name, p in self.wide.named_parameters():
             (decay if self._orig_dims[name] >= 2 else rest).append(p)
         return decay, rest
@@ -163,7 +181,8 @@ class GroupedStack(nn.Module):
         state = {}
         for name, t in self.wide.state_dict().items():
             orig = model.state_dict()[name]
-            state[name] = t.clone() if name.endswith("num_batches_tracked") else t.reshape(self.size, *orig.shape)[i].clone()
+            state[name] = (t.clone() if name.endswith("num_batches_tracked")
+                           else t.reshape(self.size, *orig.shape)[i].clone())
         model.load_state_dict(state)
         return model.to(next(self.wide.parameters()).device).train(self.training)
 
@@ -176,7 +195,7 @@ def grouped_or_none(models: list[nn.Module], example: torch.Tensor | None = None
         return None
     try:
         stack = GroupedStack(models)
-    except Exception:  # a layer we could not widen
+    except Exception:  # noqa: BLE001  a layer we could not widen: fall back to another stacking
         return None
     if example is not None:
         modes = [m.training for m in models]
@@ -187,7 +206,7 @@ def grouped_or_none(models: list[nn.Module], example: torch.Tensor | None = None
             ref = torch.stack([m(example) for m in models])
             got = stack(example, shared=True)
             ok = got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-4, atol=1e-5)
-        except Exception:
+        except Exception:  # noqa: BLE001  any failure of the self-check means: do not use grouping
             ok = False
         for m, mode in zip(models, modes):
             m.train(mode)
@@ -198,7 +217,7 @@ def grouped_or_none(models: list[nn.Module], example: torch.Tensor | None = None
 
 
 def make_stack(models: list[nn.Module], device: torch.device, example: torch.Tensor | None = None,
-               strategy: str = "auto") -> nn.Module:
+               strategy: str = "auto") -> ModelStack | GroupedStack:
     """How S seeds train together, chosen per model and device (``strategy="auto"``):
 
     - one seed: the model itself (no vmap, no functional_call: the plain loop's cost);
@@ -235,8 +254,8 @@ def _per_seed(state: dict[str, torch.Tensor], size: int) -> list[dict[str, torch
     seeds: list[dict[str, torch.Tensor]] = [{} for _ in range(size)]
     for key, t in state.items():
         if key.startswith("members."):
-            i, name = key[len("members."):].split(".", 1)
-            seeds[int(i)][name] = t
+            member, name = key[len("members."):].split(".", 1)
+            seeds[int(member)][name] = t
         elif key.startswith("wide."):
             name = key[len("wide."):]
             for i in range(size):
@@ -250,7 +269,7 @@ def _per_seed(state: dict[str, torch.Tensor], size: int) -> list[dict[str, torch
     return seeds
 
 
-def load_stack_state(stack: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_stack_state(stack: ModelStack | GroupedStack, state: dict[str, torch.Tensor]) -> None:
     """Load a saved stack state into ``stack`` whatever stacking saved it (one model per seed,
     vmap, grouped), so a run resumes after the engine picked another strategy for it."""
     own = stack.state_dict()

@@ -68,7 +68,7 @@ from dsb_widgets.data import load_images
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.data.images import KNOWN_IMAGE_DATASETS
 from dsb_widgets.engine.image_probes import DEFAULT_PROBES, PROBE_ORDER, build_image_probes, class_stats, clone_sampler  # noqa: F401  (re-exported)
-from dsb_widgets.engine.task import ConfigError, Experiment, RunConfig, Task, register_experiment
+from dsb_widgets.engine.task import ConfigError, Experiment, RunConfig, Task, register_experiment, required
 from dsb_widgets.errors import MalformedDataError
 from dsb_widgets.models.vision import VISION_MODELS, VisionConfig, make_vision_model
 from dsb_widgets.options import parse_options
@@ -89,7 +89,8 @@ def build_images_task(cfg: RunConfig) -> Task:
         raise MalformedDataError(f"the {cfg.dataset!r} training split has {len(torch.unique(train.y))} class(es); "
                                  "a classifier needs at least 2: add class folders (train/<class>/*.png)")
     opts = _as_options(cfg.options)
-    probes = build_image_probes(train, test, tuple(cfg.probes), int(cfg.probe_size), cfg.seed, opts)
+    probes = build_image_probes(train, test, tuple(required(cfg.probes, "probes")),
+                                required(cfg.probe_size, "probe_size"), cfg.seed, opts)
     vcfg = VisionConfig(train.shape, train.num_classes, width=opts.width)
     train_on = opts.train_on
     if train_on != "real":  # Refinetti et al.'s clone ladder (engine/ladder.py)

@@ -24,13 +24,30 @@ import torch.nn.functional as F
 import xarray as xr
 
 from dsb_widgets.engine.ensemble import ModelStack
-from dsb_widgets.engine.grouped import load_stack_state, make_stack
+from dsb_widgets.engine.grouped import GroupedStack, load_stack_state, make_stack
 from dsb_widgets.engine.optim import SGD, AdamW
-from dsb_widgets.engine.results import (METRICS, ResultsTable, check_out_path, has_result, load_results,
-                                        replace_atomic, write_atomic)
+from dsb_widgets.engine.results import (
+    METRICS,
+    ResultsTable,
+    check_out_path,
+    has_result,
+    load_results,
+    replace_atomic,
+    write_atomic,
+)
 from dsb_widgets.engine.schedule import log_checkpoints, lr_at
-from dsb_widgets.engine.task import (PROBE_SEEDING, ConfigError, Probe, RunConfig, Task, build_task, get_experiment,
-                                     pick_device, resolve_config)
+from dsb_widgets.engine.task import (
+    PROBE_SEEDING,
+    ConfigError,
+    Probe,
+    RunConfig,
+    Task,
+    build_task,
+    get_experiment,
+    pick_device,
+    required,
+    resolve_config,
+)
 from dsb_widgets.errors import OutputWriteError, TrainingDivergedError
 from dsb_widgets.threads import SMALL_MODEL_FLOPS, apply_threads, auto_threads, step_flops
 
@@ -93,7 +110,7 @@ def train_loss(out: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> tor
 
 
 @torch.no_grad()
-def evaluate_probe(stack: ModelStack, probe: Probe, device: torch.device, batch: int,
+def evaluate_probe(stack: ModelStack | GroupedStack, probe: Probe, device: torch.device, batch: int,
                    amp: bool, loss: str = "ce", outputs: dict[tuple[int, int], torch.Tensor] | None = None,
                    ) -> dict[str, np.ndarray]:
     """loss / accuracy (and target_* when the probe has targets) per seed, each (S,).
@@ -104,7 +121,7 @@ def evaluate_probe(stack: ModelStack, probe: Probe, device: torch.device, batch:
     """
     scorer = score_mse if loss == "mse" else score
     sums = {m: torch.zeros(stack.size, dtype=torch.float64, device=device) for m in METRICS}
-    count = 0
+    count: int | torch.Tensor = 0  # scorers return a 0-d tensor count
     for i in range(0, len(probe), batch):
         key = (id(probe.x), i)
         if outputs is not None and key in outputs:
@@ -172,7 +189,7 @@ class _Run:
         self.stack = make_stack(models, self.device, example)  # plain / grouped conv / vmap (engine/grouped.py)
         self.opt = self._optimizer()
         self.gens = [torch.Generator().manual_seed(sv + DATA_SEED_OFFSET) for sv in self.seed_values]
-        self.checkpoints = log_checkpoints(cfg.steps, cfg.per_octave)
+        self.checkpoints = log_checkpoints(required(cfg.steps, "steps"), required(cfg.per_octave, "per_octave"))
         names = [p.name for p in self.task.probes] + list(self.task.extra_probes)
         orders = [p.order for p in self.task.probes] + list(self.task.extra_probes.values())
         floors = [p.floor for p in self.task.probes] + [math.nan] * len(self.task.extra_probes)
@@ -195,19 +212,23 @@ class _Run:
         cfg = self.cfg
         decay, no_decay = self.stack.decay_groups()
         groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        lr = required(cfg.lr, "lr")
         if cfg.optimizer == "sgd":
-            return SGD(groups, lr=cfg.lr, momentum=cfg.momentum)  # torch.optim's arithmetic, no dynamo import
-        return AdamW(groups, lr=cfg.lr, betas=(0.9, cfg.beta2))
+            return SGD(groups, lr=lr, momentum=cfg.momentum)  # torch.optim's arithmetic, no dynamo import
+        return AdamW(groups, lr=lr, betas=(0.9, cfg.beta2))
 
     @property
     def probes_path(self) -> Path:
+        assert self.out is not None, "only a run with an output file has saved probes"
         return self.out.with_name(self.out.stem + ".probes.pt")
 
     @property
     def state_path(self) -> Path:
+        assert self.out is not None, "only a run with an output file has a saved state"
         return self.out.with_name(self.out.stem + ".state.pt")
 
     def _prepare_files(self, resume: bool, force: bool = False) -> None:
+        assert self.out is not None, "called only for a run with an output file"
         if resume and self.out.exists() and self.state_path.exists():
             if load_results(self.out).attrs.get("probe_seeding") == PROBE_SEEDING:
                 self._resume()
@@ -228,6 +249,7 @@ class _Run:
         self.state_path.unlink(missing_ok=True)
 
     def _resume(self) -> None:
+        assert self.out is not None, "called only for a run with an output file"
         ds = load_results(self.out)
         if ds.attrs.get("config") != self.cfg.to_json():
             raise ConfigError(f"{self.out} was made with another config; drop --resume or use the same options")
@@ -260,14 +282,15 @@ class _Run:
         replace_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = zip(*(self.task.sample_batch(g, self.cfg.batch_size) for g in self.gens))
+        xs, ys = zip(*(self.task.sample_batch(g, required(self.cfg.batch_size, "batch_size")) for g in self.gens))
         return (torch.stack(xs).to(self.device, non_blocking=True),
                 torch.stack(ys).to(self.device, non_blocking=True))
 
     def update(self) -> torch.Tensor:
         """One optimisation step for every seed; returns the per-seed training loss (S,)."""
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step, self.cfg.lr, self.cfg.steps, self.cfg.warmup, self.cfg.schedule)
+            group["lr"] = lr_at(self.step, required(self.cfg.lr, "lr"), required(self.cfg.steps, "steps"),
+                                required(self.cfg.warmup, "warmup"), self.cfg.schedule)
         x, y = self.sample()
         if not self.stack.training:  # Module.train() walks every submodule: 7% of a digits MLP step
             self.stack.train()
@@ -287,7 +310,7 @@ class _Run:
         with torch.random.fork_rng(devices=[]):  # the run's random streams stay untouched
             x, _ = self.task.sample_batch(torch.Generator().manual_seed(0), 1)
             model = self.task.make_model(self.seed_values[0]).to(self.device)
-        return step_flops(model, x.to(self.device)) * self.cfg.batch_size * self.cfg.seeds
+        return step_flops(model, x.to(self.device)) * required(self.cfg.batch_size, "batch_size") * self.cfg.seeds
 
     def evaluate(self) -> dict[str, np.ndarray]:
         """All probes and extra measurements: metric -> (n_probe, S)."""
@@ -326,9 +349,10 @@ def _diverged(run: _Run, table: ResultsTable, bar: Any, bad: Any) -> None:
     seeds = ", ".join(str(run.seed_values[int(i)]) for i in bad)
     kept = (f"; checkpoints up to step {table.steps[-1]} are kept in {run.out}" if run.out is not None and table.steps
             else "")
+    lr = required(cfg.lr, "lr")
     raise TrainingDivergedError(
         f"training diverged: the loss of seed(s) {seeds} became NaN/inf by step {run.step} with learning rate "
-        f"{cfg.lr:g}; lower it (e.g. --lr {cfg.lr / 10:g}){kept}")
+        f"{lr:g}; lower it (e.g. --lr {lr / 10:g}){kept}")
 
 
 def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
@@ -404,7 +428,7 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
             if bar is not None:
                 real = table.probes.index("real") if "real" in table.probes else 0
                 bar.set_postfix({table.probes[real]: f"{metrics['loss'][real].mean():.3f}"})
-        if run.step >= cfg.steps:
+        if run.step >= required(cfg.steps, "steps"):
             break
         if stop_event is not None and stop_event.is_set():
             status = "stopped"

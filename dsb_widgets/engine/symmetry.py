@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from dsb_widgets.engine.options_symmetry import SymmetryOptions
-from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment
+from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment, required
 from dsb_widgets.models.seq_transformer import SEQ_MODELS, SeqConfig, make_seq_model
 from dsb_widgets.options import parse_options
 from dsb_widgets.sn_sectors import BODY, SECTOR_RANK, SECTORS, SectorTargets, min_context
@@ -95,7 +95,7 @@ def build_symmetry_probes(targets: SectorTargets, size: int, seed: int) -> list[
 def build_symmetry_task(cfg: RunConfig) -> Task:
     o = symmetry_options(cfg)
     targets = make_targets(cfg)
-    probes = build_symmetry_probes(targets, int(cfg.probe_size), cfg.seed)
+    probes = build_symmetry_probes(targets, required(cfg.probe_size, "probe_size"), cfg.seed)
     scfg = SeqConfig(context=o.context, dim=o.dim, outputs=len(targets.sectors), n_layer=o.n_layer,
                      n_head=o.n_head, d_model=o.d_model, pos_std=o.pos_std, width=o.width)
     if o.train_size > 0:
@@ -116,13 +116,14 @@ def build_symmetry_task(cfg: RunConfig) -> Task:
 
 def _validate(cfg: RunConfig) -> None:
     o = symmetry_options(cfg)
-    for p in cfg.probes:
+    probes = required(cfg.probes, "probes")
+    for p in probes:
         if o.context < min_context(p):
             raise ConfigError(f"sector {p!r} needs --context >= {min_context(p)} (got {o.context}); "
                               f"raise --context or pass --probes without {p}")
-    top = max(SECTORS.index(p) for p in cfg.probes)
+    top = max(SECTORS.index(p) for p in probes)
     if o.dim <= top:
-        raise ConfigError(f"--probes {' '.join(cfg.probes)} need -o dim >= {top + 1} (got {o.dim})")
+        raise ConfigError(f"--probes {' '.join(probes)} need -o dim >= {top + 1} (got {o.dim})")
 
 
 register_experiment(Experiment(

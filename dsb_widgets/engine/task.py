@@ -72,6 +72,19 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
+_T = typing.TypeVar("_T")
+
+
+def required(value: _T | None, name: str) -> _T:
+    """``value``, a :class:`RunConfig` field that :func:`resolve_config` fills, never ``None``.
+
+    Raises ConfigError naming the field when a config was used without being resolved first.
+    """
+    if value is None:
+        raise ConfigError(f"config field {name!r} is not set: pass the config through resolve_config() first")
+    return value
+
+
 @dataclass(frozen=True)
 class Probe:
     """A named, fixed evaluation set, built once per run from training-set statistics.

@@ -72,7 +72,16 @@ from torch import nn
 
 from dsb_widgets.data.text import CORPORA, TokenizedCorpus, tokenize_corpus
 from dsb_widgets.divergence import DIVERGENCE_ORDER, DIVERGENCE_PROBES, DivergenceMeter
-from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, probe_seed, register_experiment
+from dsb_widgets.engine.task import (
+    ConfigError,
+    Experiment,
+    Probe,
+    RunConfig,
+    Task,
+    probe_seed,
+    register_experiment,
+    required,
+)
 from dsb_widgets.ngrams import NGramStats, count_ngrams, entropy_rate, loss_floor, sample_sequences
 from dsb_widgets.options import options_dict, parse_options
 from dsb_widgets.options_text import TextOptions
@@ -184,7 +193,7 @@ def make_text_model(cfg: RunConfig, vocab_size: int) -> Callable[[int], nn.Modul
         return lambda seed: Bert(bcfg)
     from dsb_widgets.models.gpt import GPT, GPTConfig
 
-    gcfg = GPTConfig(vocab_size, o.context, **dims)
+    gcfg = GPTConfig(vocab_size, o.context, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model)
     return lambda seed: GPT(gcfg)
 
 
@@ -194,7 +203,8 @@ def build_text_task(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> Ta
     mask_prob = text_options(cfg).mask_prob
     names = tuple(cfg.probes or DEFAULT_PROBES)
     divs = tuple(n for n in names if n in DIVERGENCE_ORDER)  # measured on the real windows, not data sets
-    probes = build_text_probes(setup, tuple(n for n in names if n not in DIVERGENCE_ORDER), int(cfg.probe_size),
+    probe_size = required(cfg.probe_size, "probe_size")
+    probes = build_text_probes(setup, tuple(n for n in names if n not in DIVERGENCE_ORDER), probe_size,
                                cfg.seed, mask_prob)
     train = setup.corpus.train
     L, hi = setup.window, setup.corpus.train.size - setup.window + 1
@@ -208,7 +218,7 @@ def build_text_task(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> Ta
             "tokenizer": c.tokenizer, "vocab_size": c.vocab_size, "context": setup.context,
             "train_tokens": int(c.train.size), "test_tokens": int(c.test.size),
             "objective": "masked LM" if setup.mlm else "causal LM"}
-    measure = divergence_measure(setup, divs, int(cfg.probe_size), cfg.seed, cfg.eval_batch) if divs else None
+    measure = divergence_measure(setup, divs, probe_size, cfg.seed, cfg.eval_batch) if divs else None
     return Task(make_model=make_text_model(cfg, c.vocab_size), sample_batch=sample_batch, probes=probes, info=info,
                 extra_probes={n: DIVERGENCE_ORDER[n] for n in divs}, measure=measure)
 

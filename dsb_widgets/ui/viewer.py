@@ -26,6 +26,7 @@ import panel as pn
 import param
 import xarray as xr
 
+from dsb_widgets.engine.task import required
 from dsb_widgets.runs import RunHandle
 from dsb_widgets.ui import sessions
 from dsb_widgets.ui.compare import DASHES, compare_html, config_of
@@ -240,7 +241,7 @@ class RunViewer(pn.viewable.Viewer):
         orders = list(meta["orders"]) + [math.nan] * (len(agg.probes) - len(meta["orders"]))
         c = run.config
         plots = make_plots(agg.probes, orders, floors, agg.has_target, band=self.band,
-                           title=f"- {c.experiment}/{c.dataset}/{c.model}", x_max=float(c.steps) + 1,
+                           title=f"- {c.experiment}/{c.dataset}/{c.model}", x_max=float(required(c.steps, "steps")) + 1,
                            log_y=self.log_y, edit_panel=self._overlay_has_edits())
         for probe, cols in (first or {}).items():
             if probe in plots.sources:
