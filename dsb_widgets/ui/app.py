@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import panel as pn
 import xarray as xr
@@ -132,7 +132,7 @@ class Dashboard:
 
         self.experiment.param.watch(lambda e: self._fill_from_experiment(), "value")
         self.run_select.param.watch(self._watch_run, "value")
-        self.start_btn.on_click(lambda e: self.start())
+        self.start_btn.on_click(self._start_clicked)
         self.stop_btn.on_click(lambda e: self.stop())
         self.refresh_btn.on_click(lambda e: self._refresh_files())
         self.open_btn.on_click(lambda e: self.open_file(self.files.value))
@@ -144,7 +144,10 @@ class Dashboard:
         self._refresh_files()
 
     # -- form -------------------------------------------------------------------------------
-    def say(self, text: str, kind: str = "danger") -> None:
+    def _start_clicked(self, event: Any) -> None:
+        self.start()  # the new run shows in the run list; a click handler returns nothing
+
+    def say(self, text: str, kind: Literal["success", "warning", "danger", "info"] = "danger") -> None:
         """Show a one-line message; escaped, since it quotes names from files, paths and the form."""
         self.message.alert_type, self.message.object, self.message.visible = kind, esc(text), bool(text)
         self._said_at = time.monotonic()
@@ -274,7 +277,7 @@ class Dashboard:
             self.policy.check_path(path, "results file")
             check_results_file(path)  # declared sizes within limits before decoding
             self.say(self.open_dataset(load_results(path), Path(path).stem), "success")
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  any unreadable file is a message in the sidebar, never a crash
             self.say(f"Could not open {Path(path).name}: {type(err).__name__}: {err}")
 
     def _open_upload(self) -> None:
@@ -284,7 +287,7 @@ class Dashboard:
         try:
             ds = open_results_bytes(self.upload.value, name)  # header checked before any decoding
             self.say(self.open_dataset(ds, Path(name).stem), "success")
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001  any unreadable upload is a message in the sidebar, never a crash
             self.say(f"Could not open {name} (expected a netCDF3 file from dsb run / dsb sweep): {err}")
         finally:
             self.upload.value = None  # drop the bytes; the same file can be chosen again
@@ -359,7 +362,7 @@ def serve(port: int = 5006, address: str = "localhost", show: bool = False, star
     problem = port_problem(address, port)
     if problem:  # before anything is started or printed
         raise ConfigError(problem)
-    pn.config.inline = True
+    pn.config.inline = True  # type: ignore[misc]  # a settable parameter that panel's stubs declare read-only
     runs = Path(runs_dir)
     if start:
         cfg = resolve_config(RunConfig(experiment="images"))
@@ -378,5 +381,5 @@ def serve(port: int = 5006, address: str = "localhost", show: bool = False, star
 
 
 if pn.state.served:  # `panel serve dsb_widgets/ui/app.py`
-    pn.config.inline = True
+    pn.config.inline = True  # type: ignore[misc]  # a settable parameter that panel's stubs declare read-only
     build_app().servable(title=TITLE)
