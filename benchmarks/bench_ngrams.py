@@ -43,10 +43,11 @@ def main() -> None:
             ref = np.unique(code, return_counts=True)
             got = count_codes(code, V**k)
             assert np.array_equal(ref[0], got[0]) and np.array_equal(ref[1], got[1])
-            t_u = best_of(lambda: np.unique(code, return_counts=True))
-            t_c = best_of(lambda: count_codes(code, V**k))
+            t_u = best_of(lambda c=code: np.unique(c, return_counts=True))
+            t_c = best_of(lambda c=code, m=V**k: count_codes(c, m))
             dense = V**k <= 2**24 and V**k <= 16 * code.size
-            print(f"{V:>6}{k:>3}{V**k:>16,}{t_u:>11.3f}{t_c:>13.3f}{t_u / t_c:>9.2f}x  {'dense' if dense else 'unique'}")
+            path = "dense" if dense else "unique"
+            print(f"{V:>6}{k:>3}{V**k:>16,}{t_u:>11.3f}{t_c:>13.3f}{t_u / t_c:>9.2f}x  {path}")
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ def minimal(cfg: RunConfig, task) -> float:  # type: ignore[no-untyped-def]
     model = task.make_model(cfg.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, cfg.beta2))
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, cfg.beta2))
     gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
     ckpts = set(log_checkpoints(cfg.steps, cfg.per_octave))
     for step in range(cfg.steps + 1):

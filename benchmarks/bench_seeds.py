@@ -113,7 +113,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev, n = torch.device(args.device), args.seeds
-    print(f"{n} seeds on {dev} ({args.threads} thread(s)); per-step {'CPU ' if dev.type == 'cpu' else ''}seconds; speed-up = sequential / stacked")
+    print(f"{n} seeds on {dev} ({args.threads} thread(s)); per-step {'CPU ' if dev.type == 'cpu' else ''}seconds; "
+          "speed-up = sequential / stacked")
     print(f"{'model':<8}{'strategy':<10}{'step s':>10}{'speed-up':>10}{'eval s':>10}{'eval speed-up':>15}")
     for name in args.models:
         steps = STEPS.get(name, 10)

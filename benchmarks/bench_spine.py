@@ -15,10 +15,11 @@ resident set size sampled during the step, minus the RSS at its start.
   per image, as the engine does (all K(K-1) pairs). For CIFAR-10 this is ~45 min on 2 CPU cores,
   so by default one class eigh and one pair are timed and the full probe is extrapolated
   (K class eighs + K(K-1) pair factors); ``--full-cifar`` runs it.
-* agreement (for the plain sample covariances and for ``shrinkage="optimal"``): our map vs ``concept_erasure.optimal_transport.ot_map`` on the same float64
-  covariances: max abs difference, relative Frobenius difference, and each map's relative
-  residual ||A S_p A - P S_q P||_F / ||S_q||_F (P projects on range(S_p)), which shows whether
-  a difference is error or the freedom of an ill-conditioned problem.
+* agreement (for the plain sample covariances and for ``shrinkage="optimal"``): our map vs
+  ``concept_erasure.optimal_transport.ot_map`` on the same float64 covariances: max abs difference,
+  relative Frobenius difference, and each map's relative residual ||A S_p A - P S_q P||_F / ||S_q||_F
+  (P projects on range(S_p)), which shows whether a difference is error or the freedom of an
+  ill-conditioned problem.
 """
 
 from __future__ import annotations

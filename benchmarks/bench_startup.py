@@ -84,15 +84,18 @@ def main() -> None:
             for name, cmd in parts.items():
                 res[(name, "-")] = res.get((name, "-"), []) + [timed(cmd, ROOT, tmp_path)]
     med = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for k, v in res.items()}
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; medians of {args.repeats} alternating runs")
-    print(f"{'command':<28}{'before wall':>12}{'after wall':>12}{'ratio':>8}{'before cpu':>12}{'after cpu':>11}{'ratio':>8}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"medians of {args.repeats} alternating runs")
+    print(f"{'command':<28}{'before wall':>12}{'after wall':>12}{'ratio':>8}"
+          f"{'before cpu':>12}{'after cpu':>11}{'ratio':>8}")
     for name in cases:
         (bw, bc), (aw, ac) = med[(name, "before")], med[(name, "after")]
         print(f"{name:<28}{bw:>12.2f}{aw:>12.2f}{bw / aw:>7.1f}x{bc:>12.2f}{ac:>11.2f}{bc / ac:>7.1f}x")
     base = med[("import torch", "-")]
     for name in ("+ torch._dynamo", "+ sklearn.datasets"):
         w, c = med[(name, "-")]
-        print(f"{name:<28} costs {w - base[0]:+.2f} s wall, {c - base[1]:+.2f} CPU-s over `import torch` ({base[1]:.2f} CPU-s)")
+        print(f"{name:<28} costs {w - base[0]:+.2f} s wall, {c - base[1]:+.2f} CPU-s over `import torch` "
+              f"({base[1]:.2f} CPU-s)")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def main() -> None:
     print(f"{'case':<22}{'threads':>8}{'train s':>10}{'vs 1 thread':>13}")
     for name, r in rows.items():
         print(f"{name:<22}{r['threads']:>8}{r['train_s']:>10.2f}{r['train_s'] / ref['train_s']:>12.2f}x")
-    print(f"before/after under load: {rows['default, loaded']['train_s'] / rows['auto, loaded']['train_s']:.1f}x faster")
+    speedup = rows['default, loaded']['train_s'] / rows['auto, loaded']['train_s']
+    print(f"before/after under load: {speedup:.1f}x faster")
     if cores > 1 and args.gain_models:
         print(f"\ngain from {cores} threads vs 1 (no added load), {args.gain_steps} steps:")
         for model in args.gain_models:
