@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,6 +50,8 @@ class ManyBody(nn.Module):
     ``tables[k]`` (L-k+1, q^k): the k-body energy table of every contiguous window (k >= 3);
     J (L, L, q, q) is symmetrised and its diagonal ignored. Parameters are trainable (references).
     """
+
+    offdiag: Tensor  # (L, L, 1, 1) buffer: 1 off the diagonal
 
     def __init__(self, L: int, q: int, orders: tuple[int, ...] = (), J: Tensor | None = None,
                  h: Tensor | None = None, tables: dict[int, Tensor] | None = None) -> None:
@@ -74,7 +75,7 @@ class ManyBody(nn.Module):
     def logits(self, s: Tensor) -> Tensor:
         """-H(s with s_i := a) + const_i for every site i and colour a: (B, L) -> (B, L, q); the
         log_softmax over a is the exact conditional log p(s_i = a | s_-i)."""
-        B, L, q = s.shape[0], self.L, self.q
+        L, q = self.L, self.q
         x = F.one_hot(s, q).to(self.h.dtype)  # (B, L, q)
         out = self.h + torch.einsum("ijab,njb->nia", self.couplings(), x)
         for k in self.orders:
@@ -180,7 +181,7 @@ def integrated_autocorr_time(trace: Tensor, c: float = 5.0) -> float:
     tau = 1.0
     for M in range(1, S):
         tau = 1.0 + 2.0 * float(acf[1 : M + 1].sum())
-        if M >= c * tau:
+        if c * tau <= M:
             break
     return tau
 

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from dsb_widgets.manybody import (
-    ManyBody, fit_reference, gibbs, integrated_autocorr_time, ladder, random_manybody, sample,
+    ManyBody,
+    fit_reference,
+    gibbs,
+    integrated_autocorr_time,
+    ladder,
+    random_manybody,
+    sample,
 )
 from dsb_widgets.potts import exact_distribution
 

@@ -118,6 +118,7 @@ def build_clones_task(cfg: RunConfig) -> Task:
     explicit = set(wanted) != set(CLONE_PROBES)
     by_name = {f"{clones.bodies[L]}-body": L for L in clones.tokens}
     probes: list[Probe] = []
+    assert cfg.probe_size is not None, "resolve_config fills probe_size"
     n = int(cfg.probe_size)
     for name in CLONE_PROBES:
         if name not in wanted:
