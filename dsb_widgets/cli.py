@@ -22,7 +22,9 @@ if TYPE_CHECKING:  # annotations only: parsing imports no torch
 # Each experiment's typed -o options (small modules, no torch import): listed in `dsb run --help`.
 EXPERIMENT_OPTIONS = {"images": ("dsb_widgets.options_images", "ImageOptions"),
                       "text": ("dsb_widgets.options_text", "TextOptions"),
-                      "clones": ("dsb_widgets.options_clones", "CloneOptions")}
+                      "clones": ("dsb_widgets.options_clones", "CloneOptions"),
+                      "symmetry": ("dsb_widgets.options_symmetry", "SymmetryOptions"),
+                      "checkpoints": ("dsb_widgets.options_checkpoints", "CheckpointOptions")}
 
 
 def options_epilog() -> str:

@@ -47,7 +47,7 @@ import gc
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -72,23 +72,11 @@ from dsb_widgets.engine.task import (
 )
 from dsb_widgets.engine.text import PROBE_ORDER, TextSetup, build_text_probes
 from dsb_widgets.ngrams import count_ngrams
+from dsb_widgets.options_checkpoints import CheckpointOptions
 
 SAMPLE_PROBES = ("real", "unigram", "bigram", "trigram")
 CHECKPOINT_PROBES = SAMPLE_PROBES + DIVERGENCE_PROBES
 SUGGESTED_MODELS = ("EleutherAI/pythia-70m", "EleutherAI/pythia-160m", "EleutherAI/pythia-410m")
-
-
-@dataclass(frozen=True)
-class CheckpointOptions:
-    """Options of ``dsb run checkpoints`` (``--revisions`` is the CLI shortcut for ``revisions``)."""
-
-    revisions: tuple[str, ...] = field(default=(), metadata={
-        "help": "checkpoints to evaluate, e.g. step0,step1,step512 (none: every local step<N>/, or the "
-                "log-spaced hub set)"})
-    context: int = field(default=128, metadata={"help": "tokens per window the model sees", "min": 2})
-    max_train_chars: int | None = field(default=4_000_000, metadata={
-        "help": "read at most this many characters of the train split for the n-gram counts (none: all)",
-        "min": 0})
 
 
 @dataclass(frozen=True, eq=False)

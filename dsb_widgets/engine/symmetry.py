@@ -56,10 +56,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dsb_widgets.engine.options_symmetry import SymmetryOptions
 from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, register_experiment, required
 from dsb_widgets.models.seq_transformer import SEQ_MODELS, SeqConfig, make_seq_model
 from dsb_widgets.options import parse_options
+from dsb_widgets.options_symmetry import SymmetryOptions
 from dsb_widgets.sn_sectors import BODY, SECTOR_RANK, SECTORS, SectorTargets, min_context
 
 PROBE_SEED_OFFSET = 7_777  # probe contexts come from seed + this; a fixed training set from seed
