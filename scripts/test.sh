@@ -21,6 +21,8 @@ export HYPOTHESIS_PROFILE=ci           # reproducible property-based examples (t
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1  # tests never reach for the hub (local data or skip)
 export DSB_CACHE_DIR="${DSB_CACHE_DIR:-$HOME/.cache/dsb_widgets}"
 export PYTHONUNBUFFERED=1
+# Static checks first (ruff + mypy, configured in pyproject.toml): a lint error fails the run.
+bash scripts/lint.sh
 mkdir -p artifacts
 python3 -m pytest tests notebooks --nbmake --nbmake-timeout=600 -p no:cacheprovider \
   --timeout=900 --durations=25 "$@"
