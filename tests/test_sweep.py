@@ -199,7 +199,8 @@ def test_sweep_survives_a_killed_worker_reports_failures_and_reruns_nothing(clie
     assert not res.failed and len(res.finished) == 8
     ds = xr.open_dataset(out / "sweep.nc", engine="scipy").load()
     n_steps = len(log_checkpoints(64, res.runs[0].config.per_octave))
-    assert dict(ds.sizes) == {"step": n_steps, "probe": 6, "seed": 2, "model": 2, "train_on": 2}
+    n_probes = len(res.runs[0].config.probes)  # the experiment's default probe set, as resolved
+    assert dict(ds.sizes) == {"step": n_steps, "probe": n_probes, "seed": 2, "model": 2, "train_on": 2}
     assert not np.isnan(ds["loss"]).any() and (ds["run_key"] != "").all()
     assert json.loads(ds.attrs["missing"]) == []
     starts = {r.key: [a for a in read_attempts(run_path(out, r.key)) if a["event"] == "start"] for r in res.runs}
