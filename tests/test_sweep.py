@@ -222,14 +222,16 @@ def test_sweep_survives_a_killed_worker_reports_failures_and_reruns_nothing(clie
                for r in res.runs)
     assert xr.open_dataset(out / "sweep.nc", engine="scipy").load()["loss"].equals(ds["loss"])
 
-    # A run that raises is retried, then reported with its error; the other run still finishes.
+    # A run that raises is retried, then reported with its error; the other run still finishes. (A
+    # config that cannot work is refused when the grid is expanded, so the failing cell is one that
+    # passes validation and raises while training: a learning rate that diverges.)
     bad = {"name": "bad", "out_dir": str(tmp_path / "bad"), "retries": 1,
-           "base": {**TINY, "steps": 8, "model": "mlp", "options": {}}, "grid": {"options.width": [16, -1]}}
+           "base": {**TINY, "steps": 8, "model": "mlp", "options": {}}, "grid": {"lr": [1e-3, 1e9]}}
     res = run_sweep(bad, client=client, threads=1, progress=False)
     assert len(res.finished) == 1 and len(res.failed) == 1
     (key, error), = res.failed.items()
-    assert "negative dimension" in error and res.attempts[key] == 2  # first try + one retry
+    assert "diverged" in error and res.attempts[key] == 2  # first try + one retry
     report = json.loads((tmp_path / "bad" / "failures.json").read_text())
-    assert report[0]["key"] == key and report[0]["coords"] == {"options.width": -1} and report[0]["traceback"]
+    assert report[0]["key"] == key and report[0]["coords"] == {"lr": 1e9} and report[0]["traceback"]
     merged = res.dataset
-    assert not np.isnan(merged["loss"].sel(width=16)).any() and np.isnan(merged["loss"].sel(width=-1)).all()
+    assert not np.isnan(merged["loss"].sel(lr=1e-3)).any() and np.isnan(merged["loss"].sel(lr=1e9)).all()
