@@ -89,6 +89,8 @@ def test_summary_splits_dsb_and_edit_probes() -> None:
     assert "0.600 @ 2 -> 0.800" in edit  # target loss: min 0.6 at step 2, final 0.8
     per_seed = format_summary(ds, per_seed=True)
     assert "maxent1[s0]" in per_seed and "ot[s1]" in per_seed and "0.600 @ 1" in per_seed
+    assert "loss (nats" in text
+    assert "loss (mean squared error" in format_summary(ds.assign_attrs(units="mse"))  # symmetry's regression
 
 
 def test_resume_flag_continues_the_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

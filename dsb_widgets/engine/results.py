@@ -281,7 +281,8 @@ def format_summary(ds: xr.Dataset, per_seed: bool = False) -> str:
     out = []
     head = f"{'probe':<16}{'order':>6}{'min step':>10}{'min loss':>10}{'final':>10}"
     if tables["dsb"]:
-        out += ["DSB probes: loss (nats, seed mean); a rise from the minimum = the network uses "
+        units = "mean squared error" if str(ds.attrs.get("units", "")) == "mse" else "nats"
+        out += [f"DSB probes: loss ({units}, seed mean); a rise from the minimum = the network uses "
                 "higher-order statistics", head + f"{'floor':>10}{'rise':>10}", *tables["dsb"], ""]
     if tables["edit"]:
         out += ["Edit probes: an image of class a moved onto class b's statistics; the claim is about "
