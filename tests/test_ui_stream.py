@@ -286,6 +286,22 @@ def test_bad_form_input_becomes_a_message_not_a_run(tmp_path: Path) -> None:
     assert reg.runs() == []
 
 
+def test_form_takes_the_datasets_own_defaults(tmp_path: Path) -> None:
+    """Choosing a dataset with per-dataset defaults (images: convnet on Fashion-MNIST) switches the
+    form's model, which the form always sends; back to digits gives the MLP again."""
+    from dsb_widgets.engine.task import get_experiment
+    from dsb_widgets.ui.app import Dashboard
+
+    d = Dashboard(tmp_path, registry=RunRegistry())
+    d.viewer.stop_polling()
+    d._fill_from_experiment()
+    by_dataset = get_experiment("images").defaults["by_dataset"]
+    d.dataset.value = "fashion_mnist"
+    assert d.model.value == by_dataset["fashion_mnist"]["model"] != "mlp"
+    d.dataset.value = "digits"
+    assert d.model.value == "mlp" and d.steps.value == get_experiment("images").defaults["steps"]
+
+
 def test_sessions_register_and_release_idempotently() -> None:
     before = sessions.live_count()
     vid = sessions.register("test")

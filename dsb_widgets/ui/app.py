@@ -131,6 +131,7 @@ class Dashboard:
         self._run_ids: tuple[str, ...] = ()
 
         self.experiment.param.watch(lambda e: self._fill_from_experiment(), "value")
+        self.dataset.param.watch(lambda e: self._fill_from_dataset(), "value")
         self.run_select.param.watch(self._watch_run, "value")
         self.start_btn.on_click(self._start_clicked)
         self.stop_btn.on_click(lambda e: self.stop())
@@ -180,6 +181,20 @@ class Dashboard:
             self.options_help.value = "\n".join(lines)
         self.options.value = ""
         self.say("")
+
+    def _fill_from_dataset(self) -> None:
+        """Model and steps from the dataset's own defaults (``defaults["by_dataset"]``, as
+        resolve_config uses them): the form always sends a model, so choosing Fashion-MNIST must
+        switch it to that dataset's default model here, not leave the digits MLP."""
+        try:
+            exp = get_experiment(self.experiment.value)
+        except ConfigError:
+            return
+        d = {**exp.defaults, **exp.defaults.get("by_dataset", {}).get(str(self.dataset.value), {})}
+        if d.get("model") in self.model.options:
+            self.model.value = d["model"]
+        if "steps" in d:
+            self.steps.value = int(d["steps"])
 
     def start(self) -> RunHandle | None:
         """Validate the form and start a run in the registry; errors become a page message."""
