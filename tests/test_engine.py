@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from dsb_widgets.data.common import DataNotFoundError
 from dsb_widgets.engine import ConfigError, RunConfig, load_results, log_checkpoints, resolve_config, train
 from dsb_widgets.engine.ensemble import ModelStack
+from dsb_widgets.engine.evaluate import score, train_loss
 from dsb_widgets.engine.images import IMAGE_PROBES, build_image_probes
-from dsb_widgets.engine.loop import score, train_loss
 from dsb_widgets.engine.results import METRICS, NETCDF_ENGINE, summary_table
 from dsb_widgets.engine.schedule import lr_at
 from dsb_widgets.models.vision import VisionConfig, make_vision_model

@@ -116,7 +116,7 @@ def test_steps_to_fraction() -> None:
 
 
 def test_mse_loss_masks_nan_targets() -> None:
-    from dsb_widgets.engine.loop import score_mse, train_loss
+    from dsb_widgets.engine.evaluate import score_mse, train_loss
 
     out = torch.tensor([[[1.0, 5.0], [2.0, 7.0]]])  # (S=1, B=2, K=2)
     y = torch.tensor([[0.0, float("nan")], [4.0, float("nan")]])
