@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import math
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 import panel as pn
@@ -28,54 +27,27 @@ import xarray as xr
 
 from dsb_widgets.engine.task import required
 from dsb_widgets.runs import RunHandle
-from dsb_widgets.ui import sessions
 from dsb_widgets.ui.compare import DASHES, compare_html, config_of
 from dsb_widgets.ui.plots import CurvePlots, add_saved_overlay, make_plots, placeholder, update_minimum
-from dsb_widgets.ui.probes import explain, intro
-from dsb_widgets.ui.safety import code, esc
-from dsb_widgets.ui.stream import EtaEstimator, SeedAggregator, Smoother, format_duration, format_eta
+from dsb_widgets.ui.polling import ORPHAN_S, PollingMixin
+from dsb_widgets.ui.probes import intro
+from dsb_widgets.ui.run_status import (
+    config_of_run,
+    describe,
+    explainer_html,
+    in_server_session,
+    status_message,
+)
+from dsb_widgets.ui.safety import esc
+from dsb_widgets.ui.stream import EtaEstimator, SeedAggregator, Smoother, format_eta
 
-log = logging.getLogger(__name__)
+__all__ = ["ORPHAN_S", "ROLLOVER", "RunViewer", "config_of_run", "describe", "explainer_html",
+           "in_server_session", "status_message", "viewer"]
+
 ROLLOVER = 10_000  # points kept per probe (a run has ~per_octave * log2(steps) checkpoints)
-ORPHAN_S = 10.0  # a served page with no websocket for this long stops draining (tab closed)
 
 
-def in_server_session() -> bool:
-    """True inside a ``panel serve`` / ``dsb serve`` session (False in notebooks and scripts)."""
-    doc = pn.state.curdoc
-    return doc is not None and doc.session_context is not None
-
-
-def describe(run: RunHandle) -> str:
-    c = run.config
-    return f"{run.id}: {c.experiment}/{c.dataset}/{c.model}, {c.steps} steps x {c.seeds} seed(s)"
-
-
-AlertType = Literal["primary", "success", "danger", "warning", "info"]
-
-
-def status_message(run: RunHandle, eta: str = "", elapsed: float | None = None) -> tuple[AlertType, str]:
-    """(alert type, the ONE status line of a run): state, step, elapsed, ETA; never a traceback."""
-    st = run.store
-    spent = format_duration(st.elapsed if elapsed is None else elapsed)
-    if st.status == "failed":
-        first = esc((st.error or "unknown error").strip().splitlines()[0][:400])
-        return "danger", f"Run {run.id} failed: {first}"
-    if st.status == "finished":
-        where = f"; results in {code(run.out)}" if run.out else ""
-        return "success", f"Run {run.id} finished: {st.step} steps in {format_duration(st.elapsed)}{where}."
-    if st.status == "stopped":
-        how = " Press **Resume** to continue it." if run.out else ""
-        return "warning", f"Run {run.id} stopped at step {st.step}/{st.total} (state saved).{how}"
-    if st.status == "starting":
-        return "info", f"Run {run.id} is starting: loading data and building probe sets... {spent} elapsed"
-    if run.stop_event.is_set():
-        return "warning", f"Run {run.id} stopping after its current step (state will be saved) {spent} elapsed"
-    return "primary", (f"Run {run.id} training: step {st.step}/{st.total} &nbsp;·&nbsp; {spent} elapsed"
-                       f" &nbsp;·&nbsp; {eta}")
-
-
-class RunViewer(pn.viewable.Viewer):
+class RunViewer(PollingMixin, pn.viewable.Viewer):
     """Live curves for ``run`` (a :class:`RunHandle`, or None to wait for one).
 
     ``period_ms``: drain interval (250-500 ms is smooth and cheap); ``band``: "minmax" or
@@ -134,12 +106,8 @@ class RunViewer(pn.viewable.Viewer):
                                 sizing_mode="stretch_width")
         self.hooks: list[Callable[[], None]] = []  # extra work per tick (e.g. the app's run list)
         self._overlays: list[tuple[xr.Dataset, str]] = []
-        self._cb: Any = None
-        self._vid: int | None = None
+        self._init_polling()
         self._poll = poll
-        self._unconnected_since: float | None = None
-        self._was_connected = False
-        self.orphan_s = ORPHAN_S
         self.run: RunHandle | None = None
         self.param.watch(lambda e: self._replay(), ["log_y", "smoothing", "band"])
         self.attach(run)
@@ -378,65 +346,6 @@ class RunViewer(pn.viewable.Viewer):
         if self.run is not None:
             self.drain()
 
-    # -- polling lifecycle ----------------------------------------------------------------
-    def start_polling(self) -> None:
-        """Start the periodic drain (once); in a server session it ends with the session."""
-        if self._cb is not None:
-            return
-        self._cb = pn.state.add_periodic_callback(self._tick, period=self.period_ms)
-        self._vid = sessions.register("notebook" if self.notebook else "session")
-        if not self.notebook:
-            pn.state.on_session_destroyed(self._on_session_destroyed)
-
-    def stop_polling(self) -> None:
-        if self._cb is not None:
-            self._cb.stop()
-            self._cb = None
-        if self._vid is not None:
-            sessions.release(self._vid)
-            self._vid = None
-
-    @property
-    def polling(self) -> bool:
-        return self._cb is not None
-
-    def _on_session_destroyed(self, session_context: Any) -> None:
-        self.stop_polling()
-
-    def _orphaned(self) -> bool:
-        """True when this server session has had no open websocket for ``orphan_s`` seconds.
-
-        Bokeh destroys such a session only when none of its locked callbacks is queued; with
-        many sessions streaming, our periodic drains kept every closed session queued (measured:
-        20 closed sessions never destroyed, ~50 callbacks queued each). Releasing the drain
-        ourselves first lets Bokeh discard the session.
-        """
-        ctx = pn.state.curdoc.session_context if pn.state.curdoc is not None else None
-        session = getattr(ctx, "_session", None)
-        if session is None:
-            return False
-        if session.connection_count > 0:
-            self._unconnected_since, self._was_connected = None, True
-            return False
-        now = time.monotonic()
-        if self._unconnected_since is None:
-            self._unconnected_since = now
-        # A page still loading its JS (slow machine) has not connected yet: give it longer.
-        limit = self.orphan_s if self._was_connected else 6 * self.orphan_s
-        return now - self._unconnected_since > limit
-
-    def _tick(self) -> None:
-        if not self.notebook and self._orphaned():
-            self.stop_polling()  # the tab is gone; the run goes on
-            return
-        try:
-            self.drain()
-            for hook in self.hooks:
-                hook()
-        except Exception:  # keep the page alive; the error is logged server-side
-            log.exception("dashboard drain failed")
-
-
 def viewer(run: RunHandle | str | None = None, **kwargs: Any) -> RunViewer:
     """A live viewer for ``run`` (handle, run id, or None for the registry's latest run)."""
     from dsb_widgets.runs import REGISTRY
@@ -445,24 +354,3 @@ def viewer(run: RunHandle | str | None = None, **kwargs: Any) -> RunViewer:
     return RunViewer(handle, **kwargs)
 
 
-def explainer_html(plots: CurvePlots) -> str:
-    """One line per probe: colour swatch, name, family and what a rise of its curve means.
-    An HTML pane (no Markdown): plain HTML escaping (``esc``'s Markdown entities would show)."""
-    from html import escape as esc
-    family = {"dsb": "DSB panel", "edit": "edit panel (target label)", "measure": "prediction",
-              "divergence": "divergence panel"}
-    lines = []
-    for probe, st in plots.styles.items():
-        kind = plots.kinds.get(probe, "dsb")
-        lines.append(f'<li><span style="color:{st.color};font-size:1.2em">&#9632;</span> '
-                     f"<b>{esc(probe)}</b> <i>({esc(st.label.split('(')[-1].rstrip(')'))}, "
-                     f"{family[kind]})</i>: {esc(explain(probe))}</li>")
-    return "<b>What each probe keeps</b><ul style='margin:2px 0 0 0;padding-left:18px'>" + "".join(lines) + "</ul>"
-
-
-def config_of_run(cfg: Any) -> dict[str, Any]:
-    """A live run's config flattened like :func:`dsb_widgets.ui.compare.config_of`."""
-    d = json.loads(cfg.to_json())
-    flat = {k: v for k, v in d.items() if k != "options"}
-    flat.update({f"options.{k}": v for k, v in (d.get("options") or {}).items()})
-    return flat
