@@ -97,8 +97,27 @@ def is_finished(path: Path, cfg: RunConfig) -> bool:
     probes = {str(p) for p in ds.probe.values} if "probe" in ds.coords else set()
     # (clones: only the clone orders present are built, so the file may hold fewer than cfg.probes)
     same_probes = ds.attrs.get("probe_seeding") == PROBE_SEEDING and bool(probes & set(cfg.probes or ()))
-    return (ds.attrs.get("config") == cfg.to_json() and same_probes and ds.sizes["step"] > 0
-            and int(ds.step[-1]) == cfg.steps)
+    last = _final_step(str(ds.attrs.get("config", "")), cfg)
+    return last is not None and same_probes and ds.sizes["step"] > 0 and int(ds.step[-1]) == last
+
+
+# Experiments whose engine fixes ``steps`` itself (checkpoints: the suite's last step, known only
+# once the suite is listed), so the saved config differs from the sweep's in ``steps`` alone.
+DERIVED_STEPS = frozenset({"checkpoints"})
+
+
+def _final_step(saved: str, cfg: RunConfig) -> int | None:
+    """The step a finished run with config ``cfg`` ends at, judged from the ``saved`` config JSON;
+    None when the saved run is another configuration."""
+    if saved == cfg.to_json():
+        return cfg.steps
+    if cfg.experiment not in DERIVED_STEPS:
+        return None
+    try:
+        done = RunConfig.from_json(saved)
+    except (ValueError, TypeError):
+        return None
+    return done.steps if done.replace(steps=cfg.steps).to_json() == cfg.to_json() else None
 
 
 def _log_attempt(path: Path, event: dict[str, Any]) -> None:
