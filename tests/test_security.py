@@ -352,9 +352,23 @@ def test_config_check_lets_names_through_and_refuses_paths_options_and_data_dirs
     for cfg in (RunConfig(experiment="text", dataset="/etc/passwd"),
                 RunConfig(experiment="text", dataset=str(root / ".." / ".." / "etc" / "passwd")),
                 RunConfig(experiment="images", dataset="digits", data_dir="/root"),
-                RunConfig(experiment="clones", dataset="tinyshakespeare", options={"clones": "/etc"})):
+                RunConfig(experiment="clones", dataset="tinyshakespeare", options={"clones": "/etc"}),
+                RunConfig(experiment="checkpoints", dataset="tinystories", model="/etc"),
+                RunConfig(experiment="checkpoints", dataset="tinystories", model="../../root")):
         with pytest.raises(UnsafeInputError, match="outside the data roots"):
             policy.check_config(cfg, names)
+    (root / "suite").mkdir()  # a checkpoint-suite folder under a data root, a hub id, a registered name
+    for model in (str(root / "suite"), "EleutherAI/pythia-70m", "mlp"):
+        policy.check_config(RunConfig(experiment="checkpoints", dataset="tinystories", model=model), names)
+
+
+def test_dashboard_model_field_is_free_text_only_for_checkpoint_suites(dashboard):
+    if "checkpoints" not in dashboard.experiment.options:
+        pytest.skip("no checkpoints experiment")
+    dashboard.experiment.value = "checkpoints"
+    assert dashboard.model.restrict is False  # a local step<N>/ folder can be typed
+    dashboard.experiment.value = "images"
+    assert dashboard.model.restrict is True and dashboard.model.value in dashboard.model.options
 
 
 def test_dashboard_refuses_a_corpus_outside_the_roots_before_loading(dashboard, monkeypatch):

@@ -107,7 +107,8 @@ class Dashboard:
         self.dataset = pn.widgets.AutocompleteInput(name="Dataset", options=[], restrict=False,
                                                     min_characters=0, case_sensitive=False,
                                                     placeholder="name (or a path, for text)")
-        self.model = pn.widgets.Select(name="Model", options=[])
+        self.model = pn.widgets.AutocompleteInput(name="Model", options=[], restrict=True, min_characters=0,
+                                                  placeholder="name (or a checkpoint folder, for suites)")
         self.steps = pn.widgets.IntInput(name="Steps", value=1024, step=256)
         self.seeds = pn.widgets.IntInput(name="Seeds (trained together)", value=2, step=1)
         self.probes = pn.widgets.MultiChoice(name="Probes", options=[], value=[])
@@ -168,8 +169,8 @@ class Dashboard:
         d = exp.defaults
         self.dataset.options = list(exp.datasets)
         self.dataset.value = str(d.get("dataset", exp.datasets[0] if exp.datasets else ""))
-        self.model.options = list(exp.models)
-        self.model.value = d.get("model", exp.models[0])
+        self.model.options = list(exp.models)  # open_models: a suite folder under the data roots too
+        self.model.restrict, self.model.value = not exp.open_models, d.get("model", exp.models[0])
         self.probes.options = list(exp.probes)
         self.probes.value = list(d.get("probes") or exp.probes)  # the experiment's default set, not every probe
         self.steps.value = int(d.get("steps", 1024))

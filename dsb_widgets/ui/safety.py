@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from dsb_widgets.checkpoint_suite import is_hub_id
 from dsb_widgets.errors import MalformedDataError, UnsafeInputError
 
 MAX_UPLOAD_BYTES = 20 * 2**20  # an uploaded result (a run of 100 probes x 1000 checkpoints is ~2 MB)
@@ -317,7 +318,7 @@ class DataPolicy:
                                        "the served limit")
 
     def check_config(self, cfg: Any, names: Sequence[str] = ()) -> None:
-        """Check a RunConfig's dataset, data_dir and string options before anything is loaded.
+        """Check a RunConfig's dataset, data_dir, model folder and string options before anything is loaded.
 
         A registered name (``names``, compared as the text loader does) passes; so does an
         unknown plain name that is no path (the experiment then reports it as unknown).
@@ -328,6 +329,9 @@ class DataPolicy:
             self.check_path(str(dataset), "dataset")
         if getattr(cfg, "data_dir", None):
             self.check_path(str(cfg.data_dir), "data_dir")
+        model = str(getattr(cfg, "model", None) or "")  # a checkpoint-suite folder is read like data
+        if model and _looks_like_path(model) and not is_hub_id(model):
+            self.check_path(model, "model")
         for key, value in dict(getattr(cfg, "options", None) or {}).items():
             if isinstance(value, str) and _looks_like_path(value):
                 self.check_path(value, f"option {key}")
