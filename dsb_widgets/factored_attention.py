@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsb_widgets.incremental import SiteChains
+
 __all__ = [
     "FactoredAttentionConfig",
     "FactoredAttention",
@@ -94,6 +96,9 @@ class FactoredAttentionConfig:
     residual:   h^l = h^(l-1) + Attn_l(h^(l-1)^2) (True) or the plain chain Attn_l(h^(l-1)^2).
     branch_init: V of layers l >= 2 starts at ``branch_init / sqrt(d)`` times a Gaussian (residual
                 only), so a deeper model starts close to the shallower one.
+    square_width: None -> layers l >= 2 square h itself (d features); int m -> they square m learned
+                linear features, Attn_l((h U_l)^2) with U_l (d, m) and V_l (H, m, d): a wider quadratic
+                form per layer, same polynomial degree and body count.
     """
 
     vocab_size: int
@@ -107,6 +112,7 @@ class FactoredAttentionConfig:
     init_std: float = 0.1
     residual: bool = True
     branch_init: float = 0.1
+    square_width: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layers", "n_heads"):
@@ -116,6 +122,8 @@ class FactoredAttentionConfig:
             raise ValueError("seq_len must be >= 2 (a position needs another to attend to)")
         if self.attention not in ("free", "softmax"):
             raise ValueError(f"attention must be 'free' or 'softmax', got {self.attention!r}")
+        if self.square_width is not None and self.square_width < 1:
+            raise ValueError(f"square_width must be >= 1 or None, got {self.square_width}")
         if not self.readout and self.d_embed not in (None, self.vocab_size):
             raise ValueError("readout=False needs d_embed=None (one-hot) or d_embed == vocab_size")
 
@@ -133,12 +141,13 @@ class FactoredAttentionLayer(nn.Module):
 
     offdiag: Tensor  # buffer (T, T)
 
-    def __init__(self, cfg: FactoredAttentionConfig, v_scale: float = 1.0) -> None:
+    def __init__(self, cfg: FactoredAttentionConfig, v_scale: float = 1.0, d_in: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         T, d, H = cfg.seq_len, cfg.d, cfg.n_heads
+        m = d if d_in is None else d_in
         self.A = nn.Parameter(cfg.init_std * torch.randn(H, T, T))  # (H, T, T)
-        self.V = nn.Parameter(v_scale * torch.randn(H, d, d) / d**0.5)  # (H, d, d)
+        self.V = nn.Parameter(v_scale * torch.randn(H, m, d) / m**0.5)  # (H, m, d)
         self.register_buffer("offdiag", 1.0 - torch.eye(T), persistent=False)  # (T, T)
 
     def attention(self) -> Tensor:
@@ -148,7 +157,7 @@ class FactoredAttentionLayer(nn.Module):
             return torch.softmax(masked, dim=-1)
         return self.A * self.offdiag
 
-    def values(self, x: Tensor) -> Tensor:  # (..., d) -> (..., H, d)
+    def values(self, x: Tensor) -> Tensor:  # (..., m) -> (..., H, d)
         return torch.einsum("...d,hde->...he", x, self.V)
 
     def mix(self, values: Tensor) -> Tensor:  # (..., T, H, d) -> (..., T, d)
@@ -172,9 +181,13 @@ class FactoredAttention(nn.Module):
             self.embedding = nn.Parameter(torch.randn(q + 1, d) / d**0.5)  # (q + 1, d)
         branch = cfg.branch_init if cfg.residual else 1.0
         # typed as the list of layers it indexes and iterates like (ModuleList items are bare Modules)
+        m = cfg.square_width
         self.layers: list[FactoredAttentionLayer] = nn.ModuleList(  # type: ignore[assignment]
-            FactoredAttentionLayer(cfg, 1.0 if k == 0 else branch) for k in range(cfg.n_layers)
+            FactoredAttentionLayer(cfg, 1.0 if k == 0 else branch, None if k == 0 else m) for k in range(cfg.n_layers)
         )
+        # U_l (d, m) of layers l >= 2 (empty when square_width is None: they square h itself)
+        self.squares = nn.ParameterList(
+            nn.Parameter(torch.randn(d, m) / d**0.5) for _ in range(cfg.n_layers - 1) if m is not None)
         self.readout = nn.Linear(d, q) if cfg.readout else None
         self.fields = nn.Parameter(torch.zeros(cfg.seq_len, q)) if cfg.field_bias else None
 
@@ -204,9 +217,14 @@ class FactoredAttention(nn.Module):
             raise ValueError(f"token ids must lie in [0, {cfg.mask_id}] ({cfg.mask_id} = mask)")
         return self.embedding[tokens]
 
-    def _step(self, layer: FactoredAttentionLayer, h: Tensor) -> Tensor:
-        """h^l from h^(l-1) (..., T, d): the x^2 activation doubles the polynomial degree."""
-        branch = layer(h * h)
+    def _square(self, k: int, h: Tensor) -> Tensor:
+        """Input of layer k >= 1 (0-based): h * h, or (h U_k)^2 with ``square_width`` (..., m)."""
+        z = h if self.cfg.square_width is None else h @ self.squares[k - 1]
+        return z * z
+
+    def _step(self, k: int, h: Tensor) -> Tensor:
+        """h^l from h^(l-1) (..., T, d), layer index k = l - 1 >= 1: x^2 doubles the polynomial degree."""
+        branch = self.layers[k](self._square(k, h))
         return h + branch if self.cfg.residual else branch
 
     def _head(self, h: Tensor, pos: Tensor | None = None) -> Tensor:
@@ -218,8 +236,8 @@ class FactoredAttention(nn.Module):
 
     def forward_embedded(self, x: Tensor) -> Tensor:  # (B, T, d) -> logits (B, T, q)
         h = self.layers[0](x)
-        for layer in self.layers[1:]:
-            h = self._step(layer, h)
+        for k in range(1, len(self.layers)):
+            h = self._step(k, h)
         return self._head(h)
 
     def forward(self, tokens: Tensor) -> Tensor:  # (B, T) int -> logits (B, T, q)
@@ -250,11 +268,11 @@ class FactoredAttention(nn.Module):
         du = u_mask - u[bk]  # (B, K, H, d): value change at the masked site
         col = first.attention().permute(2, 1, 0)[sites]  # (B, K, T, H): A1^h_{j p}
         h = h1[:, None] + torch.einsum("bkjh,bkhe->bkje", col, du)  # (B, K, T, d): h^1 of each copy
-        for layer in self.layers[1:-1]:
-            h = self._step(layer, h)
+        for k in range(1, len(self.layers) - 1):
+            h = self._step(k, h)
         last = self.layers[-1]
         row = last.attention().permute(1, 0, 2)[sites]  # (B, K, H, T): A_L^h_{p j}
-        z = h * h
+        z = self._square(len(self.layers) - 1, h)  # (B, K, T, m)
         branch = torch.einsum("bkhj,bkje,hef->bkf", row, z, last.V)  # only position p of copy p
         h_p = h[bk[0], torch.arange(K, device=u.device)[None, :], sites]  # (B, K, d)
         out = h_p + branch if self.cfg.residual else branch
@@ -296,6 +314,12 @@ class IncrementalConditionals:
     @torch.no_grad()
     def __call__(self, tokens: Tensor) -> Tensor:
         return self.model.conditional_logits(tokens)
+
+    @torch.no_grad()
+    def begin(self, tokens: Tensor, energy: str = "pll") -> SiteChains:
+        """The sampler's fast path (:class:`~dsb_widgets.incremental.SiteChains`): all chains batched,
+        only the candidate's quantities computed per proposal."""
+        return SiteChains(self.model, tokens, energy)
 
     @torch.no_grad()
     def start(self, tokens: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:

@@ -34,14 +34,16 @@ def test_n_bodies_matches_paper() -> None:
     assert [n_bodies(L) for L in (1, 2, 3, 4, 6)] == [2, 3, 5, 9, 33]
 
 
+@pytest.mark.parametrize("square_width", [None, 9])
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
 @pytest.mark.parametrize("d_embed", [None, 6])
-def test_logits_are_polynomial_of_degree_2_pow_L_minus_1(n_layers: int, d_embed: int | None, residual: bool) -> None:
+def test_logits_are_polynomial_of_degree_2_pow_L_minus_1(n_layers: int, d_embed: int | None, residual: bool,
+                                                         square_width: int | None) -> None:
     """logits(t * x) is a polynomial in t of degree exactly D = 2^(L-1): the (D+1)-th finite
     difference vanishes, the D-th equals D! * (leading coefficient) and is non-zero. The residual
     stream adds lower-degree terms only."""
-    model = make(n_layers, n_heads=2, d_embed=d_embed, residual=residual)
+    model = make(n_layers, n_heads=2, d_embed=d_embed, residual=residual, square_width=square_width)
     tokens = torch.randint(4, (3, 7), generator=torch.Generator().manual_seed(1))
     x = model.embed(tokens)
     D = 2 ** (n_layers - 1)
@@ -70,9 +72,11 @@ def mixed_difference(model: FactoredAttention, base: torch.Tensor, i: int, sites
     return total
 
 
+@pytest.mark.parametrize("square_width", [None, 8])
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_conditionals_have_exactly_2_pow_L_minus_1_plus_1_bodies(n_layers: int, residual: bool) -> None:
+def test_conditionals_have_exactly_2_pow_L_minus_1_plus_1_bodies(n_layers: int, residual: bool,
+                                                                 square_width: int | None) -> None:
     """log p(s_i=a|s_-i) - log p(s_i=0|s_-i) is a sum of functions of at most D = 2^(L-1) other
     sites (so with s_i: D+1 bodies): every mixed difference over D+1 distinct sites vanishes;
     over D sites it does not."""
@@ -115,13 +119,15 @@ def masked_by_hand(model: FactoredAttention, tokens: torch.Tensor) -> torch.Tens
     return torch.stack(rows, 1)
 
 
+@pytest.mark.parametrize("square_width", [None, 8])
 @pytest.mark.parametrize("attention", ["free", "softmax"])
 @pytest.mark.parametrize("residual", [True, False])
 @pytest.mark.parametrize("n_layers", [1, 2, 3, 4])
-def test_rank_one_masked_conditionals_equal_masking_by_hand(n_layers: int, residual: bool, attention: str) -> None:
+def test_rank_one_masked_conditionals_equal_masking_by_hand(n_layers: int, residual: bool, attention: str,
+                                                            square_width: int | None) -> None:
     """The one implementation (first layer once + rank-one copies, last layer at the site only)
     equals T forwards with the site masked, for all sites, chosen sites and in chunks."""
-    model = make(n_layers, n_heads=2, d_embed=5, residual=residual, attention=attention)
+    model = make(n_layers, n_heads=2, d_embed=5, residual=residual, attention=attention, square_width=square_width)
     tokens = torch.randint(4, (5, 7), generator=torch.Generator().manual_seed(4))
     sites = random_sites(5, 7, 3, torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -132,11 +138,12 @@ def test_rank_one_masked_conditionals_equal_masking_by_hand(n_layers: int, resid
         torch.testing.assert_close(pseudo_likelihood_loss(model, tokens), pll)
 
 
+@pytest.mark.parametrize("square_width", [None, 8])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_incremental_update_equals_recomputing(n_layers: int) -> None:
+def test_incremental_update_equals_recomputing(n_layers: int, square_width: int | None) -> None:
     """IncrementalConditionals.propose (rank-one update of the first layer) equals recomputing the
     conditionals of the changed sequences, for several changes in a row."""
-    model = make(n_layers, n_heads=2, d_embed=5)
+    model = make(n_layers, n_heads=2, d_embed=5, square_width=square_width)
     g = torch.Generator().manual_seed(6)
     s = torch.randint(4, (6, 7), generator=g)
     inc = IncrementalConditionals(model)
@@ -203,6 +210,7 @@ def test_training_lowers_pseudo_likelihood_to_uniform_bound() -> None:
         (dict(vocab_size=3, seq_len=1), "seq_len"),
         (dict(vocab_size=3, seq_len=5, attention="linear"), "attention"),
         (dict(vocab_size=3, seq_len=5, readout=False, d_embed=8), "readout=False"),
+        (dict(vocab_size=3, seq_len=5, square_width=0), "square_width"),
     ],
 )
 def test_bad_config_raises(kwargs: dict, match: str) -> None:
@@ -220,12 +228,13 @@ def test_bad_tokens_raise() -> None:
         model(torch.zeros(2, 7))
 
 
-def test_grow_from_reproduces_the_shallower_model_and_then_learns() -> None:
+@pytest.mark.parametrize("square_width", [None, 8])
+def test_grow_from_reproduces_the_shallower_model_and_then_learns(square_width: int | None) -> None:
     """Progressive stacking: a 3-layer model grown from a 1-layer one has its conditionals exactly;
     its new branches get gradients (V has one), so training can add the higher orders."""
-    one = make(1, n_heads=2, d_embed=5)
+    one = make(1, n_heads=2, d_embed=5, square_width=square_width)
     three = FactoredAttention(FactoredAttentionConfig(vocab_size=4, seq_len=7, n_layers=3, n_heads=2, d_embed=5,
-                                                      init_std=0.5)).double().grow_from(one)
+                                                      init_std=0.5, square_width=square_width)).double().grow_from(one)
     s = torch.randint(4, (5, 7), generator=torch.Generator().manual_seed(8))
     torch.testing.assert_close(three.conditionals(s), one.conditionals(s).detach())
     pseudo_likelihood_loss(three, s).backward()
