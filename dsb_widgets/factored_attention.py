@@ -62,8 +62,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsb_widgets.incremental import SiteChains
-
 __all__ = [
     "FactoredAttentionConfig",
     "FactoredAttention",
@@ -314,12 +312,6 @@ class IncrementalConditionals:
     @torch.no_grad()
     def __call__(self, tokens: Tensor) -> Tensor:
         return self.model.conditional_logits(tokens)
-
-    @torch.no_grad()
-    def begin(self, tokens: Tensor, energy: str = "pll") -> SiteChains:
-        """The sampler's fast path (:class:`~dsb_widgets.incremental.SiteChains`): all chains batched,
-        only the candidate's quantities computed per proposal."""
-        return SiteChains(self.model, tokens, energy)
 
     @torch.no_grad()
     def start(self, tokens: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
