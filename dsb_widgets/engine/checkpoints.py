@@ -60,7 +60,7 @@ from dsb_widgets.data.common import cache_dir
 from dsb_widgets.data.text import CORPORA, Corpus, TokenizedCorpus, load_corpus
 from dsb_widgets.divergence import DIVERGENCE_ORDER, DIVERGENCE_PROBES, DivergenceMeter
 from dsb_widgets.engine.loop import TrainResult, _publish, checkpoint_rows
-from dsb_widgets.engine.results import METRICS, ResultsTable, load_results, write_atomic
+from dsb_widgets.engine.results import METRICS, ResultsTable, ResultsWriter, load_results
 from dsb_widgets.engine.task import (
     ConfigError,
     Experiment,
@@ -192,6 +192,7 @@ def evaluate_checkpoints(cfg: RunConfig, out: str | Path | None = None, resume: 
     if out is not None:
         table, elapsed = _prepare_files(out, cfg, table, data, resume)
     done = set(table.steps)
+    writer = ResultsWriter(out) if out is not None else None  # one appended row per checkpoint
     subscribers = list(subscribers)
     _publish(subscribers, {"type": "start", "config": cfg, "probes": table.probes, "orders": table.orders,
                            "floors": table.floors, "seeds": table.seeds, "checkpoints": [c.step for c in suite],
@@ -224,8 +225,8 @@ def evaluate_checkpoints(cfg: RunConfig, out: str | Path | None = None, resume: 
         if device.type == "cuda":
             torch.cuda.empty_cache()
         table.add(ckpt.step, time.perf_counter() - start, metrics, np.full(1, np.nan))
-        if out is not None:
-            write_atomic(table.to_dataset(), out)
+        if out is not None and writer is not None:
+            writer.write(table)
             _save_state(out, table.steps, time.perf_counter() - start)
         _publish(subscribers, {"type": "checkpoint", "step": ckpt.step, "wall_time": table.wall[-1],
                                "rows": checkpoint_rows(table)})

@@ -27,11 +27,11 @@ from dsb_widgets.engine.optim import SGD, AdamW
 from dsb_widgets.engine.results import (
     METRICS,
     ResultsTable,
+    ResultsWriter,
     check_out_path,
     has_result,
     load_results,
     replace_atomic,
-    write_atomic,
 )
 from dsb_widgets.engine.schedule import log_checkpoints, lr_at
 from dsb_widgets.engine.task import (
@@ -106,6 +106,7 @@ class _Run:
         # run reports the same batch-averaged train_loss as an uninterrupted one)
         self.loss_sum = torch.zeros(cfg.seeds, dtype=torch.float64, device=self.device)
         self.loss_n = 0
+        self.writer = ResultsWriter(out) if out is not None else None  # appends rows in place
         if out is not None:
             self._prepare_files(resume, force)
 
@@ -264,8 +265,8 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
           force: bool = False, task: Task | None = None) -> TrainResult:
     """Train ``cfg.seeds`` models and evaluate every probe at log-spaced checkpoints.
 
-    ``out``: netCDF path rewritten after every checkpoint (plus ``.probes.pt`` and ``.state.pt``
-    beside it); ``resume``: continue from the saved state. An existing result at ``out`` is never
+    ``out``: netCDF path, one row appended at every checkpoint (plus ``.probes.pt`` and
+    ``.state.pt`` beside it); ``resume``: continue from the saved state. An existing result at ``out`` is never
     overwritten unless ``force`` (:class:`~dsb_widgets.errors.ResultExistsError`, raised before any
     data loads). ``task``: an already built task (:func:`~dsb_widgets.engine.task.build_task`).
     A NaN/inf training loss stops the run with :class:`~dsb_widgets.errors.TrainingDivergedError`
@@ -316,9 +317,9 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
             run.loss_sum.zero_()
             run.loss_n = 0
             table.add(run.step, run.elapsed, metrics, tl)
-            if run.out is not None:
+            if run.writer is not None:
                 try:
-                    write_atomic(table.to_dataset(), run.out)
+                    run.writer.write(table)  # one appended record per checkpoint (engine/results.py)
                     if time.perf_counter() - last_save >= cfg.save_interval_s or run.step == cfg.steps:
                         run.save_state()
                         last_save = time.perf_counter()

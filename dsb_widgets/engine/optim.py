@@ -72,7 +72,8 @@ class _Optimizer:
         self.state = {}
         for i, p in zip(ids, params):
             if i in sd["state"]:
-                self.state[p] = {k: (v.clone() if k == "step" else v.to(p.device, p.dtype, copy=True))
+                # step stays a CPU scalar (a state loaded onto a GPU would otherwise sync at .item())
+                self.state[p] = {k: (v.to("cpu", copy=True) if k == "step" else v.to(p.device, p.dtype, copy=True))
                                  if isinstance(v, Tensor) else v for k, v in sd["state"][i].items()}
         for g, s in zip(self.param_groups, saved):
             g.update({k: v for k, v in s.items() if k != "params"})

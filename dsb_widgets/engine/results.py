@@ -4,8 +4,14 @@ Layout: dims (``step``, ``probe``, ``seed``); data variables ``loss``, ``accurac
 ``target_loss``, ``target_accuracy`` (NaN where a probe has no target) and ``train_loss``
 (step, seed); coordinates ``step``, ``wall_time`` (seconds since the run started, on step),
 ``probe_order`` and ``floor`` (on probe); the full config as JSON in ``attrs["config"]``.
-The file is rewritten atomically (temp file + rename) with ``engine="scipy"`` (netCDF3, no extra
-package), so a killed run keeps every finished checkpoint.
+The file is netCDF-3 (``engine="scipy"``, no extra package) with ``step`` as its unlimited
+(record) dimension. :class:`ResultsWriter` creates it atomically (temp file + rename) and then
+*appends* each new checkpoint row in place (:mod:`dsb_widgets.engine.nc_records`: one record
+plus a 4-byte header update, fsync'd), so the bytes written per checkpoint do not grow with the
+run, a killed run keeps every finished checkpoint, and a reader opening the file mid-run
+(``xarray.open_dataset``, the dashboard, ``dsb sweep --list``) sees a valid file with every row
+written so far. Before, the whole file was rewritten at every checkpoint (a 1.32x engine
+overhead on a 1,024-step digits run, issue 17).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 import xarray as xr
 
+from dsb_widgets.engine.nc_records import LayoutMismatch, append_records
 from dsb_widgets.errors import ConfigError, DSBError, OutputWriteError, ResultExistsError
 
 METRICS = ("loss", "accuracy", "target_loss", "target_accuracy")
@@ -57,6 +64,11 @@ class ResultsTable:
         for m in METRICS:
             self.values[m] = self.values[m][:keep]
         self.train_loss = self.train_loss[:keep]
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Row ``i`` as netCDF record variables (what :class:`ResultsWriter` appends)."""
+        return {"step": self.steps[i], "wall_time": self.wall[i], "train_loss": self.train_loss[i],
+                **{m: self.values[m][i] for m in METRICS}}
 
     def to_dataset(self) -> xr.Dataset:
         n_p, n_s = len(self.probes), len(self.seeds)
@@ -125,8 +137,44 @@ def replace_atomic(path: str | os.PathLike[str], write: Callable[[Path], None]) 
 
 
 def write_atomic(ds: xr.Dataset, path: str | os.PathLike[str]) -> None:
-    """Write ``ds`` to ``path`` as netCDF so readers never see a half-written file."""
-    replace_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine=NETCDF_ENGINE))
+    """Write ``ds`` to ``path`` as netCDF so readers never see a half-written file (``step``, when
+    present, is the unlimited dimension, so rows can be appended later)."""
+    unlimited = ["step"] if "step" in ds.dims else None
+    replace_atomic(path, lambda tmp: ds.to_netcdf(tmp, engine=NETCDF_ENGINE, unlimited_dims=unlimited))
+
+
+class ResultsWriter:
+    """Keeps a run's results file equal to its :class:`ResultsTable`, appending new rows in place.
+
+    The first :meth:`write` (a fresh run, or a resumed one whose table was truncated) rewrites
+    the file atomically; later ones append the rows added since, and fall back to a rewrite when
+    the file is not what this writer left (another layout, another row count). ``last_bytes``:
+    the bytes the last write put on disk; ``rewrites``: how many full rewrites were made.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], sync: bool = True) -> None:
+        self.path, self.sync = Path(path), sync
+        self.on_disk: int | None = None  # rows this writer knows the file holds
+        self.last_bytes = 0
+        self.rewrites = 0
+
+    def write(self, table: ResultsTable) -> None:
+        n = len(table.steps)
+        if self.on_disk is not None and self.on_disk <= n:
+            try:
+                self.last_bytes = append_records(self.path, [table.row(i) for i in range(self.on_disk, n)],
+                                                 expect=self.on_disk, sync=self.sync)
+                self.on_disk = n
+                return
+            except LayoutMismatch:
+                pass  # not the file we left: rewrite it whole (below)
+            except OSError as err:
+                raise OutputWriteError(f"could not write {self.path}: {err.strerror or err}; free disk space or "
+                                       "pass --out on another disk (the rows written before are kept)") from err
+        write_atomic(table.to_dataset(), self.path)
+        self.last_bytes = self.path.stat().st_size
+        self.rewrites += 1
+        self.on_disk = n
 
 
 def _pid_alive(pid: int) -> bool:
