@@ -46,7 +46,7 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("experiment", nargs="?", default="images", help="images | text | clones (default images)")
     p.add_argument("--dataset", "--corpus", dest="dataset", help="dataset name (images: digits, mnist, "
                    "fashion_mnist, cifar10, svhn) or text corpus name / path to a UTF-8 file or folder")
-    p.add_argument("--model", help="images: mlp | cnn | resnet; text: gpt | bert")
+    p.add_argument("--model", help="images: mlp | cnn | convnet | airbench | resnet; text: gpt | bert")
     p.add_argument("--steps", type=int)
     p.add_argument("--seeds", type=int, default=1, help="number of seeds trained together")
     p.add_argument("--seed", type=int, default=0, help="first seed (probe sets come from it)")

@@ -28,6 +28,8 @@ class ImageOptions:
         "help": "train on real images or a clone (Refinetti et al.'s ladder): iso_clone (class mean + "
                 "one variance), gauss_clone (mean + covariance), maxent3_clone (+ top-k third moments)",
         "choices": TRAIN_ON})
+    flip: bool = field(default=False, metadata={
+        "help": "random horizontal flips of the training images (CIFAR-10's default; not for digits)"})
     maxent1: str = field(default="exponential", metadata={
         "help": "order-1 max-ent sampler: exponential family on [0, 1] or independent class marginals",
         "choices": MAXENT1})

@@ -22,7 +22,7 @@ def _models(name: str, shape=(1, 8, 8), n: int = S) -> list[nn.Module]:
     return out
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "convnet", "resnet"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "convnet", "airbench", "resnet"])
 def test_grouped_training_equals_separate_models(name: str) -> None:
     """The exactness oracle: S models trained one by one vs the grouped stack, same batches. SGD
     (linear in the gradient) keeps float-rounding differences at rounding size; Adam's g/|g| would

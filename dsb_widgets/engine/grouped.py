@@ -74,6 +74,7 @@ def _grouped_conv(layers: list[nn.Conv2d]) -> nn.Conv2d:
         wide.weight.copy_(torch.cat([c.weight for c in layers]))
         if m.bias is not None:
             _copy_cat(wide.bias, [c.bias for c in layers])
+    wide.weight.requires_grad_(m.weight.requires_grad)  # a frozen layer (airbench's whitening) stays frozen
     return wide.to(m.weight.device, m.weight.dtype)
 
 

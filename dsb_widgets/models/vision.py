@@ -1,5 +1,7 @@
-"""Image classifiers: ``mlp`` and ``cnn`` (small, fast, BatchNorm-free so seeds vectorise) and
-``resnet`` (CIFAR-style ResNet-18: 3x3 stride-1 stem, no max-pool, as in Refinetti et al. 2023).
+"""Image classifiers: ``mlp`` and ``cnn`` (small, fast, BatchNorm-free so seeds vectorise),
+``convnet`` (small BatchNorm CNN), ``airbench`` (patch-whitening BatchNorm CNN for CIFAR-10 on a
+CPU, ``models/airbench.py``) and ``resnet`` (CIFAR-style ResNet-18: 3x3 stride-1 stem, no
+max-pool, as in Refinetti et al. 2023).
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-VISION_MODELS = ("mlp", "cnn", "convnet", "resnet")
+from dsb_widgets.models.airbench import AirbenchNet, patch_whitening
+
+VISION_MODELS = ("mlp", "cnn", "convnet", "airbench", "resnet")
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,18 @@ class ResNet18(nn.Module):
         return self.head(self.blocks(self.stem(x)).mean(dim=(-2, -1)))
 
 
-def make_vision_model(name: str, cfg: VisionConfig) -> nn.Module:
+def init_statistics(name: str, train_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What model ``name``'s initialisation needs from the training images, computed once per run
+    (``airbench``: the 2x2-patch whitening filters; other models: nothing)."""
+    return patch_whitening(train_x) if name == "airbench" else None
+
+
+def make_vision_model(name: str, cfg: VisionConfig,
+                      init: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
+    """A fresh model; ``init`` from :func:`init_statistics` (airbench's whitening; else ignored)."""
+    if name == "airbench":
+        w = max(cfg.width // 4, 2)
+        return AirbenchNet(cfg.in_shape[0], cfg.num_classes, (w, 2 * w, 4 * w), whitening=init)
     if name == "mlp":
         return MLP(cfg)
     if name == "cnn":
