@@ -61,6 +61,8 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--probes", nargs="+", help="subset of the experiment's probes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on GPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (needs g++ on CPU, "
+                   "Triton on GPU; falls back with a one-line message)")
     p.add_argument("--data-dir", help="local data folder (else $DSB_DATA_DIR, else the Hugging Face hub)")
     p.add_argument("--out", help="results netCDF (default runs/<experiment>-<dataset>-<model>.nc)")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
@@ -123,7 +125,7 @@ def config_from_args(args: argparse.Namespace) -> "RunConfig":
         grad_clip=getattr(args, "grad_clip", None),
         per_octave=args.per_octave, probe_size=args.probe_size,
         probes=tuple(args.probes) if args.probes else None, device=args.device, amp=not args.no_amp,
-        data_dir=args.data_dir, options=options,
+        data_dir=args.data_dir, options=options, compile=bool(getattr(args, "compile", False)),
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dsb_widgets.engine.accel import autocast
 from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.grouped import GroupedStack
 from dsb_widgets.engine.results import METRICS
@@ -30,7 +31,8 @@ def score(out: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.
     logits = out.reshape(s, -1, v).float()
     lab = labels.reshape(-1)
     mask = lab != -100
-    ce = F.cross_entropy(logits.reshape(-1, v), lab.repeat(s), reduction="none", ignore_index=-100).view(s, -1)
+    ce = F.cross_entropy(logits.reshape(-1, v), lab if s == 1 else lab.repeat(s), reduction="none",
+                         ignore_index=-100).view(s, -1)
     correct = ((logits.argmax(-1) == lab) & mask).sum(1)
     return ce.sum(1), correct, mask.sum()
 
@@ -80,7 +82,7 @@ def evaluate_probe(stack: ModelStack | GroupedStack, probe: Probe, device: torch
             out = outputs[key]
         else:
             x = probe.x[i:i + batch].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(device, amp):
                 out = stack(x, shared=True)
             if outputs is not None:
                 outputs[key] = out

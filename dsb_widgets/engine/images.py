@@ -105,11 +105,12 @@ def build_images_task(cfg: RunConfig) -> Task:
         flip = opts.flip
 
         def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-            # indices from the seed's CPU generator (saved for resume); one small copy, no sync
-            idx = torch.randint(len(y_all), (bs,), generator=gen).to(y_all.device, non_blocking=True)
+            # indices from the seed's generator (saved for resume): on a GPU the engine passes one
+            # on the device (Task.device_sampling), so nothing crosses to the host; on CPU as before
+            idx = torch.randint(len(y_all), (bs,), generator=gen, device=gen.device).to(y_all.device, non_blocking=True)
             x = x_all[idx]
             if flip:  # random horizontal flips (airbench's augmentation; -o flip=true)
-                m = (torch.rand(bs, generator=gen) < 0.5).to(x.device, non_blocking=True)
+                m = (torch.rand(bs, generator=gen, device=gen.device) < 0.5).to(x.device, non_blocking=True)
                 x = torch.where(m[:, None, None, None], x.flip(-1), x)
             return x, y_all[idx]
 
@@ -119,7 +120,7 @@ def build_images_task(cfg: RunConfig) -> Task:
                 if str(cfg.model) == "airbench" else None)
     task = Task(make_model=lambda seed: make_vision_model(str(cfg.model), vcfg, init), sample_batch=sample_batch,
                 probes=probes, info={"classes": ",".join(train.classes), "dataset": str(cfg.dataset),
-                                     "train_on": train_on})
+                                     "train_on": train_on}, device_sampling=train_on == "real")
     if opts.taylor:
         from dsb_widgets.engine.taylor_probe import attach_taylor
 

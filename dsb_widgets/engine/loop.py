@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from dsb_widgets.engine.accel import DeviceTimer, Forward, autocast
 from dsb_widgets.engine.evaluate import evaluate_probe, probe_digest, train_loss
 from dsb_widgets.engine.grouped import load_stack_state, make_stack
 from dsb_widgets.engine.optim import SGD, AdamW
@@ -90,8 +91,11 @@ class _Run:
         with torch.random.fork_rng(devices=[]):  # an example batch for the stacking self-check
             example = self.task.sample_batch(torch.Generator().manual_seed(0), 2)[0]
         self.stack = make_stack(models, self.device, example)  # plain / grouped conv / vmap (engine/grouped.py)
+        self.forward = Forward(self.stack, cfg.compile, self.device)  # torch.compile'd when asked and possible
         self.opt = self._optimizer()
-        self.gens = [torch.Generator().manual_seed(sv + DATA_SEED_OFFSET) for sv in self.seed_values]
+        # on a GPU with a resident training set, the batch indices are drawn there (no sync per step)
+        gen_device = self.device if self.device.type == "cuda" and self.task.device_sampling else torch.device("cpu")
+        self.gens = [torch.Generator(device=gen_device).manual_seed(sv + DATA_SEED_OFFSET) for sv in self.seed_values]
         self.checkpoints = log_checkpoints(required(cfg.steps, "steps"), required(cfg.per_octave, "per_octave"))
         names = [p.name for p in self.task.probes] + list(self.task.extra_probes)
         orders = [p.order for p in self.task.probes] + list(self.task.extra_probes.values())
@@ -161,7 +165,11 @@ class _Run:
         load_stack_state(self.stack, state["model"])  # whichever stacking saved it
         self.opt.load_state_dict(state["optim"])
         for g, s in zip(self.gens, state["gens"]):
-            g.set_state(s)
+            try:
+                g.set_state(s.cpu())
+            except RuntimeError as err:  # a CPU generator's state saved, a CUDA one now (or back)
+                raise ConfigError(f"{self.out} was saved with its batch generators on another device; resume it "
+                                  "with the --device it was started on") from err
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
         if "loss_sum" in state:
             self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
@@ -186,7 +194,11 @@ class _Run:
         replace_atomic(self.state_path, lambda tmp: torch.save(state, tmp))
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = zip(*(self.task.sample_batch(g, required(self.cfg.batch_size, "batch_size")) for g in self.gens))
+        bs = required(self.cfg.batch_size, "batch_size")
+        if len(self.gens) == 1:  # one seed: a view, no stacking copy
+            x, y = self.task.sample_batch(self.gens[0], bs)
+            return x.to(self.device, non_blocking=True)[None], y.to(self.device, non_blocking=True)[None]
+        xs, ys = zip(*(self.task.sample_batch(g, bs) for g in self.gens))
         return (torch.stack(xs).to(self.device, non_blocking=True),
                 torch.stack(ys).to(self.device, non_blocking=True))
 
@@ -198,8 +210,8 @@ class _Run:
         x, y = self.sample()
         if not self.stack.training:  # Module.train() walks every submodule: 7% of a digits MLP step
             self.stack.train()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.stack(x)
+        with autocast(self.device, self.amp):
+            out = self.forward(x)
         losses = train_loss(out, y, self.task.loss)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # seeds are independent: the sum's gradient is each seed's own
@@ -301,7 +313,8 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=run.step, desc=f"{cfg.experiment}/{cfg.dataset}/{cfg.model}",
                    unit="step", dynamic_ncols=True)
-    t_eval = t_train = 0.0
+    t_eval = 0.0
+    train_timer = DeviceTimer(run.device)  # CUDA events on a GPU: device time, read without a sync per step
     t0 = time.perf_counter() - run.elapsed
     last_save, last_progress = time.perf_counter(), 0.0
     status = "finished"
@@ -339,12 +352,14 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
             run.elapsed = time.perf_counter() - t0
             run.save_state()
             break
-        tt = time.perf_counter()
+        train_timer.start()
         run.loss_sum += run.update()
         run.loss_n += 1
+        train_timer.stop()
         if run.step % DIVERGENCE_CHECK_EVERY == 0 and not bool(torch.isfinite(run.loss_sum).all()):
             _diverged(run, table, bar, torch.nonzero(~torch.isfinite(run.loss_sum)).flatten().tolist())
-        t_train += time.perf_counter() - tt
+        if run.step in ckpts:
+            train_timer.seconds()  # fold in the finished CUDA event pairs (the list stays short)
         if bar is not None:
             bar.update(1)
         now = time.perf_counter()
@@ -355,6 +370,6 @@ def train(cfg: RunConfig, out: str | Path | None = None, resume: bool = False,
     if bar is not None:
         bar.close()
     ds = table.to_dataset()
-    timings = {"train_s": t_train, "eval_s": t_eval, "total_s": time.perf_counter() - t0}
+    timings = {"train_s": train_timer.total(), "eval_s": t_eval, "total_s": time.perf_counter() - t0}
     _publish(subscribers, {"type": "done", "status": status, "step": run.step, "timings": timings})
     return TrainResult(ds, status, run.out, timings)

@@ -54,10 +54,13 @@ class RunConfig:
     save_interval_s: float = 5.0  # min seconds between model-state saves (results: every checkpoint)
     grad_clip: float | None = None  # clip each seed's gradient 2-norm (nanoGPT: 1.0); None: off
     options: Mapping[str, Any] = field(default_factory=dict)
+    compile: bool = False  # torch.compile the training forward (engine/accel.py; falls back, saying why)
 
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         d["options"] = dict(self.options)
+        if not d["compile"]:  # left out when off: results saved before the field existed keep their config
+            del d["compile"]
         return json.dumps(d, sort_keys=True)
 
     @classmethod
@@ -143,6 +146,9 @@ class Task:
     # "ce": cross-entropy on class/token labels; "mse": squared error on float targets, outputs
     # (B, K), probe y (N, K) with NaN where a probe does not score that output (engine/symmetry.py)
     loss: str = "ce"
+    # sample_batch also takes a generator on the run device (training set resident there, indices
+    # drawn there: no host-to-device copy, no sync per step); the engine then seeds CUDA generators
+    device_sampling: bool = False
 
 
 @dataclass(frozen=True)
