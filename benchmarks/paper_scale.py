@@ -2,6 +2,7 @@
 
     python benchmarks/paper_scale.py              # the paper's scale (a GPU: about an hour each)
     python benchmarks/paper_scale.py --tiny       # CPU smoke run (digits, CNN, 64 steps)
+    python benchmarks/paper_scale.py --compile    # the engine side through torch.compile
 
 Protocol (Belrose et al., ICML 2024; EleutherAI/features-across-time): 2^16 steps, batch 128,
 AdamW lr 1e-3, betas (0.9, 0.95), weight decay 0.05, cosine schedule with 2,000 warm-up steps, a
@@ -150,8 +151,9 @@ def main() -> None:
     ap.add_argument("--data-dir", help="folder with cifar10 (else $DSB_DATA_DIR)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="device peak (H100/H200 bf16 dense: 989)")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="the engine side with torch.compile (dsb run --compile)")
     args = ap.parse_args()
-    cfg = protocol(args.tiny, args.data_dir)
+    cfg = protocol(args.tiny, args.data_dir).replace(compile=args.compile)
     device = pick_device("auto")
     task = build_task(cfg)
     x, _ = task.sample_batch(torch.Generator().manual_seed(0), 1)
