@@ -181,3 +181,17 @@ def test_sigkill_mid_append_then_resume_is_bit_identical(tmp_path: Path) -> None
         assert ds.step.values.tolist() == full.dataset.step.values.tolist()
         for m in (*METRICS, "train_loss"):  # bit for bit, not approximately
             np.testing.assert_array_equal(ds[m].values, full.dataset[m].values, err_msg=m)
+
+
+def test_upload_checks_count_the_appended_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's header check sees step = numrecs in an appended file (and its step limit)."""
+    from dsb_widgets.ui import safety
+
+    path = tmp_path / "r.nc"
+    _grow(_table(3, 2, 9), path)
+    header = safety.check_results_file(path)
+    assert header.dims["step"] == 9
+    assert safety.open_results_bytes(path.read_bytes(), "r.nc").sizes["step"] == 9
+    monkeypatch.setattr(safety, "MAX_STEPS", 8)
+    with pytest.raises(safety.UnsafeInputError, match="9 steps"):
+        safety.check_results_file(path)

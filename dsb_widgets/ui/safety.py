@@ -196,7 +196,8 @@ def check_netcdf_header(blob: bytes, name: str = "file", *, max_elements: int = 
     if record_begin is not None and record_begin + numrecs * record_bytes > size:
         raise UnsafeInputError(f"{name}: {numrecs:,} records of {record_bytes:,} bytes declared past the end "
                                f"of the {size:,}-byte file")
-    header = NcHeader(version, dict(dims), tuple(variables))
+    # the record (unlimited, length 0) dim has numrecs entries: results files append along step
+    header = NcHeader(version, {d: numrecs if n == 0 else n for d, n in dims}, tuple(variables))
     if header.elements > max_elements:
         raise UnsafeInputError(f"{name}: declares {header.elements:,} values, over the limit of {max_elements:,}")
     return header
