@@ -18,7 +18,8 @@ from dsb_widgets.errors import ConfigError
 CLONE_DEFAULTS: dict[str, Any] = {
     "layers": (1, 2), "tokenizer": "gpt2", "vocab_size": 1000, "context": 16, "steps": 1500,
     "batch_size": 128, "lr": 3e-3, "d_embed": 64, "n_heads": 4, "attention": "softmax",
-    "mask_rate": 0.15, "objective": "pll", "residual": True, "eval_windows": 1024, "max_sites": 4, "grow": True,
+    "mask_rate": 0.15, "objective": "pll", "residual": True, "square_width": None, "eval_windows": 1024,
+    "max_sites": 4, "grow": True, "control": True,
     "sweeps": 100, "burn_in": 10, "window": 10, "thin": 1, "chains": 128, "seed": 0, "data_dir": None,
     "max_train_chars": None, "device": "cpu",
 }
@@ -53,6 +54,10 @@ def add_clone_parser(sub: Any) -> None:
     p.add_argument("--max-sites", type=int, default=d["max_sites"], help="pll, L >= 3: sites scored per window")
     p.add_argument("--no-grow", dest="grow", action="store_false",
                    help="train every L from scratch instead of from the trained shallower model")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="skip the control: the shallowest model trained on for as many steps as each grown one")
+    p.add_argument("--square-width", type=int, default=d["square_width"],
+                   help="layers l >= 2 square this many learned features of h, Attn((h U)^2) (0: h itself)")
     p.add_argument("--no-residual", dest="residual", action="store_false",
                    help="the plain x^2 chain instead of h + Attn(h^2) (factored_attention docstring)")
     p.add_argument("--mask-rate", type=float, default=d["mask_rate"], help="fraction of sites scored per sequence")
@@ -82,6 +87,7 @@ def cmd_clone(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
                           attention=args.attention, objective=args.objective, mask_rate=args.mask_rate,
                           max_sites=args.max_sites, residual=args.residual, window=args.window, grow=args.grow,
+                          control=args.control, square_width=args.square_width or None,
                           sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin, chains=args.chains,
                           seed=args.seed, data_dir=args.data_dir, max_train_chars=args.max_train_chars,
                           device=args.device)
@@ -89,10 +95,16 @@ def cmd_clone(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from err
     apply_threads(args.threads or auto_threads())
     prov = make_clones(cfg, args.out, progress=True)
-    print(f"\n{'L':>3}{'bodies':>8}{'train':>8}{'test pll':>10}{'accept':>8}{'chain-tok/s':>13}{'moved':>7}")
+    print(f"\n{'L':>3}{'bodies':>8}{'steps':>7}{'train pll':>10}{'test pll':>10}{'control':>9}{'cpu-s':>7}"
+          f"{'sweeps':>7}{'R-hat':>7}{'accept':>8}{'moved':>7}")
     for L, r in prov["orders"].items():
-        print(f"{L:>3}{r['bodies']:>8}{r['train_loss']:>8.3f}{r['test_pll']:>10.3f}{r['acceptance_rate']:>8.3f}"
-              f"{r['chain_tokens_per_second']:>13.0f}{r['fraction_changed_from_init']:>7.2f}")
+        ctl = f"{r['control']['test_pll']:>9.3f}" if "control" in r else f"{'-':>9}"
+        st = r["stationarity"] or {}
+        print(f"{L:>3}{r['bodies']:>8}{r['total_steps']:>7}{r['train_pll']:>10.3f}{r['test_pll']:>10.3f}{ctl}"
+              f"{r['train_cpu_seconds']:>7.0f}{r['sweeps']:>7}{st.get('rhat', float('nan')):>7.2f}"
+              f"{r['acceptance_rate']:>8.3f}{r['fraction_changed_from_init']:>7.2f}")
+    if any("control" in r for r in prov["orders"].values()):
+        print("control: the shallowest model trained on for the same total steps (held-out pll, nats/token)")
     print(f"\nclones: {args.out}  (next: dsb run clones --corpus {args.corpus} --clones {args.out})")
     return 0
 

@@ -92,9 +92,11 @@ class CloneConfig:
     mask_rate: float = 0.15
     objective: str = "pll"  # L >= 2: "pll" (every site) | "single_site" (mask_rate of sites) | "mlm" (BERT)
     residual: bool = True  # h^l = h^(l-1) + Attn(h^(l-1)^2) (factored_attention docstring)
+    square_width: int | None = None  # layers l >= 2 square m learned features of h (None: h itself)
     eval_windows: int = 1024  # held-out windows for the test pseudo-likelihood
     max_sites: int = 4  # L >= 3 with objective pll: score this many random sites per window per step
     grow: bool = True  # start each L from the deepest trained L' < L, new branches off (residual only)
+    control: bool = True  # with grow: also train the shallowest model for the same total steps as each L
     sweeps: int = 100  # the most MH sweeps; with window > 0 chains stop once stationary
     burn_in: int = 10  # only with window = 0 (fixed length)
     window: int = 10  # stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
@@ -108,6 +110,8 @@ class CloneConfig:
     def __post_init__(self) -> None:
         if not self.layers or any(not 1 <= L <= MAX_LAYERS for L in self.layers):
             raise ValueError(f"--layers must be integers in [1, {MAX_LAYERS}], e.g. --layers 1 2 3; got {self.layers}")
+        if self.square_width is not None and self.square_width < 1:
+            raise ValueError(f"--square-width must be a positive integer (or 0 for none); got {self.square_width}")
         for name in ("vocab_size", "context", "steps", "batch_size", "sweeps", "chains", "thin", "d_embed", "n_heads"):
             if getattr(self, name) < (2 if name in ("vocab_size", "context") else 1):
                 flag = name.replace("_", "-")
@@ -165,18 +169,20 @@ def test_pll(model: FactoredAttention, x: Tensor) -> float:
 
 
 def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig, vocab: int,
-                   progress: bool = True, init_from: FactoredAttention | None = None,
+                   progress: bool = True, init_from: FactoredAttention | None = None, stage: int = 0,
                    ) -> tuple[FactoredAttention, dict[str, Any]]:
-    """Fit an L-layer factored MLM to random train windows; returns it and its losses (nats/token)
-    with a learning curve (test pseudo-likelihood at ~12 log-spaced steps). ``init_from``: a
-    trained shallower model to start from (:meth:`FactoredAttention.grow_from`)."""
+    """Fit an L-layer factored MLM to random train windows for ``cfg.steps`` steps (one warm-up +
+    cosine cycle); returns it and its losses (nats/token) with a learning curve (test
+    pseudo-likelihood at ~12 log-spaced steps). ``init_from``: a trained model, shallower or as
+    deep, to start from (:meth:`FactoredAttention.grow_from`); ``stage`` (0, 1, ...) numbers the
+    training cycle, so a continued model draws fresh batches."""
     from tqdm.auto import tqdm
 
-    torch.manual_seed(cfg.seed + 101 * L)
-    gen = torch.Generator().manual_seed(cfg.seed + 7 * L)
+    torch.manual_seed(cfg.seed + 101 * L + 1009 * stage)
+    gen = torch.Generator().manual_seed(cfg.seed + 7 * L + 1013 * stage)
     fcfg = FactoredAttentionConfig(vocab_size=vocab, seq_len=cfg.context, n_layers=L, n_heads=cfg.n_heads,
                                    d_embed=cfg.d_embed, attention=cfg.attention,  # type: ignore[arg-type]
-                                   residual=cfg.residual)
+                                   residual=cfg.residual, square_width=cfg.square_width)
     dev = _device(cfg.device)
     model = FactoredAttention(fcfg)
     if init_from is not None:
@@ -189,7 +195,8 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
     held = windows(test, cfg.context, cfg.eval_windows, torch.Generator().manual_seed(cfg.seed + 1)).to(dev)
     marks = sorted({int(v) for v in np.geomspace(1, cfg.steps, 12).round()} | {0})
     curve: dict[int, float] = {}
-    bar = tqdm(range(cfg.steps), desc=f"factored L={L} ({n_bodies(L)}-body)", unit="step", disable=not progress)
+    what = f"factored L={L} ({n_bodies(L)}-body)" + (f", cycle {stage + 1}" if stage else "")
+    bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress)
     recent: list[float] = []
     k_sites = max(1, round(cfg.mask_rate * cfg.context))
     for step in bar:
@@ -245,14 +252,25 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
                             "seed": cfg.seed, "train_tokens": int(tc.train.size),
                             "test_tokens": int(tc.test.size), "orders": {}}
     trained: dict[int, FactoredAttention] = {}
-    for L in sorted(cfg.layers):
-        t0 = time.perf_counter()
-        base = max((k for k in trained if k < L), default=None) if cfg.grow and cfg.residual else None
+    grow = cfg.grow and cfg.residual
+    control: FactoredAttention | None = None  # the shallowest model, trained on as long as each deeper one
+    for stage, L in enumerate(sorted(cfg.layers)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        base = max((k for k in trained if k < L), default=None) if grow else None
         model, losses = train_factored(tc.train, tc.test, L, cfg, tc.vocab_size, progress,
-                                       init_from=None if base is None else trained[base])
+                                       init_from=None if base is None else trained[base], stage=stage if grow else 0)
         trained[L] = model
-        losses["grown_from_layers"] = base
-        t_train = time.perf_counter() - t0
+        cycles = stage + 1 if grow else 1
+        losses.update(grown_from_layers=base, total_steps=cycles * cfg.steps)
+        t_train, cpu_train = time.perf_counter() - t0, time.process_time() - c0
+        if grow and cfg.control and stage == 0:
+            control = model
+        elif grow and cfg.control and control is not None:  # same total steps, same cycles, one depth
+            L0 = control.cfg.n_layers
+            control, ctl = train_factored(tc.train, tc.test, L0, cfg, tc.vocab_size, progress, init_from=control,
+                                          stage=stage)
+            losses["control"] = {"layers": L0, "total_steps": cycles * cfg.steps, "test_pll": ctl["test_pll"],
+                                 "train_pll": ctl["train_pll"]}
         init = windows(tc.test, cfg.context, cfg.chains, torch.Generator().manual_seed(cfg.seed + 13 * L))
         bar = tqdm(total=cfg.sweeps, desc=f"MH L={L}", unit="sweep", disable=not progress)
 
@@ -275,10 +293,12 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
         bar.close()
         tokens = res.samples.reshape(-1, cfg.context).cpu()  # (S * chains, T)
         torch.save({"tokens": tokens, "layers": L, "bodies": n_bodies(L), "init": init}, out / f"clone_L{L}.pt")
+        torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict()}, out / f"model_L{L}.pt")
         kept = [r for r in res.stats if not r["burn_in"]]
         assert res.energies is not None
         prov["orders"][str(L)] = {
-            "file": f"clone_L{L}.pt", "model": "factored_attention", "layers": L, "bodies": n_bodies(L),
+            "file": f"clone_L{L}.pt", "model": "factored_attention", "model_file": f"model_L{L}.pt",
+            "layers": L, "bodies": n_bodies(L),
             "model_config": asdict(model.cfg), "sweeps": len(res.stats), "max_sweeps": cfg.sweeps,
             "burn_in": len(res.stats) - len(kept), "thin": cfg.thin,
             "chains": cfg.chains, "n_sequences": int(tokens.shape[0]),
@@ -293,7 +313,8 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             "energy_trace_quantiles": {str(qq): res.energies.quantile(qq, dim=1).tolist() for qq in (0.1, 0.5, 0.9)},
             "chain_tokens_per_second": float(np.mean([r["tokens_per_second"] for r in kept])),
             "fraction_changed_from_init": float((res.final.cpu() != init).float().mean()),
-            **losses, "train_seconds": t_train, "sample_seconds": float(sum(r["seconds"] for r in res.stats)),
+            **losses, "train_seconds": t_train, "train_cpu_seconds": cpu_train,
+            "sample_seconds": float(sum(r["seconds"] for r in res.stats)),
         }
         (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=1))
     return prov
