@@ -1,28 +1,32 @@
-"""Metropolis-Hastings throughput: batched incremental chains vs one chain at a time, per depth.
+"""Metropolis-Hastings throughput per depth: the batched fast path vs one chain at a time.
 
 Run ``OMP_NUM_THREADS=1 python benchmarks/bench_mh.py`` (``--quick`` for a smoke run). For each
 number of factored layers L it measures chain-tokens (chains x positions proposed) per CPU-second
 (``time.process_time``, one torch thread, so other jobs on the machine do not count) of:
 
-- before, 1 chain:   the previous sampler's cost model: every proposal recomputes all T
-                     conditionals of the proposed sequence from scratch, each on its own masked
-                     copy through the whole network (the code this replaced; kept below as the
-                     baseline), one chain at a time;
-- before, B chains:  the same, all chains batched;
-- after, 1 chain:    :class:`~dsb_widgets.factored_attention.IncrementalConditionals` (rank-one
-                     update of the first layer for the resampled site; masked copies built from
-                     it), one chain at a time;
-- after, B chains:   the same, all chains batched (what ``dsb clone`` runs).
+- before, 1:   the sampler as it was before issue 17: every proposal recomputes all T
+               conditionals of the proposed sequence from scratch, each on its own masked copy
+               through the whole network (kept below as the baseline), one chain at a time;
+- prev inc, B: the previous incremental path (``start``/``propose``: rank-one update of the first
+               layer, all (B, T, V) conditionals rebuilt and merged per proposal), B chains;
+- after, 1:    the fast path (:class:`~dsb_widgets.incremental.SiteChains`, what ``dsb clone``
+               runs), one chain;
+- after, B:    the same, B chains batched.
 
-The ratio ``after, B / before, 1`` is the speed-up asked for in issue 17 (>= 10x). Model: the
-``dsb clone`` defaults (V = 1,000 tokens, T = 16, d = 64, 4 heads, softmax attention), untrained.
+Paths run interleaved, ``--rounds`` times (medians reported; the machine is shared). The ratio
+``after, B / before, 1`` is the speed-up issue 17 asks for (>= 10x). Also printed: multiply-adds
+per proposal and chain of both algorithms (``flops``), so the ratio splits into fewer operations
+x faster operations. Model: the ``dsb clone`` sizes (V = 1,000 tokens, T = 16, d = 64, 4 heads,
+softmax attention), untrained; acceptance per sweep of the after-B run is printed too.
 Measured results are in ``RESULTS``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,19 +36,7 @@ from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionC
 from dsb_widgets.mh_sampler import metropolis_hastings
 
 RESULTS = """
-Measured 2026-12-02, two runs on 2 cores shared with ~8 other jobs (load 15-28), chain-tokens
-per CPU-second, B = 512, pll energy:
-
-L  before,1  before,B  after,1  after,B  after,B / before,1
-1       771       918      586    6,758   8.8x   (second run: 1,059 / 971 / 545 / 7,569: 7.1x)
-2       442       476      360    3,060   6.9x
-3       479       357      299      841   1.8x   (second run)
-4       343       291      312      529   1.5x   (second run)
-
-The issue's >= 10x is NOT reached: with the pll energy every proposal needs the normaliser of
-all T conditionals of the proposed sequence, i.e. O(T q) work per chain (L = 1: the rank-one
-logit update) or a T-position read-out of d x q (L >= 2), and that is what remains. Batching
-the old path gained only ~1.1x (it was compute-bound: B*T masked copies through every layer).
+(filled in below after the measured run)
 """
 
 
@@ -59,43 +51,69 @@ def before_conditionals(model: FactoredAttention):  # the replaced implementatio
         rows[n, pos] = model.cfg.mask_id
         x = model.embed(rows)
         h = model.layers[0](x)
-        for layer in model.layers[1:]:
-            h = model._step(layer, h)
+        for k in range(1, len(model.layers)):
+            h = h + model.layers[k](h * h)  # the residual x^2 layer (bench model: square_width None)
         return F.log_softmax(model._head(h[n, pos], pos), -1).view(B, T, -1)
 
     return fn
 
 
-def throughput(fn: object, B: int, T: int, V: int, sweeps: int) -> tuple[float, float]:
+class PreviousIncremental:
+    """The previous session's path: the start/propose protocol only (no ``begin``)."""
+
+    def __init__(self, inc: IncrementalConditionals) -> None:
+        self.start, self.propose = inc.start, inc.propose
+
+
+def flops(L: int, T: int, d: int, H: int, V: int) -> tuple[int, int]:
+    """Multiply-adds per proposal and chain: (before, after) (see dsb_widgets/incremental.py)."""
+    layer = T * T * H * d * d + T**3 * H * d  # one layer on T masked copies: values + mixing
+    before = L * layer + T * d * V
+    after = T * d * V + (0 if L == 1 else T * T * H * d + T * (H * T * d + H * d * d) + (L - 2) * layer)
+    return before, after
+
+
+def throughput(fn: Any, B: int, T: int, V: int, sweeps: int) -> tuple[float, list[float]]:
     init = torch.randint(V, (B, T), generator=torch.Generator().manual_seed(0))
     c0 = time.process_time()
-    res = metropolis_hastings(fn, init, n_sweeps=sweeps, generator=torch.Generator().manual_seed(1))  # type: ignore[arg-type]
+    res = metropolis_hastings(fn, init, n_sweeps=sweeps, generator=torch.Generator().manual_seed(1))
     cpu = time.process_time() - c0
-    return B * T * sweeps / cpu, res.acceptance_rate
+    return B * T * sweeps / cpu, [r["acceptance_rate"] for r in res.stats]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[1, 2, 3, 4])
     ap.add_argument("--chains", type=int, default=512)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     a = ap.parse_args()
     torch.set_num_threads(1)
     V, T, d, H = (200, 8, 16, 2) if a.quick else (1000, 16, 64, 4)
-    B = 32 if a.quick else a.chains
-    print(f"V={V} T={T} d={d} heads={H}; chain-tokens per CPU-second, 1 torch thread; B={B} chains")
-    print(f"{'L':>2} {'before,1':>10} {'before,B':>10} {'after,1':>10} {'after,B':>10} "
-          f"{'B/1 before':>11} {'after,B / before,1':>19}")
+    B, rounds = (32, 1) if a.quick else (a.chains, a.rounds)
+    print(f"V={V} T={T} d={d} heads={H}; chain-tokens per CPU-second (median of {rounds} interleaved rounds), "
+          f"1 torch thread; B={B} chains")
+    print(f"{'L':>2} {'before,1':>9} {'prev inc,B':>10} {'after,1':>9} {'after,B':>9} {'after,B/before,1':>17} "
+          f"{'MACs before/after':>19} {'GFLOP/s before/after':>21}  acceptance per sweep (after,B)")
     for L in a.layers:
         torch.manual_seed(L)
         model = FactoredAttention(FactoredAttentionConfig(V, T, n_layers=L, n_heads=H, d_embed=d,
                                                           attention="softmax")).eval()
+        inc = IncrementalConditionals(model)
+        got: dict[str, list[float]] = {"b1": [], "pB": [], "a1": [], "aB": []}
         with torch.no_grad():
-            b1, _ = throughput(before_conditionals(model), 1, T, V, 2)
-            bB, _ = throughput(before_conditionals(model), B, T, V, 1)
-            a1, _ = throughput(IncrementalConditionals(model), 1, T, V, 2)
-            aB, acc = throughput(IncrementalConditionals(model), B, T, V, 2)
-        print(f"{L:>2} {b1:>10,.0f} {bB:>10,.0f} {a1:>10,.0f} {aB:>10,.0f} {bB / b1:>10.1f}x {aB / b1:>18.1f}x")
+            got["pB"].append(throughput(PreviousIncremental(inc), B, T, V, 1)[0])  # slow: once
+            for _ in range(rounds):
+                got["b1"].append(throughput(before_conditionals(model), 1, T, V, 8)[0])
+                got["a1"].append(throughput(inc, 1, T, V, 8)[0])
+                aB, acc = throughput(inc, B, T, V, 2)
+                got["aB"].append(aB)
+        m = {k: statistics.median(v) for k, v in got.items()}
+        fb, fa = flops(L, T, d, H, V)
+        print(f"{L:>2} {m['b1']:>9,.0f} {m['pB']:>10,.0f} {m['a1']:>9,.0f} {m['aB']:>9,.0f} "
+              f"{m['aB'] / m['b1']:>16.1f}x {fb / 1e6:>8.2f}M/{fa / 1e6:.2f}M "
+              f"{2 * fb * m['b1'] / 1e9:>10.1f}/{2 * fa * m['aB'] / 1e9:<10.1f}  "
+              + " ".join(f"{x:.3f}" for x in acc), flush=True)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsb_widgets.incremental import SiteChains
+
 __all__ = [
     "FactoredAttentionConfig",
     "FactoredAttention",
@@ -303,7 +305,9 @@ class IncrementalConditionals:
     For L = 1 the logits change by the same term through the (linear) read-out, O(T q) per chain
     instead of a forward pass; for L >= 2 the masked copies are rebuilt from the updated first
     layer (:meth:`FactoredAttention.logits_from_first_layer`). Calling the object is the plain
-    (non-incremental) conditionals function.
+    (non-incremental) conditionals function. ``begin`` is the sampler's fast path
+    (:class:`~dsb_widgets.incremental.SiteChains`: all chains batched, only the proposed sequence's
+    energy computed per proposal, no (B, T, q) conditionals kept), used for energy "pll"/"scores".
     """
 
     def __init__(self, model: FactoredAttention) -> None:
@@ -312,6 +316,11 @@ class IncrementalConditionals:
     @torch.no_grad()
     def __call__(self, tokens: Tensor) -> Tensor:
         return self.model.conditional_logits(tokens)
+
+    @torch.no_grad()
+    def begin(self, tokens: Tensor, energy: str = "pll") -> SiteChains:
+        """State of B chains for the sampler's fast path (:mod:`dsb_widgets.incremental`)."""
+        return SiteChains(self.model, tokens, energy)
 
     @torch.no_grad()
     def start(self, tokens: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:

@@ -25,6 +25,13 @@ does not depend on s_t: a factored model's :class:`~dsb_widgets.factored_attenti
 resampled site instead of recomputing them; the state is rebuilt from scratch at every sweep.
 Every proposal is made for all B chains at once (one batch).
 
+Fast path: if ``conditionals_fn`` has ``begin(tokens, energy) -> SiteState`` (:class:`SiteUpdates`;
+a factored model's :class:`~dsb_widgets.factored_attention.IncrementalConditionals` does, through
+:class:`~dsb_widgets.incremental.SiteChains`) and ``energy`` is "pll" or "scores", the state keeps
+E(s) and what the next proposal needs, and each proposal computes only the candidate's energy:
+no (B, T, V) conditionals are materialised or merged. Same random draws in the same order as the
+generic loop, so both give the same chains (tested at depths 1-4).
+
 Stationarity (:func:`stationarity`): the per-chain energy trace (sweeps, B) is stationary when the
 split-R-hat over chains of the last ``2 W`` sweeps is below ``rhat_max`` (1.05) AND the mean
 energies of the last two windows of W sweeps differ by less than ``z_max`` (2) standard errors
@@ -34,7 +41,7 @@ runs until that holds (checked every W sweeps) or ``n_sweeps``, and keeps the la
 Caution: even with the exact conditionals of a true joint p (e.g. a Potts model), the "pll"
 target exp(sum_t log p(s_t|s_-t)) is NOT p in general; pass ``energy=model.energy`` (a callable)
 to target p itself. Both are tested exactly against enumeration in ``tests/test_mh_sampler.py``.
-Speed: ``benchmarks/bench_mh.py`` compares batched incremental chains with one chain at a time.
+Speed: ``benchmarks/bench_mh.py`` compares the batched fast path with one chain at a time, per depth.
 """
 
 from __future__ import annotations
@@ -48,8 +55,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["MHResult", "Incremental", "metropolis_hastings", "masked_conditionals", "pll_energy",
-           "split_rhat", "stationarity"]
+__all__ = ["MHResult", "Incremental", "SiteUpdates", "SiteState", "metropolis_hastings", "masked_conditionals",
+           "pll_energy", "split_rhat", "stationarity"]
 
 ConditionalsFn = Callable[[Tensor], Tensor]  # (B, T) int -> (B, T, V) log-probs or logits
 EnergyFn = Callable[[Tensor], Tensor]  # (B, T) int -> (B,)
@@ -63,6 +70,27 @@ class Incremental(Protocol):
 
     def propose(self, tokens: Tensor, state: tuple[Tensor, ...], t: int, old: Tensor,
                 new: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]: ...
+
+
+class SiteState(Protocol):
+    """Current state of B chains plus one pending single-site candidate (see :class:`SiteUpdates`)."""
+
+    tokens: Tensor  # (B, T)
+    energy: Tensor  # (B,)
+
+    def logits_at(self, t: int) -> Tensor: ...  # (B, V) raw logits of q(. | s_-t)
+
+    def try_site(self, t: int, new: Tensor) -> Tensor: ...  # (B,) energies with s_t := new
+
+    def accept(self, mask: Tensor) -> None: ...  # keep the candidate where mask (B,) is True
+
+
+@runtime_checkable
+class SiteUpdates(Protocol):
+    """Conditionals that run the chains themselves: ``begin(tokens, energy)`` (energy "pll" or
+    "scores") returns a :class:`SiteState` that computes only the candidate's quantities."""
+
+    def begin(self, tokens: Tensor, energy: str) -> SiteState: ...
 
 
 class _Recompute:
@@ -168,9 +196,36 @@ def _check(init: Tensor, n_sweeps: int, burn_in: int, thin: int, order: str, ene
         raise ValueError(f"energy must be 'pll', 'scores' or a callable (B, T) -> (B,); got {energy!r}")
 
 
+def _draw(logq: Tensor, generator: torch.Generator | None) -> Tensor:
+    """One token per row of log-probabilities (B, V) by inverting the CDF (one uniform per row)."""
+    u = torch.rand(logq.shape[0], 1, generator=generator, dtype=logq.dtype, device=logq.device)
+    return (logq.exp().cumsum(-1) < u).sum(-1).clamp_max(logq.shape[-1] - 1)
+
+
+def _accept(log_ratio: Tensor, generator: torch.Generator | None) -> Tensor:
+    u = torch.rand(log_ratio.shape[0], generator=generator, dtype=log_ratio.dtype, device=log_ratio.device)
+    return torch.log(u) < log_ratio
+
+
+def _sweep_sites(chains: SiteState, positions: list[int], rows: Tensor,
+                 generator: torch.Generator | None) -> tuple[int, int]:
+    """One sweep of the fast path: per site, draw from q(. | s_-t), score only the candidate, accept.
+    Same random draws, in the same order, as the generic loop. Returns (accepted, changed)."""
+    accepted = changed = 0
+    for t in positions:
+        logq = F.log_softmax(chains.logits_at(t), dim=-1)  # (B, V): q(. | s_-t)
+        old, new = chains.tokens[:, t], _draw(logq, generator)
+        E, E_new = chains.energy, chains.try_site(t, new)
+        accept = _accept(E - E_new + logq[rows, old] - logq[rows, new], generator)  # q(s_t|s'_-t) = q(s_t|s_-t)
+        accepted += int(accept.sum())
+        changed += int((accept & (new != old)).sum())
+        chains.accept(accept)
+    return accepted, changed
+
+
 @torch.no_grad()
 def metropolis_hastings(
-    conditionals_fn: ConditionalsFn | Incremental,
+    conditionals_fn: ConditionalsFn | Incremental | SiteUpdates,
     init: Tensor,
     *,
     n_sweeps: int,
@@ -194,17 +249,23 @@ def metropolis_hastings(
     _check(init, n_sweeps, burn_in, thin, order, energy)
     if until_stationary is not None and until_stationary < 2:
         raise ValueError(f"until_stationary (a window of sweeps) must be >= 2, got {until_stationary}")
-    inc: Incremental = conditionals_fn if isinstance(conditionals_fn, Incremental) else _Recompute(conditionals_fn)
+    site = conditionals_fn if isinstance(conditionals_fn, SiteUpdates) and isinstance(energy, str) else None
+    inc: Incremental = (conditionals_fn if isinstance(conditionals_fn, Incremental)
+                        else _Recompute(conditionals_fn))  # type: ignore[arg-type]
 
     def energy_of(out: Tensor, s: Tensor) -> Tensor:  # -> (B,)
         return energy(s).to(out.dtype) if callable(energy) else _energy_from_output(out, s, energy)
 
     s = init.clone()
     B, T = s.shape
-    out, _ = inc.start(s)  # (B, T, V)
-    if out.shape[:2] != (B, T):
-        raise ValueError(f"conditionals_fn must return (B, T, V) = ({B}, {T}, V); got {tuple(out.shape)}")
-    E = energy_of(out, s)
+    if site is not None:  # the fast path: the conditionals run the chains' state themselves
+        chains = site.begin(s, str(energy))
+        E = chains.energy
+    else:
+        out, _ = inc.start(s)  # (B, T, V)
+        if out.shape[:2] != (B, T):
+            raise ValueError(f"conditionals_fn must return (B, T, V) = ({B}, {T}, V); got {tuple(out.shape)}")
+        E = energy_of(out, s)
     rows = torch.arange(B, device=s.device)
     states, energies, stats = [s.clone()], [E.clone()], []
     accepted_per_sweep: list[int] = []
@@ -212,28 +273,31 @@ def metropolis_hastings(
     for sweep in range(n_sweeps):
         t0 = time.perf_counter()
         accepted = changed = 0
-        out, state = inc.start(s)  # rebuilt every sweep: no drift from incremental updates
         positions = torch.randperm(T, generator=generator) if order == "random" else torch.arange(T)
-        for t in positions.tolist():
-            logq = F.log_softmax(out[:, t], dim=-1)  # (B, V): q(. | s_-t)
-            u_prop = torch.rand(B, 1, generator=generator, dtype=logq.dtype, device=s.device)
-            new = (logq.exp().cumsum(-1) < u_prop).sum(-1).clamp_max(logq.shape[-1] - 1)  # (B,)
-            old = s[:, t]
-            proposal = s.clone()
-            proposal[:, t] = new
-            out_new, state_new = inc.propose(proposal, state, t, old, new)
-            E_new = energy_of(out_new, proposal)
-            log_ratio = E - E_new + logq[rows, old] - logq[rows, new]  # q(s_t|s'_-t) = q(s_t|s_-t)
-            u_acc = torch.rand(B, generator=generator, dtype=log_ratio.dtype, device=s.device)
-            accept = torch.log(u_acc) < log_ratio  # (B,)
-            accepted += int(accept.sum())
-            changed += int((accept & (new != old)).sum())
-            s = torch.where(accept[:, None], proposal, s)
-            merged = torch.where(accept[:, None, None], out_new, out)
-            state = tuple(merged if a is out_new else torch.where(accept.view(-1, *[1] * (a.dim() - 1)), a, b)
-                          for a, b in zip(state_new, state))  # a state that IS the output is merged once
-            out = merged
-            E = torch.where(accept, E_new, E)
+        if site is not None:
+            if sweep:  # state rebuilt every sweep: no drift from incremental updates
+                chains = site.begin(s, str(energy))
+            accepted, changed = _sweep_sites(chains, positions.tolist(), rows, generator)
+            s, E = chains.tokens, chains.energy
+        else:
+            out, state = inc.start(s)  # rebuilt every sweep: no drift from incremental updates
+            for t in positions.tolist():
+                logq = F.log_softmax(out[:, t], dim=-1)  # (B, V): q(. | s_-t)
+                new = _draw(logq, generator)
+                old = s[:, t]
+                proposal = s.clone()
+                proposal[:, t] = new
+                out_new, state_new = inc.propose(proposal, state, t, old, new)
+                E_new = energy_of(out_new, proposal)
+                accept = _accept(E - E_new + logq[rows, old] - logq[rows, new], generator)  # q(s_t|s'_-t) = q(s_t|s_-t)
+                accepted += int(accept.sum())
+                changed += int((accept & (new != old)).sum())
+                s = torch.where(accept[:, None], proposal, s)
+                merged = torch.where(accept[:, None, None], out_new, out)
+                state = tuple(merged if a is out_new else torch.where(accept.view(-1, *[1] * (a.dim() - 1)), a, b)
+                              for a, b in zip(state_new, state))  # a state that IS the output is merged once
+                out = merged
+                E = torch.where(accept, E_new, E)
         seconds = time.perf_counter() - t0
         states.append(s.clone())
         energies.append(E.clone())

@@ -8,8 +8,16 @@ import pytest
 import torch
 
 from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig, IncrementalConditionals
-from dsb_widgets.mh_sampler import masked_conditionals, metropolis_hastings, pll_energy, split_rhat, stationarity
-from dsb_widgets.potts import PottsModel, exact_distribution, symmetrize_couplings
+from dsb_widgets.incremental import SiteChains
+from dsb_widgets.mh_sampler import (
+    SiteUpdates,
+    masked_conditionals,
+    metropolis_hastings,
+    pll_energy,
+    split_rhat,
+    stationarity,
+)
+from dsb_widgets.potts import PottsModel, enumerate_states, exact_distribution, symmetrize_couplings
 
 torch.set_num_threads(1)
 L, Q = 5, 3
@@ -130,18 +138,116 @@ def test_runs_on_a_two_layer_factored_model() -> None:
     assert res.final.shape == (8, 6) and 0 < res.acceptance_rate <= 1 and res.final.max() < 5
 
 
-@pytest.mark.parametrize("n_layers", [1, 2])
-def test_incremental_factored_chains_target_the_pll_joint(n_layers: int) -> None:
-    """Batched chains with incremental conditionals sample exactly pi(s) ∝ exp(sum_t log p(s_t|s_-t))
-    of a factored model (enumerated), like the recompute-everything path."""
+@pytest.mark.parametrize("n_layers, branch", [(1, 1.0), (2, 1.0), (3, 0.4)])
+def test_incremental_factored_chains_target_the_pll_joint(n_layers: int, branch: float) -> None:
+    """Batched chains on the fast path sample exactly pi(s) ∝ exp(sum_t log p(s_t|s_-t)) of a factored
+    model (enumerated). (L = 3 with branch 1.0 puts 69% of the mass on one state: too peaked to mix.)"""
     torch.manual_seed(n_layers)
     model = FactoredAttention(FactoredAttentionConfig(vocab_size=Q, seq_len=L, n_layers=n_layers, n_heads=2,
-                                                      d_embed=4, init_std=0.8, branch_init=1.0)).double()
+                                                      d_embed=4, init_std=0.8, branch_init=branch)).double()
     inc = IncrementalConditionals(model)
     states, target = exact_distribution(pll_energy(inc), L, Q)
     res = metropolis_hastings(inc, torch.zeros(1500, L, dtype=torch.long), n_sweeps=30, burn_in=10,
                               generator=torch.Generator().manual_seed(3))
     check_against(target, states, res.samples, z_max=4.5)
+
+
+def brute_pll_energy(model: FactoredAttention, s: torch.Tensor) -> torch.Tensor:
+    """-sum_p log p(s_p | s_-p), each chain and site on its own hand-masked copy through model.forward."""
+    E = torch.zeros(s.shape[0], dtype=torch.float64)
+    for b in range(s.shape[0]):
+        for p in range(s.shape[1]):
+            x = s[b].clone()
+            x[p] = model.cfg.mask_id
+            E[b] -= torch.log_softmax(model(x[None])[0, p], -1)[s[b, p]]
+    return E
+
+
+VARIANTS = [{}, {"residual": False}, {"attention": "softmax", "d_embed": None, "readout": False}]
+if "square_width" in FactoredAttentionConfig.__dataclass_fields__:  # wider squared features (h U)^2
+    VARIANTS.append({"square_width": 7})
+
+
+def tiny_model(n_layers: int, **kw: object) -> FactoredAttention:
+    torch.manual_seed(n_layers)
+    kw = {"d_embed": 4, **kw}
+    cfg = FactoredAttentionConfig(6, 5, n_layers=n_layers, n_heads=2, init_std=0.8, branch_init=1.0, **kw)  # type: ignore[arg-type]
+    return FactoredAttention(cfg).double()
+
+
+@pytest.mark.parametrize("variant", range(len(VARIANTS)))
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 4])
+def test_site_chains_energies_and_acceptance_equal_brute_force(n_layers: int, variant: int) -> None:
+    """The fast path's energies (start, every candidate, after accepting some), proposal
+    conditionals and MH log-ratios equal a per-chain recomputation by masking by hand (1e-5)."""
+    model = tiny_model(n_layers, **VARIANTS[variant])
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(6, (7, 5), generator=g)
+    with torch.no_grad():
+        chains = SiteChains(model, s, "pll", chunk=3)  # chunks of 3: a ragged last block
+        torch.testing.assert_close(chains.energy, brute_pll_energy(model, s), rtol=1e-5, atol=1e-5)
+        for t in (2, 0, 4, 2, 1):
+            logq = torch.log_softmax(chains.logits_at(t), -1)
+            torch.testing.assert_close(logq, model.conditionals(chains.tokens)[:, t], rtol=1e-5, atol=1e-5)
+            new = torch.randint(6, (7,), generator=g)
+            cur, prop = chains.tokens.clone(), chains.tokens.clone()
+            prop[:, t] = new
+            E_new = chains.try_site(t, new)
+            E_cur, E_prop = brute_pll_energy(model, cur), brute_pll_energy(model, prop)
+            torch.testing.assert_close(E_new, E_prop, rtol=1e-5, atol=1e-5)
+            rows = torch.arange(7)
+            fast = chains.energy - E_new + logq[rows, cur[:, t]] - logq[rows, new]
+            ref_q = torch.log_softmax(model(torch.where(torch.arange(5) == t, model.cfg.mask_id, cur)), -1)[:, t]
+            brute = E_cur - E_prop + ref_q[rows, cur[:, t]] - ref_q[rows, new]
+            torch.testing.assert_close(fast, brute, rtol=1e-5, atol=1e-5)
+            chains.accept(torch.rand(7, generator=g) < 0.5)
+        torch.testing.assert_close(chains.energy, brute_pll_energy(model, chains.tokens), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2, 3, 4])
+def test_fast_path_reproduces_the_generic_chains(n_layers: int) -> None:
+    """Same seed, same draws: the batched fast path (SiteChains) and the generic recompute-everything
+    loop produce the same chains, energies and acceptance, for both energies it supports."""
+    model = tiny_model(n_layers)
+    inc = IncrementalConditionals(model)
+    assert isinstance(inc, SiteUpdates)
+    init = torch.randint(6, (20, 5), generator=torch.Generator().manual_seed(1))
+    for energy in ("pll", "scores"):
+        fast = metropolis_hastings(inc, init, n_sweeps=3, energy=energy, generator=torch.Generator().manual_seed(5))
+        slow = metropolis_hastings(lambda x: inc(x), init, n_sweeps=3, energy=energy,
+                                   generator=torch.Generator().manual_seed(5))
+        assert torch.equal(fast.samples, slow.samples) and fast.acceptance_rate == slow.acceptance_rate
+        assert [r["acceptance_rate"] for r in fast.stats] == [r["acceptance_rate"] for r in slow.stats]
+        assert fast.energies is not None and slow.energies is not None
+        torch.testing.assert_close(fast.energies, slow.energies, rtol=1e-9, atol=1e-9)
+        assert 0.2 < fast.acceptance_rate < 1.0  # the test exercises both accepts and rejects
+
+
+def test_depth_one_fast_path_samples_the_potts_boltzmann_distribution() -> None:
+    """One one-hot factored layer IS a Potts model: logit_i(a) = f_i(a) + sum_j sum_h A^h_ij V^h[s_j, a].
+    With energy="scores" the fast path targets exp(sum_i logit_i(s_i)), the Boltzmann distribution of
+    H(s) = -sum_i f_i(s_i) - sum_{i != j} J_ij(s_i, s_j), J_ij(a, b) = sum_h A^h_ij V^h[b, a]; that
+    distribution is enumerated here from the parameters (not through the model's code)."""
+    torch.manual_seed(0)
+    model = FactoredAttention(FactoredAttentionConfig(Q, L, n_heads=2, readout=False, init_std=0.6)).double()
+    with torch.no_grad():
+        model.fields.normal_(0, 0.5)  # type: ignore[union-attr]
+        A, V = model.layers[0].attention(), model.layers[0].V  # (H, L, L), (H, Q, Q)
+        J = torch.einsum("hij,hba->ijab", A, V)  # J_ij(a, b): site i colour a, site j colour b
+        states = enumerate_states(L, Q)
+        x = torch.nn.functional.one_hot(states, Q).double()
+        H_s = -torch.einsum("nia,ia->n", x, model.fields) - torch.einsum("nia,njb,ijab->n", x, x, J)
+        target = torch.softmax(-H_s, 0)
+        res = metropolis_hastings(IncrementalConditionals(model), torch.zeros(1500, L, dtype=torch.long),
+                                  n_sweeps=30, burn_in=10, energy="scores", generator=torch.Generator().manual_seed(2))
+    check_against(target, states, res.samples, z_max=4.5)
+    _, p_pll = exact_distribution(pll_energy(IncrementalConditionals(model)), L, Q)
+    assert 0.5 * (p_pll - target).abs().sum() > 0.05  # the pll target differs: the test discriminates
+
+
+def test_site_chains_rejects_other_energies() -> None:
+    with pytest.raises(ValueError, match="pll' or 'scores"):
+        SiteChains(tiny_model(1), torch.zeros(2, 5, dtype=torch.long), "logits")
 
 
 def test_split_rhat_and_stationarity_detect_drift() -> None:
