@@ -169,6 +169,15 @@ def test_clone_then_run_clones_end_to_end(tmp_path: Path, capsys: pytest.Capture
         assert rec["n_sequences"] == 8 * 2 and rec["chain_tokens_per_second"] > 0
         blob = torch.load(out / f"clone_L{L}.pt", weights_only=True)
         assert blob["tokens"].shape == (16, 8) and blob["bodies"] == bodies
+    # growth + its control: L = 2 trained 2 cycles from L = 1; the control is L = 1 trained as long
+    assert prov["orders"]["1"]["total_steps"] == 40 and "control" not in prov["orders"]["1"]
+    assert prov["orders"]["2"]["total_steps"] == 80 and prov["orders"]["2"]["grown_from_layers"] == 1
+    ctl = prov["orders"]["2"]["control"]
+    assert ctl["layers"] == 1 and ctl["total_steps"] == 80 and np.isfinite(ctl["test_pll"])
+    saved = torch.load(out / "model_L2.pt", weights_only=True)  # the factored model behind the clone
+    model = FactoredAttention(FactoredAttentionConfig(**saved["config"]))
+    model.load_state_dict(saved["state_dict"])
+    assert model.cfg.n_layers == 2 and model.cfg.vocab_size == 7
     clones = load_clones(out)
     assert set(clones.decode(clones.tokens[1][0])) <= set(CYCLE + "\n")
     assert prov["corpus"] == str(text) and prov["vocab_size"] == 7 and prov["seed"] == 0
