@@ -128,3 +128,31 @@ def test_images_sample_on_the_generator_device_and_keep_cpu_streams() -> None:
     torch.testing.assert_close(y, train_set.y[idx])
     clone_task = build_task(TINY.replace(options={"width": 16, "train_on": "gauss_clone"}))
     assert not clone_task.device_sampling  # samplers that draw on the CPU keep CPU generators
+
+
+def test_wide_conv_models_train_one_seed_after_another_on_cpu() -> None:
+    """make_stack's CPU rule (measured in bench_seeds.py): grouped up to 128 channels, else a loop."""
+    from dsb_widgets.engine.ensemble import ModelStack
+    from dsb_widgets.engine.grouped import GroupedStack, make_stack, max_conv_channels
+    from dsb_widgets.models.vision import VisionConfig, make_vision_model
+
+    cpu, ex = torch.device("cpu"), torch.rand(2, 1, 8, 8)
+
+    def models(name: str) -> list[torch.nn.Module]:
+        return [make_vision_model(name, VisionConfig((1, 8, 8), 10)) for _ in range(2)]
+
+    assert max_conv_channels(models("resnet")[0]) == 512 and max_conv_channels(models("mlp")[0]) == 0
+    resnet = make_stack(models("resnet"), cpu, ex)
+    assert isinstance(resnet, ModelStack) and not resnet.vectorized
+    assert isinstance(make_stack(models("resnet"), cpu, ex, strategy="grouped"), GroupedStack)  # still on request
+    assert isinstance(make_stack(models("convnet"), cpu, ex), GroupedStack)
+
+
+def test_grouped_training_evaluated_per_seed_equals_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grouped CNN run (probes scored on each seed's own copy) == the same run stacked as a loop."""
+    cfg = TINY.replace(model="cnn", seeds=2, steps=8, probes=("real", "maxent1"))
+    grouped = train(cfg)
+    monkeypatch.setenv("DSB_STACKING", "loop")
+    loop = train(cfg)
+    for m in ("loss", "accuracy", "train_loss"):
+        np.testing.assert_allclose(grouped.dataset[m].values, loop.dataset[m].values, rtol=1e-4, atol=1e-5)

@@ -217,13 +217,26 @@ def grouped_or_none(models: list[nn.Module], example: torch.Tensor | None = None
     return stack
 
 
+# On CPU a grouped convolution loses to S dense ones once the layers are wide: per training step
+# (1 thread, 4 seeds, digits 8x8, bench_seeds.py) grouped / one-after-another was 0.94x the time
+# for the CNN (32-128 channels), 0.63x for the ConvNet (16-64) but 1.62x for the ResNet-18
+# (64-512 channels; evaluation 1.54x). Wider models are trained one seed after another.
+GROUPED_MAX_CHANNELS = 128
+
+
+def max_conv_channels(model: nn.Module) -> int:
+    """The most output channels of any Conv2d in ``model`` (0 without convolutions)."""
+    return max((m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)), default=0)
+
+
 def make_stack(models: list[nn.Module], device: torch.device, example: torch.Tensor | None = None,
                strategy: str = "auto") -> ModelStack | GroupedStack:
     """How S seeds train together, chosen per model and device (``strategy="auto"``):
 
     - one seed: the model itself (no vmap, no functional_call: the plain loop's cost);
-    - CPU: grouped (one wide model; wins for convolutions and handles BatchNorm), else vmap
-      (BatchNorm-free models), else one after another;
+    - CPU: grouped (one wide model; wins for convolutions up to :data:`GROUPED_MAX_CHANNELS`
+      channels and handles BatchNorm), else vmap (BatchNorm-free models), else one after another
+      (wider conv models, e.g. the ResNet-18, where the grouped kernels lose);
     - CUDA: vmap for BatchNorm-free models (one batched kernel per layer), grouped for BatchNorm
       models, else one after another (``benchmarks/bench_seeds.py`` measures all three there).
 
@@ -243,6 +256,8 @@ def make_stack(models: list[nn.Module], device: torch.device, example: torch.Ten
     bn = _has_batchnorm(models[0])
     if strategy == "vmap" or (strategy == "auto" and device.type == "cuda" and not bn):
         return ModelStack(models, vectorize=not bn).to(device)
+    if strategy == "auto" and device.type == "cpu" and max_conv_channels(models[0]) > GROUPED_MAX_CHANNELS:
+        return ModelStack(models, vectorize=False).to(device)
     grouped = grouped_or_none(models, ex)
     if grouped is not None:
         return grouped.to(device)

@@ -22,8 +22,9 @@ import torch
 import xarray as xr
 
 from dsb_widgets.engine.accel import DeviceTimer, Forward, autocast
+from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.evaluate import evaluate_probe, probe_digest, train_loss
-from dsb_widgets.engine.grouped import load_stack_state, make_stack
+from dsb_widgets.engine.grouped import GroupedStack, load_stack_state, make_stack
 from dsb_widgets.engine.optim import SGD, AdamW
 from dsb_widgets.engine.results import (
     METRICS,
@@ -231,9 +232,14 @@ class _Run:
     def evaluate(self) -> dict[str, np.ndarray]:
         """All probes and extra measurements: metric -> (n_probe, S)."""
         self.stack.eval()
+        stack: ModelStack | GroupedStack = self.stack
+        if isinstance(stack, GroupedStack) and self.device.type == "cpu":
+            # on CPU the grouped kernels lose to dense ones on a shared probe input (CNN 1.6x,
+            # ConvNet 2x, bench_seeds.py): evaluate each seed's own copy of its weights
+            stack = ModelStack([stack.member(i) for i in range(stack.size)], vectorize=False).eval()
         shared_x = [id(p.x) for p in self.task.probes]  # probes on one input tensor share its forward
         cache: dict[tuple[int, int], torch.Tensor] = {}
-        rows = [evaluate_probe(self.stack, p, self.device, self.cfg.eval_batch, self.amp, self.task.loss,
+        rows = [evaluate_probe(stack, p, self.device, self.cfg.eval_batch, self.amp, self.task.loss,
                                cache if shared_x.count(id(p.x)) > 1 else None)
                 for p in self.task.probes]
         if self.task.measure is not None:
