@@ -4,9 +4,11 @@ Sequences of ``L`` sites and ``q`` colours are drawn from a Hamiltonian with 2-,
 interactions; factored-attention models with 1, 2, 3 layers (2-, 3-, 5-body conditionals,
 :mod:`dsb_widgets.factored_attention`) are trained on them by pseudo-likelihood, and their
 held-out loss is compared with k-body energy-based models fitted on the same data (the dashed
-lines of the paper's Fig. 2) and with the exact conditional loss of the true Hamiltonian.
+lines of the paper's Fig. 2, :mod:`dsb_widgets.manybody_refs`) and with the exact conditional loss
+of the true Hamiltonian. Then the DSB itself (:mod:`dsb_widgets.manybody_dsb`): a BERT trained on
+the true data, scored on MH clones of the 1-, 2-, 3-layer models.
 
-The Hamiltonian (ours; the paper's generator is not public, NOTES)::
+The Hamiltonian (ours; the paper's generator is not public, NOTES), :mod:`dsb_widgets.manybody_model`::
 
     H(s) = - sum_i h_i(s_i) - sum_{i<j} J_ij(s_i, s_j)
            - g3 sum_{i} w3_i phi3(s_i) phi3(s_{i+1}) phi3(s_{i+2})
@@ -19,222 +21,23 @@ feature phi_k (half the colours +1), h = 0. Scale: the k-body term enters a cond
 Gaussian features or beta2 = 1 the chains do not mix (split-R-hat 1.2-1.7: heavy-tailed
 products of features freeze the system); with +-1 features, beta2 = 0.5, g3 = 0.6, g4 = 0.8
 (the defaults) R-hat = 1.01, tau ~ 1.2 sweeps, and each order opens a clear gap between the
-references: held-out loss 2-body 2.15, 3-body 2.01, true Hamiltonian 1.50 nats.
-
-Every conditional is exact and cheap: log p(s_i = a | s_-i) = log_softmax_a(-H(s with s_i = a)),
-computed for all sites and colours at once by :meth:`ManyBody.logits`. That gives (i) an exact
-heat-bath (Gibbs) sampler, run as many chains, with split-R-hat and the integrated
-autocorrelation time of the energy reported (:func:`sample`); (ii) the exact conditional loss;
-(iii) the k-body reference models, which are :class:`ManyBody` objects with free tables (all
-pairs; every contiguous triple / quadruple for k = 3 / 4) fitted by pseudo-likelihood with L-BFGS
-(:func:`fit_reference`).
+references.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from dsb_widgets.manybody_model import ManyBody, gibbs, integrated_autocorr_time, random_manybody, sample
+from dsb_widgets.manybody_refs import fit_reference, select_reference
 
 __all__ = ["ManyBody", "random_manybody", "gibbs", "sample", "integrated_autocorr_time",
-           "fit_reference", "train_factored", "ladder"]
-
-class ManyBody(nn.Module):
-    """H(s) = -sum_i h_i(s_i) - sum_{i<j} J_ij(s_i,s_j) - sum_k sum_windows T_k[w](s_w..s_{w+k-1}).
-
-    ``tables[k]`` (L-k+1, q^k): the k-body energy table of every contiguous window (k >= 3);
-    J (L, L, q, q) is symmetrised and its diagonal ignored. Parameters are trainable (references).
-    """
-
-    offdiag: Tensor  # (L, L, 1, 1) buffer: 1 off the diagonal
-
-    def __init__(self, L: int, q: int, orders: tuple[int, ...] = (), J: Tensor | None = None,
-                 h: Tensor | None = None, tables: dict[int, Tensor] | None = None) -> None:
-        super().__init__()
-        self.L, self.q = L, q
-        self.h = nn.Parameter(torch.zeros(L, q) if h is None else h.clone())
-        self.J = nn.Parameter(torch.zeros(L, L, q, q) if J is None else J.clone())
-        tables = tables or {}
-        self.orders = tuple(sorted(set(orders) | set(tables)))
-        for k in self.orders:
-            if k < 3 or k > L:
-                raise ValueError(f"window orders must lie in [3, L={L}], got {k}")
-            t = tables.get(k, torch.zeros(L - k + 1, q**k))
-            self.register_parameter(f"T{k}", nn.Parameter(t.clone()))
-        self.register_buffer("offdiag", (1.0 - torch.eye(L))[:, :, None, None], persistent=False)
-
-    def couplings(self) -> Tensor:
-        """Symmetric pair couplings with zero diagonal (L, L, q, q)."""
-        return 0.5 * (self.J + self.J.permute(1, 0, 3, 2)) * self.offdiag
-
-    def logits(self, s: Tensor) -> Tensor:
-        """-H(s with s_i := a) + const_i for every site i and colour a: (B, L) -> (B, L, q); the
-        log_softmax over a is the exact conditional log p(s_i = a | s_-i)."""
-        L, q = self.L, self.q
-        x = F.one_hot(s, q).to(self.h.dtype)  # (B, L, q)
-        out = self.h + torch.einsum("ijab,njb->nia", self.couplings(), x)
-        for k in self.orders:
-            table = getattr(self, f"T{k}")  # (n, q^k)
-            n = L - k + 1
-            win = s.unfold(1, k, 1)  # (B, n, k): window w = sites w..w+k-1
-            pw = q ** torch.arange(k - 1, -1, -1, device=s.device)  # (k,)
-            base = (win * pw).sum(-1)  # (B, n)
-            colours = torch.arange(q, device=s.device)
-            for m in range(k):  # slot m of every window: vary its colour
-                idx = base[..., None] + (colours - win[..., m : m + 1]) * pw[m]  # (B, n, q)
-                vals = table[torch.arange(n, device=s.device)[None, :, None], idx]  # (B, n, q)
-                out = out.index_add(1, torch.arange(n, device=s.device) + m, vals)
-        return out
-
-    def site_logits(self, s: Tensor, i: int, J: Tensor | None = None) -> Tensor:
-        """Row i of :meth:`logits` only: (B, L) -> (B, q), O(L q + windows through i)."""
-        q = self.q
-        J = self.couplings() if J is None else J
-        out = self.h[i] + _pair_field(J, s, i, q)
-        colours = torch.arange(q, device=s.device)
-        for k in self.orders:
-            table = getattr(self, f"T{k}")
-            pw = q ** torch.arange(k - 1, -1, -1, device=s.device)
-            for w in range(max(0, i - k + 1), min(i, self.L - k) + 1):  # windows holding site i
-                m = i - w
-                base = (s[:, w : w + k] * pw).sum(-1, keepdim=True)  # (B, 1)
-                idx = base + (colours - s[:, i : i + 1]) * pw[m]  # (B, q)
-                out = out + table[w][idx]
-        return out
-
-    def energy(self, s: Tensor) -> Tensor:
-        """H(s): (B, L) -> (B,)."""
-        x = F.one_hot(s, self.q).to(self.h.dtype)
-        e = -torch.einsum("nia,ia->n", x, self.h) - 0.5 * torch.einsum("nia,ijab,njb->n", x, self.couplings(), x)
-        for k in self.orders:
-            win = s.unfold(1, k, 1)
-            idx = (win * self.q ** torch.arange(k - 1, -1, -1, device=s.device)).sum(-1)  # (B, n)
-            table = getattr(self, f"T{k}")
-            e = e - table[torch.arange(table.shape[0], device=s.device)[None, :], idx].sum(-1)
-        return e
-
-    def conditional_loss(self, s: Tensor, chunk: int = 8192) -> float:
-        """Mean -log p(s_i | s_-i) over sequences and sites (nats): the exact conditional loss."""
-        with torch.no_grad():
-            tot = sum(float(F.cross_entropy(self.logits(c).reshape(-1, self.q), c.reshape(-1), reduction="sum"))
-                      for c in s.split(chunk))
-        return tot / s.numel()
-
-
-def random_manybody(L: int = 20, q: int = 10, beta2: float = 1.0, g3: float = 0.8, g4: float = 0.8,
-                    seed: int = 0) -> ManyBody:
-    """The ladder's ground truth (module docstring): dense factored pairs, contiguous 3/4-body terms."""
-    from dsb_widgets.potts import random_factored_potts
-
-    g = torch.Generator().manual_seed(seed)
-    J = random_factored_potts(L, q, beta2, g).J.float()
-    tables: dict[int, Tensor] = {}
-    for k, gk in ((3, g3), (4, g4)):
-        if gk == 0:
-            continue
-        phi = torch.ones(q)
-        phi[torch.randperm(q, generator=g)[: q // 2]] = -1.0  # a balanced +-1 colour feature
-        prod = phi
-        for _ in range(k - 1):
-            prod = torch.outer(prod, phi).reshape(-1)  # (q^k,): phi(a) phi(b) ... flattened
-        w = torch.randn(L - k + 1, 1, generator=g)
-        tables[k] = gk * w * prod
-    return ManyBody(L, q, J=J, tables=tables).requires_grad_(False)
-
-
-def _pair_field(J: Tensor, s: Tensor, i: int, q: int) -> Tensor:
-    """sum_j J_ij(a, s_j): (B, q)."""
-    Ji = J[i]  # (L, q, q): J_ij(a, b)
-    return Ji[torch.arange(J.shape[0], device=s.device)[None, :], :, s].sum(1)  # (B, L, q) -> (B, q)
-
-
-@torch.no_grad()
-def gibbs(model: ManyBody, n_chains: int, sweeps: int, gen: torch.Generator,
-          init: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Heat-bath sweeps (sites in order, all chains batched). Returns states (sweeps, C, L) after
-    every sweep and energies (sweeps, C)."""
-    s = torch.randint(model.q, (n_chains, model.L), generator=gen) if init is None else init.clone()
-    states, energies = [], []
-    J = model.couplings()
-    for _ in range(sweeps):
-        for i in range(model.L):
-            p = torch.softmax(model.site_logits(s, i, J), dim=-1)  # exact conditional at i
-            s[:, i] = torch.multinomial(p, 1, generator=gen).squeeze(1)
-        states.append(s.clone())
-        energies.append(model.energy(s))
-    return torch.stack(states), torch.stack(energies)
-
-
-def integrated_autocorr_time(trace: Tensor, c: float = 5.0) -> float:
-    """Integrated autocorrelation time (sweeps) of a (S, C) trace, chain-averaged autocorrelation,
-    Sokal's automatic window (smallest M >= c * tau(M)). tau = 1 for independent draws."""
-    x = (trace - trace.mean(0)).double()
-    S = x.shape[0]
-    f = torch.fft.rfft(x, n=2 * S, dim=0)
-    acf = torch.fft.irfft(f * f.conj(), dim=0)[:S].mean(1)
-    acf = acf / acf[0]
-    tau = 1.0
-    for M in range(1, S):
-        tau = 1.0 + 2.0 * float(acf[1 : M + 1].sum())
-        if c * tau <= M:
-            break
-    return tau
-
-
-def sample(model: ManyBody, n: int, seed: int = 0, chains: int = 512, burn_in: int = 200,
-           thin: int | None = None) -> tuple[Tensor, dict[str, float]]:
-    """``n`` equilibrium sequences (n, L): ``chains`` heat-bath chains from uniform random starts,
-    ``burn_in`` sweeps dropped, then every ``thin`` sweeps (default: 2 x the integrated
-    autocorrelation time of the energy measured on ``burn_in // 2`` extra sweeps, at least 1).
-    Diagnostics: split-R-hat of the energy over everything after burn-in (< 1.01 expected), tau
-    (sweeps), burn-in, thin, chains, seconds."""
-    from dsb_widgets.mh_sampler import split_rhat
-
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(seed)
-    s, _ = gibbs(model, chains, burn_in, gen) if burn_in else (None, None)
-    init = None if s is None else s[-1]
-    probe, e_probe = gibbs(model, chains, max(16, burn_in // 2), gen, init=init)
-    tau = integrated_autocorr_time(e_probe)
-    thin = thin or max(1, math.ceil(2 * tau))
-    per_chain = math.ceil(n / chains)
-    more, e_more = gibbs(model, chains, per_chain * thin, gen, init=probe[-1])
-    kept = more[thin - 1 :: thin][:per_chain]  # (per_chain, C, L)
-    diag = {"rhat": split_rhat(torch.cat([e_probe, e_more])), "tau": tau, "burn_in": float(burn_in),
-            "thin": float(thin), "chains": float(chains), "seconds": time.perf_counter() - t0}
-    return kept.transpose(0, 1).reshape(-1, model.L)[:n], diag
-
-
-def fit_reference(train: Tensor, q: int, bodies: int, l2: float = 1e-4, iters: int = 150,
-                  test: Tensor | None = None) -> tuple[ManyBody, dict[str, float]]:
-    """The k-body energy-based reference (k = ``bodies`` in 2, 3, 4): fields, all pair couplings
-    and (k >= 3) a free q^m table on every contiguous window of m = 3..k sites, fitted by
-    pseudo-likelihood + ``l2`` * sum of squared parameters with full-batch L-BFGS."""
-    if bodies not in (2, 3, 4):
-        raise ValueError(f"reference bodies must be 2, 3 or 4, got {bodies}")
-    L = train.shape[1]
-    model = ManyBody(L, q, orders=tuple(range(3, bodies + 1)))
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=iters, history_size=20,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(model.logits(train).reshape(-1, q), train.reshape(-1))
-        loss = loss + l2 * sum((p * p).sum() for p in model.parameters())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    model.requires_grad_(False)
-    out = {"train_loss": model.conditional_loss(train)}
-    if test is not None:
-        out["test_loss"] = model.conditional_loss(test)
-    return model, out
+           "fit_reference", "select_reference", "train_factored", "ladder"]
 
 
 def train_factored(train: Tensor, test: Tensor, q: int, n_layers: int, steps: int = 3000, batch: int = 256,
@@ -279,22 +82,27 @@ def ladder(layers: tuple[int, ...] = (1, 2, 3), seed: int = 0, *, L: int = 20, q
            n_train: int = 25_600, n_test: int = 4096, beta2: float = 0.5, g3: float = 0.6, g4: float = 0.8,
            steps: int = 600, batch: int = 256, lr: float = 0.01, optimizer: str = "adam",
            d_embed: int | None = 32, n_heads: int = 4, chains: int = 512, burn_in: int = 60,
-           ref_iters: int = 100, grow: bool = True, progress: bool = False) -> Any:
-    """The paper's Fig. 2 at CPU scale: returns an ``xarray.Dataset`` with
+           ref_iters: int = 100, ref_heads: int | None = 1, ref_l2: tuple[float, ...] = (1e-5, 1e-4),
+           grow: bool = True, bert_steps: int = 3000, bert_probe: int = 256, progress: bool = False) -> Any:
+    """The paper's Fig. 2 (and, with ``bert_steps`` > 0, its DSB test) at CPU scale: returns an
+    ``xarray.Dataset`` with
 
     - ``test_loss`` (layers, step): held-out pseudo-likelihood loss of each factored model;
-    - ``reference_loss`` (bodies = 2, 3, 4): held-out loss of the k-body references;
-    - ``train_reference_loss`` (bodies), ``true_loss`` (scalar, the exact conditional loss of the
-      generating Hamiltonian on the test set), attrs: sampler diagnostics (R-hat, tau), settings,
-      CPU seconds per stage.
+    - ``reference_loss`` (bodies = 2, 3, 4): held-out loss of the k-body references
+      (:func:`~dsb_widgets.manybody_refs.select_reference`: L2 from ``ref_l2`` chosen on 10% of
+      the training data), with ``train_reference_loss``, ``val_reference_loss``, ``reference_l2``;
+    - ``true_loss`` (scalar): the exact conditional loss of the generating Hamiltonian (test set);
+    - ``bert_loss`` (probe, bert_step), ``saturation_step`` (probe): a BERT trained on the true data
+      scored on held-out true data ("real", the test sequences not used as chain starts) and on
+      the MH clones of each depth ("N-body", :mod:`dsb_widgets.manybody_dsb`: ``bert_probe``
+      chains started from test sequences, the states of their last 10 sweeps);
+    - attrs: sampler diagnostics (R-hat, tau), clone MH diagnostics, settings, CPU seconds per stage.
 
-    Measured (defaults, seed 0, one thread, 2 shared cores): sampler R-hat 1.006, tau 1.19 sweeps,
-    thin 3; references (held-out) 2-body 2.134, 3-body 1.990, 4-body 1.898; factored 1 / 2 / 3
-    layers 2.112 / 1.884 / 1.558; true Hamiltonian 1.497. CPU seconds: sampling 9, references
-    9 + 22 + 49, factored 11 + 47 + 237 (387 in all; 32 min wall under load 15-28). The optimizer
-    is Adam lr 0.01 (the paper's SGD lr 0.1 was not tried for lack of time).
+    Each depth starts from the trained shallower model (``grow``, progressive stacking).
     """
     import xarray as xr
+
+    from dsb_widgets.factored_attention import n_bodies
 
     torch.manual_seed(seed)
     cpu: dict[str, float] = {}
@@ -304,32 +112,57 @@ def ladder(layers: tuple[int, ...] = (1, 2, 3), seed: int = 0, *, L: int = 20, q
     perm = torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(seed + 2))
     train, test = data[perm[:n_train]], data[perm[n_train:]]
     cpu["sample"] = time.process_time() - t0
-    refs, train_refs = [], []
+    refs: dict[str, list[float]] = {"test_loss": [], "train_loss": [], "val_loss": [], "l2": []}
     for k in (2, 3, 4):
         t0 = time.process_time()
-        _, out = fit_reference(train, q, k, iters=ref_iters, test=test)
-        refs.append(out["test_loss"])
-        train_refs.append(out["train_loss"])
+        _, out = select_reference(train, q, k, ref_l2, iters=ref_iters, test=test, heads=ref_heads, seed=seed + 3)
+        for key in refs:
+            refs[key].append(float(out[key]))
         cpu[f"reference_{k}"] = time.process_time() - t0
         if progress:
-            print(f"{k}-body reference: test {out['test_loss']:.4f}", flush=True)
-    curves, prev = {}, None
+            print(f"{k}-body reference: train {out['train_loss']:.4f} test {out['test_loss']:.4f} "
+                  f"(l2 {out['l2']:g})", flush=True)
+    curves, models, prev = {}, {}, None
     for n_layers in sorted(layers):
         t0 = time.process_time()
         prev, curves[n_layers] = train_factored(train, test, q, n_layers, steps, batch, lr, optimizer, d_embed,
                                                 n_heads, seed, init_from=prev if grow else None)
+        models[n_layers] = prev
         cpu[f"factored_{n_layers}"] = time.process_time() - t0
         if progress:
             print(f"{n_layers} layers: test {curves[n_layers][steps]:.4f}", flush=True)
     step_axis = sorted(curves[min(layers)])
+    variables: dict[str, Any] = {
+        "test_loss": (("layers", "step"), np.array([[curves[n][s] for s in step_axis] for n in sorted(layers)])),
+        "reference_loss": (("bodies",), np.array(refs["test_loss"])),
+        "train_reference_loss": (("bodies",), np.array(refs["train_loss"])),
+        "val_reference_loss": (("bodies",), np.array(refs["val_loss"])),
+        "reference_l2": (("bodies",), np.array(refs["l2"])),
+        "true_loss": ((), truth.conditional_loss(test))}
+    coords: dict[str, Any] = {"layers": sorted(layers), "step": step_axis, "bodies": [2, 3, 4]}
+    extra: dict[str, Any] = {}
+    if bert_steps > 0:
+        from dsb_widgets.manybody_dsb import bert_on_clones, factored_clones
+
+        t0 = time.process_time()
+        for mod in models.values():
+            mod.requires_grad_(False)
+        clones = factored_clones(models, test[:bert_probe], seed=seed)
+        cpu["clones"] = time.process_time() - t0
+        probes = {"real": test[bert_probe:], **{f"{n_bodies(n)}-body": c for n, (c, _) in clones.items()}}
+        t0 = time.process_time()
+        bert = bert_on_clones(train, probes, q, steps=bert_steps, seed=seed)
+        cpu["bert"] = time.process_time() - t0
+        variables["bert_loss"] = (("probe", "bert_step"), bert.loss.values)
+        variables["saturation_step"] = (("probe",), bert.saturation_step.values)
+        coords.update(probe=list(bert.probe.values), bert_step=bert.step.values)
+        extra = {**{k: v for k, v in bert.attrs.items() if k != "units"},
+                 **{f"clone_{n_bodies(n)}body_{k}": float(v) for n, (_, d) in clones.items() for k, v in d.items()}}
     return xr.Dataset(
-        {"test_loss": (("layers", "step"), np.array([[curves[n][s] for s in step_axis] for n in sorted(layers)])),
-         "reference_loss": (("bodies",), np.array(refs)),
-         "train_reference_loss": (("bodies",), np.array(train_refs)),
-         "true_loss": ((), truth.conditional_loss(test))},
-        coords={"layers": sorted(layers), "step": step_axis, "bodies": [2, 3, 4]},
+        variables, coords=coords,
         attrs={"units": "nats per site", "paper": "Rende, Gerace, Laio, Goldt (NeurIPS 2024), Fig. 2",
                "L": L, "q": q, "n_train": n_train, "n_test": n_test, "beta2": beta2, "g3": g3, "g4": g4,
                "optimizer": optimizer, "lr": lr, "batch": batch, "steps": steps, "seed": seed, "grow": int(grow),
+               "ref_heads": -1 if ref_heads is None else ref_heads, **extra,
                **{f"sampler_{k}": v for k, v in diag.items()}, **{f"cpu_s_{k}": v for k, v in cpu.items()}},
     )
