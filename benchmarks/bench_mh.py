@@ -36,7 +36,30 @@ from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionC
 from dsb_widgets.mh_sampler import metropolis_hastings
 
 RESULTS = """
-(filled in below after the measured run)
+Measured 2026-12-02 on the 2-core machine shared with ~6 other jobs (load 7-8), B = 512, pll
+energy, chain-tokens per CPU-second, medians of 3 interleaved rounds; two whole runs (the
+second after in-place buffers in the fast path):
+
+L  before,1  prev inc,B  after,1  after,B  after,B / before,1   MACs before/after  FLOP ratio
+1       881       5,497    2,316   12,757  14.5x  (run 1: 16.3x)     6.27M / 1.02M    6.1x
+2       571       3,080    1,511    8,804  15.4x  (run 1: 10.7x)    11.51M / 1.42M    8.1x
+3       435         989      926    2,216   5.1x  (run 1:  5.4x)    16.75M / 6.66M    2.5x
+4       329         530      673    1,300   4.0x  (run 1:  3.7x)    22.00M / 11.90M   1.85x
+
+Acceptance per sweep (after, B): 0.977-0.981 at every depth (untrained model); the fast path and
+the generic loop give identical chains (tests/test_mh_sampler.py), so acceptance is unchanged.
+
+>= 10x is reached for L = 1 and 2, NOT for L = 3 and 4, and cannot be with an exact PLL energy on
+this CPU: every proposal needs the T conditionals of the proposed sequence, i.e. T masked copies.
+After one layer the change at site t reaches every position of every copy (A1 is dense), and the
+x^2 input of layer 2 then differs by 2 h_k * delta_k + delta_k^2, a different vector for each of
+the T^2 (copy, position) pairs, each of which must go through V (d x H d): T^2 H d^2 + H T^3 d
+MACs per middle layer, exactly what recomputing costs. Only the first layer (linear: rank-H
+update) and the last (needed at each copy's own site only) get cheaper, so the FLOP ratio is
+2.5x (L = 3) and 1.85x (L = 4). 10x then needs the fast path to run 4x / 5.4x more FLOP/s than the
+one-chain baseline (14-18 GFLOP/s): 58-72 / 78-97 GFLOP/s sustained, at or above this machine's
+one-thread sgemm peak (50-70 GFLOP/s under load, ~90 idle); measured 30-36 GFLOP/s (the middle
+layer's mixing over T = 16 positions is a K = 16 or M = 16 product, ~25-35 GFLOP/s).
 """
 
 

@@ -30,7 +30,9 @@ that is 6.3M / 11.5M / 16.8M / 22.0M MACs at L = 1..4 against 1.0M / 1.4M / 6.6M
 for L >= 3 the middle layers on all T copies are irreducible for an exact PLL energy (the change at
 t reaches every position of every copy after one layer, and the squared layer makes it full-rank),
 so the FLOP ratio is bounded by about L / (L - 2) and the rest of any speed-up is efficiency
-(large matrix products instead of many small ones). Measured: ``benchmarks/bench_mh.py``.
+(large matrix products instead of many small ones). Measured (``benchmarks/bench_mh.py``, 512
+chains vs the old path one chain at a time, chain-tokens per CPU-second, one thread): 14.5-16.3x
+(L = 1), 10.7-15.4x (L = 2), 5.1-5.4x (L = 3), 3.7-4.0x (L = 4); the fast path runs at ~30 GFLOP/s.
 """
 
 from __future__ import annotations
@@ -80,10 +82,13 @@ class _Plan:
         self.offset = offset if isinstance(offset, Tensor) else None
         self.per_site = f is not None
 
-    def square(self, k: int, h: Tensor) -> Tensor:
+    def square(self, k: int, h: Tensor, out: Tensor | None = None) -> Tensor:
+        """Input of layer k >= 1: h * h, or (h U_k)^2 with ``square_width``; ``out``: a buffer (may be h)."""
         U = self.U[k]
-        z = h if U is None else h @ U
-        return z * z
+        if U is not None:
+            z = h @ U
+            return z.mul_(z)
+        return torch.mul(h, h, out=out) if out is not None else h * h
 
     def site_output(self, b1: Tensor, tokens: Tensor) -> Tensor:
         """g_p = h^L(copy p)_p (T, n, d) from the unmasked first layer b1 (T, n, d) and tokens (n, T).
@@ -94,24 +99,24 @@ class _Plan:
         H = self.ev_mask.shape[0]
         r = (self.ev_mask - self.ev[tokens.T]).transpose(1, 2).reshape(T, H, n * d)  # (T_p, H, n d)
         c = torch.matmul(self.a1_col, r).view(T, T, n, d)  # (T_p, T_k, n, d): the copies' rank-H terms
-        if not self.mid:  # L = 2: h^1 of copy p at position k, laid out (p, k, n, d)
-            hp = c.add_(b1)
+        if not self.mid:  # L = 2: h^1 of copy p at k, laid out (p, k, n, d); at k = p it is b1_p (A1_pp = 0)
+            own = b1
+            z = self.square(1, c.add_(b1), out=c)
         else:  # layers 2..L-1 on all positions of every copy, laid out (k, n, p, d)
             h = torch.add(c.permute(1, 2, 0, 3), b1[:, :, None], out=b1.new_empty(T, n, T, d))
             for i, (Amix, Vs) in enumerate(self.mid):
-                z = self.square(i + 1, h)  # (T_k, n, T_p, m)
-                mixed = (Amix @ z.view(T, -1)).view(H, T * n * T, -1)  # (H, T_j n T_p, m): one GEMM
+                zk = self.square(i + 1, h)  # (T_k, n, T_p, m)
+                mixed = (Amix @ zk.view(T, -1)).view(H, T * n * T, -1)  # (H, T_j n T_p, m): one GEMM
                 branch = mixed[0] @ Vs[0]
                 for k in range(1, H):
                     branch.addmm_(mixed[k], Vs[k])
                 h = h.add_(branch.view(T, n, T, d)) if self.residual else branch.view(T, n, T, d)
             hp = h.permute(2, 0, 1, 3)  # (T_p, T_k, n, d) view
-        z = self.square(self.L - 1, hp).contiguous().view(T, T, -1)  # (T_p, T_k, n m)
-        mixed = torch.matmul(self.last_row, z).view(T, H, n, -1)  # (T_p, H, n, m): row p of A_L, copy p
+            own = hp.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # h(copy p)_p: (T_p, n, d)
+            z = self.square(self.L - 1, hp, out=c)  # (T_p, T_k, n, m), written contiguously
+        mixed = torch.matmul(self.last_row, z.view(T, T, -1)).view(T, H, n, -1)  # (T_p, H, n, m): row p, copy p
         branch = (mixed.transpose(1, 2).reshape(T * n, -1) @ self.last_V).view(T, n, d)
-        if not self.residual:
-            return branch
-        return branch.add_(hp.diagonal(dim1=0, dim2=1).permute(2, 0, 1))  # + h(copy p)_p
+        return branch.add_(own) if self.residual else branch
 
     def logits(self, g: Tensor, pos: Tensor | int | None = None) -> Tensor:
         """Raw conditional logits from g (..., d); ``pos`` picks the fields (None: g is (T, n, d))."""
@@ -119,7 +124,7 @@ class _Plan:
         if self.offset is None:
             return out
         if pos is None and self.per_site:
-            return out + self.offset[:, None]  # g is (T, n, d)
+            return out.add_(self.offset[:, None]) if self.Wt is not None else out + self.offset[:, None]
         return out + (self.offset if pos is None else self.offset[pos])
 
     def energy(self, g: Tensor, tokens: Tensor, kind: str) -> Tensor:
