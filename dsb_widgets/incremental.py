@@ -144,6 +144,7 @@ class SiteChains:
     "scores" (-sum_p logit_p(s_p)). Chains are processed ``chunk`` at a time (default by depth).
     """
 
+    @torch.no_grad()
     def __init__(self, model: FactoredAttention, tokens: Tensor, kind: str = "pll", chunk: int | None = None) -> None:
         if kind not in ("pll", "scores"):
             raise ValueError(f"SiteChains supports energy 'pll' or 'scores', got {kind!r}")
@@ -165,9 +166,11 @@ class SiteChains:
             E[sl] = self.plan.energy(g[:, sl], tokens[sl], self.kind)
         return g, E
 
+    @torch.no_grad()
     def logits_at(self, t: int) -> Tensor:
         return self.plan.logits(self.g[t], t)
 
+    @torch.no_grad()
     def try_site(self, t: int, new: Tensor) -> Tensor:
         p, (T, B, d) = self.plan, self.b1.shape
         tok = self.tokens.clone()
