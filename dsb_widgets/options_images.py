@@ -30,6 +30,9 @@ class ImageOptions:
         "choices": TRAIN_ON})
     flip: bool = field(default=False, metadata={
         "help": "random horizontal flips of the training images (CIFAR-10's default; not for digits)"})
+    crop: int = field(default=0, metadata={
+        "help": "random crops: shift each training image by up to this many pixels, zeros shifted in "
+                "(Belrose et al.: RandomCrop(h, padding=h // 8), 3 for 28x28); 0 = off", "min": 0})
     maxent1: str = field(default="exponential", metadata={
         "help": "order-1 max-ent sampler: exponential family on [0, 1] or independent class marginals",
         "choices": MAXENT1})

@@ -67,6 +67,7 @@ import torch
 from dsb_widgets.data import load_images
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.data.images import KNOWN_IMAGE_DATASETS
+from dsb_widgets.engine.augment import random_crop
 from dsb_widgets.engine.image_probes import DEFAULT_PROBES, PROBE_ORDER, build_image_probes, class_stats, clone_sampler  # noqa: F401  (re-exported)
 from dsb_widgets.engine.task import ConfigError, Experiment, RunConfig, Task, register_experiment, required
 from dsb_widgets.errors import MalformedDataError
@@ -102,13 +103,15 @@ def build_images_task(cfg: RunConfig) -> Task:
 
         dev = pick_device(cfg.device)  # on a GPU the training set lives there (CIFAR-10: 0.6 GB)
         x_all, y_all = (train.x, train.y) if dev.type == "cpu" else (train.x.to(dev), train.y.to(dev))
-        flip = opts.flip
+        flip, crop = opts.flip, opts.crop
 
         def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
             # indices from the seed's generator (saved for resume): on a GPU the engine passes one
             # on the device (Task.device_sampling), so nothing crosses to the host; on CPU as before
             idx = torch.randint(len(y_all), (bs,), generator=gen, device=gen.device).to(y_all.device, non_blocking=True)
             x = x_all[idx]
+            if crop:  # Belrose et al.'s RandomCrop(h, padding=crop), per image (engine/augment.py)
+                x = random_crop(x, crop, gen)
             if flip:  # random horizontal flips (airbench's augmentation; -o flip=true)
                 m = (torch.rand(bs, generator=gen, device=gen.device) < 0.5).to(x.device, non_blocking=True)
                 x = torch.where(m[:, None, None, None], x.flip(-1), x)
