@@ -1,6 +1,7 @@
 """Several seeds at once vs one after another, per stacking strategy (issue 17).
 
     python benchmarks/bench_seeds.py --seeds 4 [--device cuda]
+    python benchmarks/bench_seeds.py --whole-runs-only      # whole `dsb run` processes, CPU-s
 
 For each model (digits-shaped 1x8x8 inputs, batch 64, AdamW as the engine uses it), times the
 training step of ``--seeds`` models run one after another (the plain model, S=1) against the
@@ -19,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from dsb_widgets.engine.grouped import GroupedStack, make_stack
+from dsb_widgets.engine.grouped import GROUPED_MAX_CHANNELS, GroupedStack, make_stack, max_conv_channels
 from dsb_widgets.engine.optim import AdamW
 from dsb_widgets.models.vision import VisionConfig, make_vision_model
 
@@ -86,10 +87,11 @@ def whole_runs(models: list[str], seeds: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cli = "import sys; from dsb_widgets.cli import main; sys.exit(main(sys.argv[1:]))"
 
-    def cpu(args: list[str], out: str) -> float:
+    def cpu(args: list[str], out: str, stacking: str | None = None) -> float:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        run_env = {**env, "DSB_STACKING": stacking} if stacking else env
         subprocess.run([sys.executable, "-c", cli, "run", "images", *args, "--out", out, "--force", "--threads", "1",
-                        "--probe-size", "200", "--per-octave", "1"], env=env, capture_output=True, check=True)
+                        "--probe-size", "200", "--per-octave", "1"], env=run_env, capture_output=True, check=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
@@ -99,8 +101,12 @@ def whole_runs(models: list[str], seeds: int) -> None:
             common = ["--model", name, "--steps", str(steps.get(name, 32))]
             seq = sum(cpu(common + ["--seeds", "1", "--seed", str(s)], f"{tmp}/{name}{s}.nc") for s in range(seeds))
             stacked = cpu(common + ["--seeds", str(seeds)], f"{tmp}/{name}S.nc")
-            print(f"  {name:<8} {seeds} runs of 1 seed {seq:7.1f} s   --seeds {seeds} {stacked:7.1f} s   "
-                  f"speed-up {seq / stacked:.2f}x", flush=True)
+            line = (f"  {name:<8} {seeds} runs of 1 seed {seq:7.1f} s   --seeds {seeds} {stacked:7.1f} s   "
+                    f"speed-up {seq / stacked:.2f}x")
+            if max_conv_channels(_models(name, 1, torch.device("cpu"))[0]) > GROUPED_MAX_CHANNELS:
+                grouped = cpu(common + ["--seeds", str(seeds)], f"{tmp}/{name}G.nc", stacking="grouped")
+                line += f"   (before, grouped: {grouped:.1f} s, {seq / grouped:.2f}x)"
+            print(line, flush=True)
 
 
 def main() -> None:
@@ -110,7 +116,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--whole-runs", action="store_true", help="also time complete `dsb run` processes")
+    ap.add_argument("--whole-runs-only", action="store_true", help="only the complete `dsb run` processes")
     args = ap.parse_args()
+    if args.whole_runs_only:
+        whole_runs(args.models, args.seeds)
+        return
     torch.set_num_threads(args.threads)
     dev, n = torch.device(args.device), args.seeds
     print(f"{n} seeds on {dev} ({args.threads} thread(s)); per-step {'CPU ' if dev.type == 'cpu' else ''}seconds; "
