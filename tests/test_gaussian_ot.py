@@ -155,6 +155,7 @@ def test_fashion_mnist_transport_if_present(fashion_mnist_test: ImageData) -> No
 @given(d=st.integers(1, 12), k=st.integers(2, 4), rank=st.integers(1, 12), seed=st.integers(0, 2**31 - 1))
 @example(d=9, k=2, rank=9, seed=79)  # failures hypothesis found during development
 @example(d=2, k=2, rank=1, seed=0)
+@example(d=6, k=2, rank=1, seed=0)
 def test_lazy_factored_maps_equal_direct_formula(d: int, k: int, rank: int, seed: int) -> None:
     """The cached W diag(h) W^T factorisation is the formula, including singular sources."""
     g = torch.Generator().manual_seed(seed)
@@ -168,11 +169,18 @@ def test_lazy_factored_maps_equal_direct_formula(d: int, k: int, rank: int, seed
     mean = torch.randn(k, d, generator=g, dtype=F64)
     ot = GaussianOT.from_moments(mean, cov, dtype=F64)
     direct = ot_matrix(cov[:, None], cov[None, :])  # (K, K, d, d)
+    eps = torch.finfo(F64).eps
     for p in range(k):
         for q in range(k):
-            # well-conditioned sources agree to ~1e-12; a rank-deficient S_p leaves ~sqrt(eps)
-            # round-off in both (its null eigenvalues are ~1e-17, not 0): measured <= 1e-7
-            tol = 1e-6 * float(direct[p, q].abs().max())
+            # well-conditioned pairs agree to ~1e-12. A rank-deficient class leaves round-off
+            # eigenvalues ~eps ||M|| (M = S_p^1/2 S_q S_p^1/2) that the square root turns into
+            # ~sqrt(eps ||M||), then S_p^-1/2 twice amplifies: hypothesis found 1.5e-6 relative
+            # (d=6, rank=1, seed=0, singular *target*), above the old fixed 1e-6 bound
+            lam_p, lam_q = torch.linalg.eigvalsh(cov[p]), torch.linalg.eigvalsh(cov[q])
+            kept = lam_p[lam_p > lam_p[-1] * d * eps]
+            sqrt_roundoff = (d * eps * float(lam_p[-1] * lam_q[-1])) ** 0.5 / float(kept.min())
+            singular = rank < d and 0 in (p, q)
+            tol = 1e-6 * float(direct[p, q].abs().max()) + (4 * sqrt_roundoff if singular else 0.0)
             torch.testing.assert_close(ot.map(p, q), direct[p, q], atol=tol, rtol=1e-6)
     x = torch.randn(30, d, generator=g, dtype=F64)
     src = torch.randint(0, k, (30,), generator=g)
