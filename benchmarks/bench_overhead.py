@@ -5,7 +5,8 @@
 Same task (digits, probes built once and shared), same model initialisation, batch, AdamW
 settings, cosine schedule and log-spaced checkpoints with every probe evaluated. The minimal
 loop is what one would write by hand: index sampling, forward, cross-entropy, backward,
-``torch.optim.AdamW`` step, a plain forward per probe at each checkpoint. The engine runs
+``torch.optim.AdamW`` step, a plain forward per probe at each checkpoint (loss and accuracy,
+read to the host as the engine does). The engine runs
 without an output file (``out=None``), with one (one netCDF record appended per checkpoint,
 ``engine/results.py``), and, for the before/after comparison, with the whole file rewritten at
 every checkpoint as it was before (``ResultsWriter`` forced to rewrite).
@@ -43,8 +44,9 @@ def minimal(cfg: RunConfig, task) -> float:  # type: ignore[no-untyped-def]
         if step in ckpts:
             model.eval()
             with torch.no_grad():
-                for p in task.probes:
-                    F.cross_entropy(model(p.x), p.y)
+                for p in task.probes:  # the engine records loss and accuracy per probe: so does this loop
+                    logits = model(p.x)
+                    float(F.cross_entropy(logits, p.y)), float((logits.argmax(-1) == p.y).float().mean())
             model.train()
         if step == cfg.steps:
             break

@@ -58,6 +58,10 @@ def train_loss(out: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> tor
         err = (out.float() - torch.nan_to_num(labels).float()) ** 2 * mask
         return err.reshape(out.shape[0], -1).sum(1) / mask.reshape(out.shape[0], -1).sum(1).clamp_min(1)
     s, v = out.shape[0], out.shape[-1]
+    if s == 1:  # one seed: torch's own reduction (fewer kernels than the per-seed masked mean below)
+        lab = labels.reshape(-1)
+        total = F.cross_entropy(out.reshape(-1, v).float(), lab, reduction="sum", ignore_index=-100)
+        return (total / (lab != -100).sum().clamp_min(1)).reshape(1)
     ce = F.cross_entropy(out.reshape(-1, v).float(), labels.reshape(-1), reduction="none", ignore_index=-100)
     mask = (labels.reshape(s, -1) != -100).float()
     return (ce.view(s, -1) * mask).sum(1) / mask.sum(1).clamp_min(1)

@@ -18,6 +18,7 @@ it was not given) raises :class:`LayoutMismatch`, and the caller rewrites the fi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from dataclasses import dataclass
@@ -155,6 +156,45 @@ def _pwrite(fd: int, data: bytes, offset: int) -> int:
     return done
 
 
+class RecordFile:
+    """Appends records to one netCDF-3 file; its header is parsed once per file (device, inode)
+    and only ``numrecs`` is re-read at each append (a file replaced by a rename is re-parsed)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._layout: RecordLayout | None = None
+        self._identity: tuple[int, int] | None = None
+
+    def _current(self, fd: int) -> RecordLayout:
+        st = os.fstat(fd)
+        if self._layout is None or self._identity != (st.st_dev, st.st_ino):
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                self._layout = read_layout(fh)
+            self._identity = (st.st_dev, st.st_ino)
+        numrecs = int(struct.unpack(">i", os.pread(fd, 4, NUMRECS_OFFSET))[0])
+        return dataclasses.replace(self._layout, numrecs=numrecs)
+
+    def append(self, rows: list[Mapping[str, np.ndarray | float | int]], expect: int | None = None,
+               sync: bool = True) -> int:
+        """Append ``rows`` (record variable -> value of one record); see :func:`append_records`."""
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            layout = self._current(fd)
+            if not layout.variables:
+                raise LayoutMismatch("the file has no record (unlimited) dimension")
+            if expect is not None and layout.numrecs != expect:
+                raise LayoutMismatch(f"the file holds {layout.numrecs} records, expected {expect}")
+            data = b"".join(_record_bytes(layout, row) for row in rows)
+            written = _pwrite(fd, data, layout.end())
+            if sync:  # the records reach the disk before the header counts them (a crash cannot count garbage)
+                os.fsync(fd)
+            # the header is not fsync'd: a crash may lose this count (one row fewer, still valid); the
+            # next append's fsync, or the OS within seconds, makes it durable
+            return written + _pwrite(fd, struct.pack(">i", layout.numrecs + len(rows)), NUMRECS_OFFSET)
+        finally:
+            os.close(fd)
+
+
 def append_records(path: str | os.PathLike[str], rows: list[Mapping[str, np.ndarray | float | int]],
                    expect: int | None = None, sync: bool = True) -> int:
     """Append ``rows`` (record variable -> value of one record) to the netCDF-3 file at ``path``.
@@ -164,20 +204,4 @@ def append_records(path: str | os.PathLike[str], rows: list[Mapping[str, np.ndar
     (a writer killed mid-append) are overwritten. ``sync``: fsync the records before the header
     counts them (one fsync per call). Returns the bytes written (records + 4 header bytes).
     """
-    fd = os.open(Path(path), os.O_RDWR)
-    try:
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            layout = read_layout(fh)
-        if not layout.variables:
-            raise LayoutMismatch("the file has no record (unlimited) dimension")
-        if expect is not None and layout.numrecs != expect:
-            raise LayoutMismatch(f"the file holds {layout.numrecs} records, expected {expect}")
-        data = b"".join(_record_bytes(layout, row) for row in rows)
-        written = _pwrite(fd, data, layout.end())
-        if sync:  # the records reach the disk before the header counts them (a crash cannot count garbage)
-            os.fsync(fd)
-        # the header is not fsync'd: a crash may lose this count (one row fewer, still valid); the
-        # next append's fsync, or the OS within seconds, makes it durable
-        return written + _pwrite(fd, struct.pack(">i", layout.numrecs + len(rows)), NUMRECS_OFFSET)
-    finally:
-        os.close(fd)
+    return RecordFile(path).append(rows, expect, sync)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 import xarray as xr
 
-from dsb_widgets.engine.nc_records import LayoutMismatch, append_records
+from dsb_widgets.engine.nc_records import LayoutMismatch, RecordFile
 from dsb_widgets.errors import ConfigError, DSBError, OutputWriteError, ResultExistsError
 
 METRICS = ("loss", "accuracy", "target_loss", "target_accuracy")
@@ -154,6 +154,7 @@ class ResultsWriter:
 
     def __init__(self, path: str | os.PathLike[str], sync: bool = True) -> None:
         self.path, self.sync = Path(path), sync
+        self.records = RecordFile(self.path)  # header parsed once per file, numrecs read per append
         self.on_disk: int | None = None  # rows this writer knows the file holds
         self.last_bytes = 0
         self.rewrites = 0
@@ -162,8 +163,8 @@ class ResultsWriter:
         n = len(table.steps)
         if self.on_disk is not None and self.on_disk <= n:
             try:
-                self.last_bytes = append_records(self.path, [table.row(i) for i in range(self.on_disk, n)],
-                                                 expect=self.on_disk, sync=self.sync)
+                self.last_bytes = self.records.append([table.row(i) for i in range(self.on_disk, n)],
+                                                      expect=self.on_disk, sync=self.sync)
                 self.on_disk = n
                 return
             except LayoutMismatch:
