@@ -54,7 +54,8 @@ cores): real 0.263 at the end = its minimum (90.8%); maxent1 0.416@128 -> 0.898 
 maxent2 1.161@256 -> 2.523 (x2.17), maxent3 1.031@256 -> 2.239 (x2.17, below maxent2
 throughout); CQN target accuracy 0.757@102 -> 0.649 (x0.86); but OT target accuracy peaks at
 0.706@256, dips to 0.555-0.65 while the learning rate is high and settles at 0.669 (x0.95):
-on Fashion-MNIST the OT fall is not the issue's 0.9x (it was 0.91x at 2048 steps).
+on Fashion-MNIST the OT fall is not the issue's 0.9x (2048 steps, training seeds 0/1: x0.889/x0.946;
+source-label accuracy 2-3%: the edit leaves little of the source to see, see gaussian_ot.py).
 CIFAR-10 (width 512, 1024 steps, same optimiser): 64.5% test accuracy (2000 test images).
 """
 
