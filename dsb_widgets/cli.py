@@ -158,6 +158,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     result = train(cfg, out=out, resume=args.resume, progress=True, threads=args.threads or "auto",
                    force=args.force)
     print_summary(result.dataset, out, per_seed=getattr(args, "per_seed", False))
+    if cfg.experiment == "clones":  # per clone: the step where its loss stops improving
+        from dsb_widgets.engine.clones import format_saturation
+
+        print("\n" + format_saturation(result.dataset))
     t = result.timings
     print(f"wall {t['total_s']:.1f}s: training {t['train_s']:.1f}s, probe evaluation {t['eval_s']:.1f}s "
           f"({100 * t['eval_s'] / max(t['total_s'], 1e-9):.1f}%)")

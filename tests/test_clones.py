@@ -225,6 +225,20 @@ def test_saturation_step() -> None:
     assert saturation_step(steps, np.array([5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0])) == 32
 
 
+def test_format_saturation_names_the_plateau_and_the_still_falling_curve() -> None:
+    """``dsb run clones`` prints, per probe, the step where its loss stops improving."""
+    from dsb_widgets.engine.clones import format_saturation
+
+    steps = [0, 1, 2, 4, 8, 16, 32]
+    loss = np.array([[5.0, 4.0, 3.0, 2.0, 2.0, 2.01, 2.0],    # flat from step 4
+                     [5.0, 4.5, 4.0, 3.5, 3.0, 2.5, 2.0]])[None]  # falls to the end
+    ds = xr.Dataset({"loss": (("seed", "probe", "step"), loss)},
+                    coords={"seed": [0], "probe": ["3-body", "real"], "step": steps})
+    three, real = format_saturation(ds).splitlines()[1:]
+    assert "3-body" in three and "step       4" in three and "still falling" not in three
+    assert "real" in real and "step      32" in real and "still falling" in real
+
+
 @needs_data
 @pytest.mark.slow
 def test_tinystories_clones_small(tmp_path: Path) -> None:

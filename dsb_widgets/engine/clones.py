@@ -23,7 +23,8 @@ must read the same token ids the clones were written in (checked token by token;
 a one-line error). ``--corpus`` may be left out (the clones' corpus is used).
 
 Sizes (options ``n_layer``, ``n_head``, ``d_model``, ``mask_prob``): defaults run on 2 CPU cores
-in minutes. :func:`saturation_step` gives the step after which a probe's loss stops falling.
+in minutes. :func:`saturation_step` gives the step after which a probe's loss stops falling;
+``dsb run clones`` prints it per probe (:func:`format_saturation`).
 
 Measured (small-data reproduction, NOT the paper's scale). Clones from ``dsb clone --corpus
 tinyshakespeare --layers 1 2 3`` at its defaults (factored test PLL 2.925 / 2.700 / 2.665 nats for
@@ -178,6 +179,24 @@ def saturation_steps(ds: Any, tol: float = 0.02) -> dict[str, int]:
     loss = ds.loss.mean("seed") if "seed" in ds.loss.dims else ds.loss
     steps = np.asarray(ds.step.values)
     return {str(p): saturation_step(steps, np.asarray(loss.sel(probe=p).values), tol) for p in ds.probe.values}
+
+
+def format_saturation(ds: Any, tol: float = 0.02) -> str:
+    """One line per probe of a ``dsb run clones`` result: the step where its loss stops improving
+    (:func:`saturation_steps`), and "still falling" when the loss at the end is its minimum and it
+    fell by more than ``tol`` of its total drop since half the final step."""
+    loss = ds.loss.mean("seed") if "seed" in ds.loss.dims else ds.loss
+    steps = np.asarray(ds.step.values)
+    sat = saturation_steps(ds, tol)
+    half = int(np.searchsorted(steps, steps[-1] / 2))
+    lines = [f"saturation (step after which the loss stops improving by more than {tol:.0%} of its drop):"]
+    for p in ds.probe.values:
+        y = np.asarray(loss.sel(probe=p).values)
+        drop = max(float(y[0] - y.min()), 1e-12)
+        falling = int(np.argmin(y)) == len(y) - 1 and float(y[half] - y[-1]) > tol * drop
+        lines.append(f"  {str(p):<8} step {sat[str(p)]:>7}  final {float(y[-1]):.3f}"
+                     + ("  (still falling at the end)" if falling else ""))
+    return "\n".join(lines)
 
 
 register_experiment(Experiment(
