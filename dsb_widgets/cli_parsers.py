@@ -105,6 +105,10 @@ def cmd_clone(args: argparse.Namespace) -> int:
               f"{r['acceptance_rate']:>8.3f}{r['fraction_changed_from_init']:>7.2f}")
     if any("control" in r for r in prov["orders"].values()):
         print("control: the shallowest model trained on for the same total steps (held-out pll, nats/token)")
+    moving = [L for L, r in prov["orders"].items() if r["stationarity"] and not r["stationarity"]["stationary"]]
+    if moving:
+        print(f"MH NOT stationary for L = {', '.join(moving)} after --sweeps {cfg.sweeps} (split-R-hat >= 1.05 or a "
+              "drifting energy; trace in provenance.json): the clone is the last window, not an equilibrium sample")
     print(f"\nclones: {args.out}  (next: dsb run clones --corpus {args.corpus} --clones {args.out})")
     return 0
 
