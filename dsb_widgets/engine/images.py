@@ -57,6 +57,19 @@ throughout); CQN target accuracy 0.757@102 -> 0.649 (x0.86); but OT target accur
 on Fashion-MNIST the OT fall is not the issue's 0.9x (2048 steps, training seeds 0/1: x0.889/x0.946;
 source-label accuracy 2-3%: the edit leaves little of the source to see, see gaussian_ot.py).
 CIFAR-10 (width 512, 1024 steps, same optimiser): 64.5% test accuracy (2000 test images).
+
+CIFAR-10 now defaults to ``airbench`` (``models/airbench.py``: frozen 2x2 patch whitening,
+32/64/128 BatchNorm CNN; SGD lr 0.2, batch 256, 1024 steps = 5.2 epochs, flips). The default
+run (1 seed, 1 thread, 718 CPU-s in all: ~208 s building probes on a cold cache, ~370 s training,
+the rest probe evaluation; 45.5 min wall with ~8 processes on 2 cores): 78.95% on the 10,000 test
+images (81.1% with flip test-time augmentation), held-out loss at its minimum at the end (0.580).
+maxent2 1.046@203 -> 1.131 (x1.08), maxent3 1.029@203 -> 1.172 (x1.14), gauss_clone
+2.282@406 -> 2.994 (x1.31) fall then rise; CQN target accuracy 0.115 -> 0.184@40 -> 0.080
+(x0.43) rises then falls. Not reproduced: maxent1 never falls (3.075 at step 0, above chance:
+the whitening amplifies the independent-pixel samples' high-frequency power; with the whitening's
+eps raised to 1.0 x mean eigenvalue it dips only 2.304 -> 2.283 at step 8 in a 128-step check),
+and OT target accuracy rises to 0.533 and is still at its maximum at the end (its target *loss*
+does turn: 1.374@203 -> 1.468).
 """
 
 from __future__ import annotations
