@@ -30,13 +30,14 @@ step    epochs train CPU-s  test acc.
 800     4.1    285.6        78.0%
 ======= ====== ============ =========
 
-So 70% takes ~2 CPU-minutes and the issue's 10 CPU-minutes buy ~8 epochs. The CIFAR-10 default
-run (``dsb run images --dataset cifar10``: 1024 steps, warm-up 64, ~370 training CPU-s) ends at
-78.95% test accuracy (81.1% with flip test-time augmentation); its probes: ``engine/images.py``. Cost per step
-(batch 256, same thread): 359 ms here; widths 64/128/256 956 ms (2.7x); two convolutions per
-block 467 ms (1.3x); bfloat16 autocast 197 ms (0.55x, not used: CPUs without AVX512-BF16 run it
-slower, and it rounds the probes' losses); a 3x3 first conv on raw pixels instead of the
-whitening 277 ms (its accuracy was not measured against the whitening here).
+So 70% is passed within 2.4 CPU-minutes (73.7% at 144 CPU-s) and the issue's 10 CPU-minutes buy
+~8 epochs. The CIFAR-10 default run (``dsb run images --dataset cifar10``: 1024 steps, warm-up
+64, ~370 training CPU-s) ends at 78.95% test accuracy (81.1% with flip test-time augmentation);
+its probes: ``engine/images.py``. Cost per step (batch 256, same thread): 359 ms here; widths
+64/128/256 956 ms (2.7x); two convolutions per block 467 ms (1.3x); bfloat16 autocast 197 ms
+(0.55x, not used: CPUs without AVX512-BF16 run it slower, and it rounds the probes' losses); a
+3x3 first conv on raw pixels instead of the whitening 277 ms (its accuracy was not measured
+against the whitening here).
 """
 
 from __future__ import annotations
