@@ -45,17 +45,22 @@ L (bodies)   total steps  train PLL  test PLL  control: 1 layer, same total step
 
 Test PLL falls strictly with depth, and each depth beats one layer trained for the same total
 steps (by 0.078 and 0.055 nats): here depth, not extra training, lowers the loss. TinyStories
-(same settings, scratch script, 1,024 test windows): 1 layer 2.339 after 1,500 steps; grown to 2
-layers 2.018 after 3,000 vs the 1-layer control 2.090. The gain per extra layer is small (3 -> 5
-bodies: 0.035 nats) and the train-test gap grows with depth (0.26 / 0.36 / 0.35 on Shakespeare's
-300k train tokens). ``square_width`` (a wider quadratic form per layer) costs ~3x the CPU per
+(same settings, scratch script, 1,024 test windows): 2.339 / 2.018 / 1.992 for L = 1 / 2 / 3
+(strictly falling), controls 2.090 (3,000 steps) and 1.980 (4,500 steps): 2 layers beat their
+control, 3 layers do NOT (by 0.012 nats). On TinyStories' 1M train tokens one layer is far from
+converged, and L >= 3 trains on ``max_sites`` = 4 of the 16 sites per window (the exact all-site
+PLL costs T x a layer-2 pass per window), a quarter of the signal per step: the likely reason,
+not yet tested. The gain per extra layer is small (3 -> 5 bodies: 0.035 nats on Shakespeare,
+0.026 on TinyStories) and the train-test gap grows with depth on Shakespeare's 300k train tokens
+(0.26 / 0.36 / 0.35). ``square_width`` (a wider quadratic form per layer) costs ~3x the CPU per
 L = 2 step and was not measured to the end.
 
 MH at the defaults (128 chains from test windows, at most 100 sweeps, W = 10) did NOT meet the
 stationarity criterion at any depth (split-R-hat 1.82 / 1.93 / 1.84 after 100 sweeps; acceptance
 0.65). The energy keeps falling: on the 1-layer model chains from real windows and from i.i.d.
 unigram tokens meet on the same trace (no sign of separate modes) but it still falls after 300
-sweeps (38.8 -> 21 nats per 16-token window; energy autocorrelation 0.31 at lag 10), far below the
+sweeps (38.8 -> 21 nats per 16-token window) and after 1,000 (-> 17-20; split-R-hat 1.82 with
+W = 10, 1.38 with W = 250; integrated autocorrelation time ~44 sweeps), far below the
 energy of real test windows (47 +- 14): the PLL target exp(sum_t log p(s_t | s_-t)) counts every
 pair coupling twice, a colder distribution than the model's, which relaxes slowly. Half that
 energy (a hotter target) mixes faster (R-hat 1.2-1.26) but overshoots (80 nats). So the clones
