@@ -46,10 +46,11 @@
 import os
 
 FAST = os.environ.get("DSB_FAST", "0") == "1"
-# FAST: a toy ladder (10 sites, 5 colours) that runs in seconds; {} = the ladder() defaults
-# (L = 20, q = 10, 25,600 sequences; see dsb_widgets.manybody for sizes and CPU time)
+# FAST: a toy ladder (10 sites, 5 colours) that runs in seconds; otherwise the ladder() defaults
+# (L = 20, q = 10, 25,600 sequences) plus the DSB stage (a 3,000-step BERT on clones):
+# ~13 CPU-minutes, see dsb_widgets.manybody for the measured numbers
 OPTS = (dict(L=10, q=5, n_train=2000, n_test=500, steps=60, chains=128, burn_in=20, ref_iters=20, d_embed=16,
-             n_heads=2, bert_steps=150, bert_probe=128) if FAST else {})
+             n_heads=2, bert_steps=150, bert_probe=128) if FAST else dict(bert_steps=3000))
 
 # %%
 import numpy as np
@@ -141,10 +142,17 @@ if "bert_loss" in ds:
     bfig.update_layout(xaxis=dict(type="log", title="BERT step"), height=420, width=760,
                        yaxis=dict(title="masked-LM loss (nats per masked token)"),
                        title="A BERT trained on the true data, scored on the clones")
-    sat_table = "\n".join(["| probe | loss at the end | stops improving at step |", "|---|---|---|",
-                           *[f"| {p} | {float(ds.bert_loss.sel(probe=p).isel(bert_step=-1)):.4f} | "
+    sat_table = "\n".join(["| probe | loss at step 0 | loss at the end | stops improving at step |",
+                           "|---|---|---|---|",
+                           *[f"| {p} | {float(ds.bert_loss.sel(probe=p).isel(bert_step=0)):.4f} | "
+                             f"{float(ds.bert_loss.sel(probe=p).isel(bert_step=-1)):.4f} | "
                              f"{int(ds.saturation_step.sel(probe=p))} |" for p in ds.probe.values]])
-    dsb_view = pn.Column(pn.pane.Markdown(sat_table), pn.pane.Plotly(bfig))
+    last = int(ds.bert_step.values[-1])
+    early = [str(p) for p in ds.probe.values if int(ds.saturation_step.sel(probe=p)) < last]
+    verdict = (f"Saturated before the last step ({last}): {', '.join(early)}." if early else
+               f"No probe saturated within {last} BERT steps: the BERT is still learning the lowest "
+               "order, so this budget cannot show the ordering of saturation.")
+    dsb_view = pn.Column(pn.pane.Markdown(sat_table + "\n\n" + verdict), pn.pane.Plotly(bfig))
 else:
     dsb_view = pn.pane.Markdown("(run with bert_steps > 0 for the DSB test)")
 dsb_view
