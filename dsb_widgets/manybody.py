@@ -108,9 +108,10 @@ def ladder(layers: tuple[int, ...] = (1, 2, 3), seed: int = 0, *, L: int = 20, q
     4-body line). Optimiser: the paper's SGD (batch 256, lr 0.1) was measured on one layer: 2.298
     after 600 steps and 2.237 after 3,000 (Adam: 2.112 after 600); SGD lr 1.0 reaches 2.111 after
     600 only after a 250-step plateau, so Adam is the default. DSB stage: the 3,000-step BERT (2 x 64,
-    batch 64, lr 1e-3) had barely started learning (masked loss on real data 2.317 -> 2.166 nats,
-    log q = 2.303), so every probe was still falling at the end (saturation step 3000 for all):
-    the saturation ordering is NOT shown at this budget; the 3- and 5-body clones' MH
+    batch 64, lr 1e-3) had barely started learning (masked loss, log q = 2.303, at step 3000: 2-body
+    clone 2.156, 3-body 2.166, 5-body 2.190, real 2.238 -- ordered by order), every probe was still
+    falling at the end (saturation step 3000 for all): the saturation ordering is NOT shown at
+    this budget (lr 3e-3, batch 128: real 2.272 after 2,000 steps); the 3- and 5-body clones' MH
     chains were not stationary after 60 sweeps (R-hat 1.09 / 1.10; 2-body: stationary after 20).
     CPU seconds: sampling 8, references 21 + 93 + 185, factored 11 + 51 + 214, clones 85, BERT 136
     (805 in all, 590 without the DSB stage, which is why ``bert_steps`` defaults to 0; 36 min wall
