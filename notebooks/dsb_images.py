@@ -230,7 +230,7 @@ fig_clone
 # Scale caveat: digits are 8x8 and the models are small; Belrose et al. train for $2^{16}$ steps
 # on CIFAR-10 and Fashion-MNIST, Refinetti et al. a ResNet-18 on CIFAR-10. The same cells run
 # with `DATASET = "fashion_mnist"` / `"cifar10"` and `MODEL = "convnet"` / `"airbench"` (the
-# patch-whitening CNN, CIFAR-10's default: ~78% test accuracy in ~5 CPU-minutes) / `"resnet"` when
+# patch-whitening CNN: ~78% test accuracy in ~5 CPU-minutes, but maxent1 never falls) / `"resnet"` when
 # `DSB_DATA_DIR` holds the data (a GPU is advisable for the ResNet).
 
 # %%

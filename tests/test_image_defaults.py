@@ -16,10 +16,11 @@ def test_28x28_datasets_default_to_the_convnet_and_flags_still_win() -> None:
         assert (cfg.model, cfg.optimizer, cfg.lr, cfg.batch_size, cfg.steps) == ("convnet", "sgd", 0.1, 128, 4096)
         assert "maxent3" in cfg.probes
     cifar = resolve_config(RunConfig(dataset="cifar10"))
-    assert (cifar.model, cifar.lr, cifar.batch_size, cifar.steps, cifar.warmup) == ("airbench", 0.2, 256, 1024, 64)
-    assert (cifar.options["width"], cifar.options["flip"]) == (128, True)
+    assert (cifar.model, cifar.lr, cifar.batch_size, cifar.steps, cifar.warmup) == ("convnet", 0.2, 256, 1024, 64)
+    assert (cifar.options["width"], cifar.options["flip"]) == (512, True)
     svhn = resolve_config(RunConfig(dataset="svhn"))
-    assert (svhn.model, svhn.options["flip"]) == ("airbench", False)  # digits are not mirror-symmetric
+    assert (svhn.model, svhn.options["flip"]) == ("convnet", False)  # digits are not mirror-symmetric
+    assert resolve_config(RunConfig(dataset="cifar10", model="airbench", options={"width": 128})).model == "airbench"
     assert resolve_config(RunConfig(dataset="mnist")).options["flip"] is False
     digits = resolve_config(RunConfig())
     assert (digits.dataset, digits.model, digits.optimizer) == ("digits", "mlp", "adamw")
