@@ -1,11 +1,12 @@
-"""CIFAR-10 on one CPU thread: test accuracy against training CPU-seconds of the ``airbench`` default.
+"""CIFAR-10 on one CPU thread: test accuracy against training CPU-seconds of ``airbench``.
 
-Trains ``models/airbench.py`` exactly as ``dsb run images --dataset cifar10`` does (the resolved
-defaults: SGD momentum 0.9, weight decay 5e-4 on conv/linear weights, linear warm-up then cosine
-decay, random horizontal flips, batches drawn with replacement) but without probes, and prints
-the full 10,000-image test accuracy at a few points. CPU-seconds are ``time.process_time`` of the
-training steps only (whitening included, evaluation excluded), with ``torch.set_num_threads(1)``:
-the honest unit on a shared machine (wall time depends on the load).
+Trains ``models/airbench.py`` (width 128) as ``dsb run images --dataset cifar10 --model airbench
+-o width=128`` does (CIFAR-10's resolved defaults: SGD momentum 0.9, weight decay 5e-4 on
+conv/linear weights, linear warm-up then cosine decay, random horizontal flips, batches drawn
+with replacement) but without probes, and prints the full 10,000-image test accuracy at a few
+points. CPU-seconds are ``time.process_time`` of the training steps only (whitening included,
+evaluation excluded), with ``torch.set_num_threads(1)``: the honest unit on a shared machine
+(wall time depends on the load).
 
     DSB_DATA_DIR=/work/shared/data python benchmarks/bench_cifar_recipe.py [--steps 1536] [--evals 6]
 """
@@ -38,8 +39,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     over = {k: v for k, v in {"steps": a.steps, "lr": a.lr}.items() if v is not None}
-    cfg = resolve_config(RunConfig(dataset="cifar10", seed=a.seed, **over,
-                                   options={"width": a.width} if a.width else {}))
+    cfg = resolve_config(RunConfig(dataset="cifar10", model="airbench", seed=a.seed, **over,
+                                   options={"width": a.width or 128}))
     steps, bs, lr = required(cfg.steps, "steps"), required(cfg.batch_size, "batch_size"), required(cfg.lr, "lr")
     train, test = load_images("cifar10", "train"), load_images("cifar10", "test")
     gen = torch.Generator().manual_seed(a.seed + 1)

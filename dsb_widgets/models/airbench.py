@@ -31,8 +31,8 @@ step    epochs train CPU-s  test acc.
 ======= ====== ============ =========
 
 So 70% is passed within 2.4 CPU-minutes (73.7% at 144 CPU-s) and the issue's 10 CPU-minutes buy
-~8 epochs. The CIFAR-10 default run (``dsb run images --dataset cifar10``: 1024 steps, warm-up
-64, ~370 training CPU-s) ends at 78.95% test accuracy (81.1% with flip test-time augmentation);
+~8 epochs. ``dsb run images --dataset cifar10 --model airbench -o width=128`` (1024 steps, warm-up 64,
+~370 training CPU-s) ends at 78.95% test accuracy (81.1% with flip test-time augmentation);
 its probes: ``engine/images.py``. Cost per step (batch 256, same thread): 359 ms here; widths
 64/128/256 956 ms (2.7x); two convolutions per block 467 ms (1.3x); bfloat16 autocast 197 ms
 (0.55x, not used: CPUs without AVX512-BF16 run it slower, and it rounds the probes' losses); a
