@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from hypothesis import settings
@@ -27,3 +28,15 @@ def fashion_mnist_test() -> ImageData:
     if not root or not (Path(root) / "fashion-mnist").is_dir():
         pytest.skip("DSB_DATA_DIR with fashion-mnist/ not set (CI sets it to ../shared/data)")
     return load_images("fashion_mnist", split="test", data_dir=root)  # 1,000 images per class
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one thread for a whole test module (2 shared cores in CI; DEVELOPERS.md: threads are
+    set deliberately). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,12 +18,7 @@ TINY = RunConfig(dataset="digits", model="mlp", steps=6, seeds=1, per_octave=1, 
                  device="cpu", options={"width": 16})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -25,12 +24,7 @@ CFG = RunConfig(dataset="digits", model="mlp", steps=64, seeds=2, per_octave=2, 
                 probes=("real", "maxent2", "ot"), device="cpu", options={"width": 32}, save_interval_s=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _table(n_probe: int, n_seed: int, rows: int, seed: int = 0) -> ResultsTable:
