@@ -46,14 +46,15 @@ L (bodies)   total steps  train PLL  test PLL  control: 1 layer, same total step
 Test PLL falls strictly with depth, and each depth beats one layer trained for the same total
 steps (by 0.078 and 0.055 nats): here depth, not extra training, lowers the loss. TinyStories
 (same settings, scratch script, 1,024 test windows): 2.339 / 2.018 / 1.992 for L = 1 / 2 / 3
-(strictly falling), controls 2.090 (3,000 steps) and 1.980 (4,500 steps): 2 layers beat their
-control, 3 layers do NOT (by 0.012 nats). On TinyStories' 1M train tokens one layer is far from
-converged, and L >= 3 trains on ``max_sites`` = 4 of the 16 sites per window (the exact all-site
-PLL costs T x a layer-2 pass per window), a quarter of the signal per step: the likely reason,
-not yet tested. The gain per extra layer is small (3 -> 5 bodies: 0.035 nats on Shakespeare,
-0.026 on TinyStories) and the train-test gap grows with depth on Shakespeare's 300k train tokens
-(0.26 / 0.36 / 0.35). ``square_width`` (a wider quadratic form per layer) costs ~3x the CPU per
-L = 2 step and was not measured to the end.
+(strictly falling), controls 2.090 (3,000 steps) and 1.980 (4,500 steps): with ``max_sites`` = 4
+(the default until then: L >= 3 scored 4 random sites of 16 per window, an unbiased but noisy PLL
+estimate) 3 layers did NOT beat their control (1.992, by 0.012 nats). Trained on every site (the
+exact PLL, now the default ``max_sites`` = 0), the same 3-layer model reaches 1.895 (train 1.875),
+0.086 below the control and 0.123 below 2 layers, at 351 vs 66 training CPU-s (idle machine, same
+seeds and L = 2 starting point): the quarter-signal estimate was the cause. The train-test gap
+grows with depth on Shakespeare's 300k train tokens (0.26 / 0.36 / 0.35, with ``max_sites`` = 4).
+``square_width`` (a wider quadratic form per layer) costs ~3x the CPU per L = 2 step and was not
+measured to the end.
 
 MH at the defaults (128 chains from test windows, at most 100 sweeps, W = 10) did NOT meet the
 stationarity criterion at any depth (split-R-hat 1.82 / 1.93 / 1.84 after 100 sweeps; acceptance
@@ -119,7 +120,7 @@ class CloneConfig:
     residual: bool = True  # h^l = h^(l-1) + Attn(h^(l-1)^2) (factored_attention docstring)
     square_width: int | None = None  # layers l >= 2 square m learned features of h (None: h itself)
     eval_windows: int = 1024  # held-out windows for the test pseudo-likelihood
-    max_sites: int = 4  # L >= 3 with objective pll: score this many random sites per window per step
+    max_sites: int = 0  # objective pll, L >= 3: score this many random sites per window per step (0: every site)
     grow: bool = True  # start each L from the deepest trained L' < L, new branches off (residual only)
     control: bool = True  # with grow: also train the shallowest model for the same total steps as each L
     sweeps: int = 100  # the most MH sweeps; with window > 0 chains stop once stationary
@@ -141,6 +142,8 @@ class CloneConfig:
             if getattr(self, name) < (2 if name in ("vocab_size", "context") else 1):
                 flag = name.replace("_", "-")
                 raise ValueError(f"--{flag} is too small ({getattr(self, name)}); pass a positive value")
+        if self.max_sites < 0:
+            raise ValueError(f"--max-sites must be >= 0 (0: every site); got {self.max_sites}")
         if self.objective not in ("pll", "single_site", "mlm"):
             raise ValueError(f"--objective must be pll, single_site or mlm, got {self.objective!r}")
         if not 0.0 < self.mask_rate <= 1.0:
@@ -229,7 +232,8 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
             curve[step] = test_pll(model, held)
         x = windows(train, cfg.context, cfg.batch_size, gen).to(dev)
         n_seq, n_pos = x.shape  # (B, T)
-        if L <= 2 and cfg.objective == "pll" or L == 1:
+        every_site = cfg.max_sites <= 0 or cfg.max_sites >= cfg.context
+        if cfg.objective == "pll" and (L <= 2 or every_site) or L == 1:
             loss = pseudo_likelihood_loss(model, x)  # every site, each masked alone (exact PLL)
         elif cfg.objective == "pll":  # an unbiased estimate of the PLL gradient, T / max_sites x cheaper
             sites = random_sites(n_seq, n_pos, min(cfg.max_sites, cfg.context), gen).to(dev)
