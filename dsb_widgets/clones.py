@@ -30,21 +30,22 @@ Pipeline (``dsb clone --corpus NAME_OR_FILE --layers 1 2 --out DIR``):
    chain-tokens/s, losses and learning curve, corpus, seed), rewritten after every order.
 
 Measured at the CLI DEFAULTS (``dsb clone --corpus tinyshakespeare --layers 1 2 3``: V = 1,000
-GPT-2 tokens, T = 16, d = 64, 4 softmax heads, AdamW lr 3e-3, batch 128, 1,500 steps per cycle;
-held-out PLL on 1,024 test windows, nats/token; Tiny Shakespeare was not used while developing
-this; 2 cores shared with ~6 jobs, one torch thread, 574 CPU-s user + 84 s system, 36 min wall
-for training, controls and MH):
+GPT-2 tokens, T = 16, d = 64, 4 softmax heads, AdamW lr 3e-3, batch 128, 1,500 steps per cycle,
+every site scored at every depth; held-out PLL on 1,024 test windows, nats/token; Tiny
+Shakespeare was not used while developing this; idle 2-core machine, ``--threads 2``: 1,068
+CPU-s user + 165 s system, 10.9 min wall for training, controls and MH):
 
 ===========  ===========  =========  ========  =============================================
 L (bodies)   total steps  train PLL  test PLL  control: 1 layer, same total steps (test PLL)
 ===========  ===========  =========  ========  =============================================
 1 (2)        1,500        2.662      2.925     --
-2 (3)        3,000        2.336      2.700     2.778
-3 (5)        4,500        2.311      2.665     2.720
+2 (3)        3,000        2.335      2.702     2.778
+3 (5)        4,500        2.222      2.647     2.720
 ===========  ===========  =========  ========  =============================================
 
 Test PLL falls strictly with depth, and each depth beats one layer trained for the same total
-steps (by 0.078 and 0.055 nats): here depth, not extra training, lowers the loss. TinyStories
+steps (by 0.076 and 0.073 nats): here depth, not extra training, lowers the loss (with the old
+``max_sites`` = 4 at L = 3: 2.665, 0.055 below its control). TinyStories
 (same settings, scratch script, 1,024 test windows): 2.339 / 2.018 / 1.992 for L = 1 / 2 / 3
 (strictly falling), controls 2.090 (3,000 steps) and 1.980 (4,500 steps): with ``max_sites`` = 4
 (the default until then: L >= 3 scored 4 random sites of 16 per window, an unbiased but noisy PLL
@@ -52,13 +53,14 @@ estimate) 3 layers did NOT beat their control (1.992, by 0.012 nats). Trained on
 exact PLL, now the default ``max_sites`` = 0), the same 3-layer model reaches 1.895 (train 1.875),
 0.086 below the control and 0.123 below 2 layers, at 351 vs 66 training CPU-s (idle machine, same
 seeds and L = 2 starting point): the quarter-signal estimate was the cause. The train-test gap
-grows with depth on Shakespeare's 300k train tokens (0.26 / 0.36 / 0.35, with ``max_sites`` = 4).
+grows with depth on Shakespeare's 300k train tokens (0.26 / 0.37 / 0.43).
 ``square_width`` (a wider quadratic form per layer) costs ~3x the CPU per L = 2 step and was not
 measured to the end.
 
 MH at the defaults (128 chains from test windows, at most 100 sweeps, W = 10) did NOT meet the
-stationarity criterion at any depth (split-R-hat 1.82 / 1.93 / 1.84 after 100 sweeps; acceptance
-0.65). The energy keeps falling: on the 1-layer model chains from real windows and from i.i.d.
+stationarity criterion at any depth (split-R-hat 1.81 / 1.91 / 1.94 after 100 sweeps; acceptance
+0.64-0.65; 1.82 / 1.93 / 1.84 in an earlier run).
+The energy keeps falling: on the 1-layer model chains from real windows and from i.i.d.
 unigram tokens meet on the same trace (no sign of separate modes) but it still falls after 300
 sweeps (38.8 -> 21 nats per 16-token window) and after 1,000 (-> 17-20; split-R-hat 1.82 with
 W = 10, 1.38 with W = 250; integrated autocorrelation time ~44 sweeps), far below the
