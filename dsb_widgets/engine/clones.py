@@ -27,28 +27,29 @@ in minutes. :func:`saturation_step` gives the step after which a probe's loss st
 ``dsb run clones`` prints it per probe (:func:`format_saturation`).
 
 Measured (small-data reproduction, NOT the paper's scale). Clones from ``dsb clone --corpus
-tinyshakespeare --layers 1 2 3`` at its defaults (factored test PLL 2.925 / 2.700 / 2.665 nats for
+tinyshakespeare --layers 1 2 3`` at its defaults (factored test PLL 2.925 / 2.702 / 2.647 nats for
 2 / 3 / 5 bodies, each depth below the 1-layer model trained as long; MH 100 sweeps, NOT
-stationary: split-R-hat 1.82-1.93, see :mod:`dsb_widgets.clones`), then ``dsb run clones`` at its
-defaults (BERT 2 x 64, 2,048 steps, constant lr after warm-up, 1 seed; 92 CPU-s, 3.8 min wall on
-the shared 2 cores). Loss (nats/token) at steps 0 / 256 / 1024 / 2048 and
+stationary: split-R-hat 1.81-1.94, see :mod:`dsb_widgets.clones`), then ``dsb run clones`` at its
+defaults (BERT 2 x 64, 2,048 steps, constant lr after warm-up, 1 seed, ``--threads 2``; 109 CPU-s,
+61 s wall on the idle 2 cores). Loss (nats/token) at steps 0 / 256 / 1024 / 2048 and
 :func:`saturation_steps`:
 
 ======= ===== ===== ===== ===== ==========================
 probe   0     256   1024  2048  stops improving at step
 ======= ===== ===== ===== ===== ==========================
 real    6.89  4.55  3.79  3.59  1722 (still falling)
-2-body  6.91  5.79  4.96  4.62  1722 (still falling)
-3-body  6.93  5.86  5.06  4.75  1722 (still falling)
-5-body  6.92  5.69  4.90  4.59  1722 (still falling)
+2-body  6.91  5.80  4.98  4.63  1722 (still falling)
+3-body  6.92  5.67  4.79  4.51  1722 (4.511 -> 4.514)
+5-body  6.92  5.74  4.98  4.67  1722 (still falling)
 ======= ===== ===== ===== ===== ==========================
 
-Nothing saturates in 2,048 steps (1722 is the last checkpoint before the end: every curve falls
-to the end), and the clone losses are NOT ordered by interaction order (5-body lowest). So the
-paper's picture (3- and 9-body losses saturating after ~3e4 steps while 33-body and real text keep
-falling) is not reproduced at this scale: the BERT is far from trained (real 3.59 vs the factored
-models' 2.67), and the clones, drawn from the cold PLL target before equilibrium, sit above real
-text for every order (4.6-4.75 vs 3.59). An older run (TinyStories clones of 1/2/4 layers from
+Only the 3-body loss stops improving (by 0.003 nats at the last checkpoint); the 2-body and 5-body
+losses and real text fall to the end, and the clone losses are NOT ordered by interaction order
+(3-body lowest). So the paper's picture (3- and 9-body losses saturating after ~3e4 steps while
+33-body and real text keep falling) is not reproduced at this scale: the BERT is far from trained
+(real 3.59 vs the factored models' 2.65), and the clones, drawn from the cold PLL target before
+equilibrium, sit above real text for every order (4.5-4.7 vs 3.59). The run before (clones with
+L = 3 trained on 4 of 16 sites) gave 4.62 / 4.75 / 4.59, with nothing saturating. An older run (TinyStories clones of 1/2/4 layers from
 the pre-growth models, 4,096 steps) had the 3- and 9-body losses bottoming out at steps 1,024 and
 362 and then rising, with 2-body still falling; those clones also differed in quality.
 """
