@@ -49,9 +49,10 @@ losses and real text fall to the end, and the clone losses are NOT ordered by in
 33-body and real text keep falling) is not reproduced at this scale: the BERT is far from trained
 (real 3.59 vs the factored models' 2.65), and the clones, drawn from the cold PLL target before
 equilibrium, sit above real text for every order (4.5-4.7 vs 3.59). The run before (clones with
-L = 3 trained on 4 of 16 sites) gave 4.62 / 4.75 / 4.59, with nothing saturating. An older run (TinyStories clones of 1/2/4 layers from
-the pre-growth models, 4,096 steps) had the 3- and 9-body losses bottoming out at steps 1,024 and
-362 and then rising, with 2-body still falling; those clones also differed in quality.
+L = 3 trained on 4 of 16 sites) gave 4.62 / 4.75 / 4.59, with nothing saturating.
+An older run (TinyStories clones of 1/2/4 layers from the pre-growth models, 4,096 steps) had
+the 3- and 9-body losses bottoming out at steps 1,024 and 362 and then rising, with 2-body still
+falling; those clones also differed in quality.
 """
 
 from __future__ import annotations
