@@ -1,4 +1,4 @@
-"""Training-time augmentation of image batches: random crops of the zero-padded image.
+"""Training-time augmentation of image batches: random crops of the zero-padded image, random flips.
 
 Belrose et al. (ICML 2024, EleutherAI/features-across-time ``train_vision.py``) train every
 vision model with ``RandomCrop(h, padding=h // 8)`` and horizontal flips (plus RandAugment):
@@ -42,3 +42,19 @@ def random_crop(x: Tensor, pad: int, generator: torch.Generator) -> Tensor:
     bi = torch.arange(b, device=x.device)[:, None, None]
     out = xp[bi, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C): advanced dims first
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(x: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
+    """Each image of x (B, C, H, W) mirrored left-right (last axis) with probability ``p``, per image.
+
+    torchvision's ``RandomHorizontalFlip(p)`` applied to each image on its own (airbench and
+    Belrose et al. flip half the images of every batch). One uniform draw per image,
+    ``torch.rand(B, generator=generator) < p``, from ``generator`` on its own device (a CUDA
+    generator draws on the GPU: no host sync); flipped images are selected with ``torch.where``,
+    so nothing is read back. Same draws as the sampler's former inline flip: seeds' streams are
+    unchanged. p 0: x itself (no draw).
+    """
+    if p <= 0:
+        return x
+    m = (torch.rand(x.shape[0], generator=generator, device=generator.device) < p).to(x.device, non_blocking=True)
+    return torch.where(m[:, None, None, None], x.flip(-1), x)  # (B, C, H, W)

@@ -89,7 +89,7 @@ import torch
 from dsb_widgets.data import load_images
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.data.images import KNOWN_IMAGE_DATASETS
-from dsb_widgets.engine.augment import random_crop
+from dsb_widgets.engine.augment import random_crop, random_flip
 from dsb_widgets.engine.image_probes import DEFAULT_PROBES, PROBE_ORDER, build_image_probes, class_stats, clone_sampler  # noqa: F401  (re-exported)
 from dsb_widgets.engine.task import ConfigError, Experiment, RunConfig, Task, register_experiment, required
 from dsb_widgets.errors import MalformedDataError
@@ -134,9 +134,8 @@ def build_images_task(cfg: RunConfig) -> Task:
             x = x_all[idx]
             if crop:  # Belrose et al.'s RandomCrop(h, padding=crop), per image (engine/augment.py)
                 x = random_crop(x, crop, gen)
-            if flip:  # random horizontal flips (airbench's augmentation; -o flip=true)
-                m = (torch.rand(bs, generator=gen, device=gen.device) < 0.5).to(x.device, non_blocking=True)
-                x = torch.where(m[:, None, None, None], x.flip(-1), x)
+            if flip:  # random horizontal flips, half the images (airbench's augmentation; -o flip=true)
+                x = random_flip(x, gen)
             return x, y_all[idx]
 
     # airbench's patch whitening, from what the model trains on (real images or clone samples), once
