@@ -152,3 +152,39 @@ def test_console_script_rejects_unknown_choice(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--optimizer" in proc.stderr.strip().splitlines()[-1]
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("aug, needle", [(["-o", "crop=2"], "-o crop=2"), (["-o", "flip=true"], "-o flip=true"),
+                                         (["-o", "crop=3", "-o", "flip=true"], "-o crop=3 -o flip=true")])
+def test_augmentation_on_a_clone_exits_2_before_loading_data(aug: list[str], needle: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Crops/flips augment real images; a clone run ignored them silently. Now: one line naming the fix,
+    raised when the config is resolved, before any data is loaded."""
+    import dsb_widgets.engine.images as images
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data was loaded before the config was checked")
+
+    monkeypatch.setattr(images, "load_images", no_loading)
+    out = tmp_path / "clone.nc"
+    assert main(["run", "images", *FAST, "-o", "train_on=gauss_clone", *aug, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("dsb: error:") and needle in err
+    assert "train_on=gauss_clone" in err and "-o train_on=real" in err  # what conflicts, and the fix
+    assert not out.exists()
+
+
+def test_clone_runs_turn_off_the_datasets_default_flips_and_accept_explicit_off() -> None:
+    """CIFAR-10 flips by default (real training); a clone run saves flip=false (what ran) instead of an
+    error, resolving is idempotent, and an explicit -o flip=false / crop=0 with a clone is fine."""
+    from dsb_widgets.engine.task import resolve_config
+
+    cfg = resolve_config(RunConfig(experiment="images", dataset="cifar10", options={"train_on": "iso_clone"}))
+    assert cfg.options["flip"] is False and cfg.options["crop"] == 0
+    assert resolve_config(cfg) == cfg
+    real = resolve_config(RunConfig(experiment="images", dataset="cifar10"))
+    assert real.options["flip"] is True  # real training keeps the dataset's default
+    off = resolve_config(RunConfig(experiment="images", options={"train_on": "gauss_clone", "flip": False,
+                                                                 "crop": 0}))
+    assert off.options["flip"] is False

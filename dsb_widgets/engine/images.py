@@ -4,7 +4,8 @@ Probes (Belrose et al., ICML 2024; Refinetti, Ingrosso, Goldt, ICML 2023) are bu
 (data, probe, options, seed) and cached on disk: see ``engine/image_probes.py`` for the list
 (``real``, ``maxent1/2/3``, ``maxent2_cube``, ``gauss_clone``, edits ``ot``, ``cqn``, ``shift``).
 ``-o train_on=iso_clone|gauss_clone|maxent3_clone`` trains on a rung of Refinetti et al.'s clone
-ladder (``engine/ladder.py``).
+ladder (``engine/ladder.py``); crops and flips (``-o crop``, ``-o flip``) augment real images only,
+so asking for them with a clone is a ConfigError (CIFAR-10's default flips are turned off there).
 
 Defaults (``dsb run images``): digits, MLP width 256, AdamW lr 1e-3, betas (0.9, 0.95), weight
 decay 0.05 (Belrose et al.'s optimiser), cosine to 0 over 4096 steps, batch 64, 3 checkpoints per
@@ -159,6 +160,27 @@ def _as_options(options: ImageOptions | Mapping[str, Any] | None) -> ImageOption
     return parse_options(ImageOptions, options or {}, experiment="images")
 
 
+AUGMENTATIONS = {"crop": 0, "flip": False}  # option -> its "off" value
+
+
+def _augment_real_only(cfg: RunConfig, asked: Mapping[str, Any]) -> RunConfig:
+    """Crops and flips augment the real training images; a clone run (``-o train_on=...``) draws
+    fresh clone images every step and has none to augment. Asked for: a one-line ConfigError
+    naming the fix (they were silently ignored). A dataset default (CIFAR-10's flips): turned
+    off, so the saved config says what ran. Runs before any data loads (``resolve_config``)."""
+    opts = _as_options(cfg.options)
+    on = [k for k, off in AUGMENTATIONS.items() if getattr(opts, k) != off]
+    if opts.train_on == "real" or not on:
+        return cfg
+    given = [k for k in on if k in asked]
+    if given:
+        flags = " ".join(f"-o {k}={str(getattr(opts, k)).lower()}" for k in given)
+        verb = "augments" if len(given) == 1 else "augment"
+        raise ConfigError(f"{flags} {verb} the real training images, but -o train_on={opts.train_on} trains on "
+                          f"fresh clone samples and would ignore it; drop {flags} or pass -o train_on=real")
+    return cfg.replace(options={**dict(cfg.options), **{k: AUGMENTATIONS[k] for k in on}})
+
+
 def _validate(cfg: RunConfig) -> None:
     if cfg.dataset not in IMAGE_DATASETS:
         raise ConfigError(f"unknown image dataset {cfg.dataset!r}; pass --dataset one of: {', '.join(IMAGE_DATASETS)}")
@@ -191,4 +213,5 @@ register_experiment(Experiment(
     description="image classifiers probed with max-entropy, Gaussian-clone, OT and CQN data",
     validate=_validate,
     options=ImageOptions,
+    adjust=_augment_real_only,
 ))

@@ -172,6 +172,11 @@ class Experiment:
     # writing the same Dataset and publishing the same events; ``train`` hands the run to it.
     driver: Callable[..., Any] | None = None
     open_models: bool = False  # --model is free (a path / hub id); ``models`` are only suggestions
+    # ``adjust(resolved_cfg, asked_options) -> cfg``: called by resolve_config (before ``validate``)
+    # with the options the caller passed, before any default was merged in. It may turn off a
+    # default option that does not apply to this run (so the saved config says what ran) or raise
+    # ConfigError for an asked-for option the run would ignore (images: crops/flips on a clone).
+    adjust: Callable[["RunConfig", Mapping[str, Any]], "RunConfig"] | None = None
 
     def parse(self, cfg: "RunConfig") -> Any:
         """The run's options as this experiment's typed dataclass."""
@@ -295,6 +300,7 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         from dsb_widgets.options import options_dict, parse_options
 
         options = options_dict(parse_options(exp.options, options, experiment=exp.name))
+    asked = dict(cfg.options)
     cfg = cfg.replace(**filled, options=options)
     if cfg.probes is None:
         cfg = cfg.replace(probes=tuple(exp.defaults.get("probes", exp.probes)))  # opt-in probes left out
@@ -327,6 +333,8 @@ def resolve_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"unknown device {cfg.device!r}; pass --device auto, cpu or cuda")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no GPU is visible; pass --device cpu")
+    if exp.adjust is not None:
+        cfg = exp.adjust(cfg, asked)
     if exp.validate is not None:
         exp.validate(cfg)
     return cfg
