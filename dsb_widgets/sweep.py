@@ -54,7 +54,7 @@ import numpy as np
 import xarray as xr
 
 from dsb_widgets.engine.results import load_results, write_atomic
-from dsb_widgets.engine.task import RunConfig
+from dsb_widgets.engine.task import RunConfig, required
 from dsb_widgets.sweep_config import SweepConfig, SweepRun, expand, load_sweep
 
 DASHBOARD_ADDRESS = "127.0.0.1:8787"  # the embedded cluster's dashboard: this machine only by default
@@ -84,8 +84,10 @@ def run_path(out_dir: str | os.PathLike[str], key: str) -> Path:
 def is_finished(path: Path, cfg: RunConfig) -> bool:
     """A run is finished when its netCDF has this exact config, probe sets seeded the current way
     (by name: :data:`~dsb_widgets.engine.task.PROBE_SEEDING`; results made before are rerun) with
-    the config's probes in it, and ends at ``cfg.steps``: a merged sweep never mixes runs
-    evaluated on differently drawn probe sets."""
+    the config's probes in it, and ends at ``cfg.steps`` (or at ``attrs["final_step"]`` where the
+    engine decides the last step: checkpoint suites): a merged sweep never mixes runs evaluated on
+    differently drawn probe sets. (A checkpoints file from before ``final_step`` is not finished
+    here; the rerun resumes it, evaluates nothing and rewrites it in the current form.)"""
     from dsb_widgets.engine.task import PROBE_SEEDING
 
     if not path.exists():
@@ -97,27 +99,10 @@ def is_finished(path: Path, cfg: RunConfig) -> bool:
     probes = {str(p) for p in ds.probe.values} if "probe" in ds.coords else set()
     # (clones: only the clone orders present are built, so the file may hold fewer than cfg.probes)
     same_probes = ds.attrs.get("probe_seeding") == PROBE_SEEDING and bool(probes & set(cfg.probes or ()))
-    last = _final_step(str(ds.attrs.get("config", "")), cfg)
-    return last is not None and same_probes and ds.sizes["step"] > 0 and int(ds.step[-1]) == last
-
-
-# Experiments whose engine fixes ``steps`` itself (checkpoints: the suite's last step, known only
-# once the suite is listed), so the saved config differs from the sweep's in ``steps`` alone.
-DERIVED_STEPS = frozenset({"checkpoints"})
-
-
-def _final_step(saved: str, cfg: RunConfig) -> int | None:
-    """The step a finished run with config ``cfg`` ends at, judged from the ``saved`` config JSON;
-    None when the saved run is another configuration."""
-    if saved == cfg.to_json():
-        return cfg.steps
-    if cfg.experiment not in DERIVED_STEPS:
-        return None
-    try:
-        done = RunConfig.from_json(saved)
-    except (ValueError, TypeError):
-        return None
-    return done.steps if done.replace(steps=cfg.steps).to_json() == cfg.to_json() else None
+    if ds.attrs.get("config") != cfg.to_json() or not same_probes or ds.sizes["step"] == 0:
+        return False
+    # an engine that decides where a run ends (checkpoints: the suite's last step) records it
+    return int(ds.step[-1]) == int(ds.attrs.get("final_step", required(cfg.steps, "steps")))
 
 
 def _log_attempt(path: Path, event: dict[str, Any]) -> None:

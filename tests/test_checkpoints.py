@@ -203,3 +203,46 @@ def test_unigram_minimum_comes_before_bigram_on_a_toy_suite(tmp_path: Path) -> N
     assert loss["unigram"].iloc[-1] > loss["unigram"].min() + 0.3  # the unigram loss rises again
     assert argmin["kl_unigram"] < argmin["kl_bigram"]
     assert loss["kl_bigram"].iloc[-1] < loss["kl_unigram"].iloc[-1]  # the model ends nearer the bigram predictor
+
+
+def test_saved_config_is_the_one_asked_for_and_old_files_still_resume(suite: tuple[Path, Path],
+                                                                      tmp_path: Path) -> None:
+    """The driver saves the config it was asked for (``--steps`` untouched) and the suite's last step in
+    ``attrs["final_step"]``; the sweep counts it finished there. A file written before (config steps =
+    last step, no final_step) still loads, and ``--resume`` rewrites it in the current form without
+    evaluating any checkpoint again."""
+    from dsb_widgets.engine.results import write_atomic
+    from dsb_widgets.engine.task import resolve_config
+    from dsb_widgets.sweep import is_finished
+
+    folder, text = suite
+    cfg = resolve_config(RunConfig(experiment="checkpoints", model=str(folder), dataset=str(text), probe_size=6,
+                                   probes=("real", "unigram", "kl_unigram"), options={"context": 12}))
+    out = tmp_path / "ck.nc"
+    starts: list[int] = []
+    events: list[dict] = []
+    ds = train(cfg, out=out, subscribers=[events.append]).dataset
+    assert ds.attrs["config"] == cfg.to_json() and RunConfig.from_json(ds.attrs["config"]).steps == cfg.steps == 1
+    assert int(ds.attrs["final_step"]) == 8 and ds.step.values.tolist() == [0, 1, 2, 4, 8]
+    assert load_results(out).attrs["config"] == cfg.to_json()
+    start = next(e for e in events if e["type"] == "start")
+    assert start["config"].steps == 8  # the live view's x range / progress total: the suite's end
+    assert {e["total"] for e in events if e["type"] == "progress"} == {8}
+    assert is_finished(out, cfg) and not is_finished(out, cfg.replace(probe_size=7))
+
+    old = load_results(out)  # the form written before final_step existed
+    old.attrs["config"] = cfg.replace(steps=8).to_json()
+    del old.attrs["final_step"], old.attrs["probe_seeding"]
+    write_atomic(old, out)
+    assert load_results(out).sizes["step"] == 5 and not is_finished(out, cfg)  # readable; the sweep reruns it
+    rerun = train(cfg, out=out, resume=True, subscribers=[lambda e: starts.append(e["step"])
+                                                           if e["type"] == "checkpoint" else None])
+    assert rerun.status == "finished" and starts == []  # nothing evaluated again
+    new = load_results(out)
+    assert new.attrs["config"] == cfg.to_json() and int(new.attrs["final_step"]) == 8
+    np.testing.assert_array_equal(new.loss.values, ds.loss.values)
+    assert is_finished(out, cfg)
+    old.attrs["config"] = cfg.replace(steps=8, probe_size=7).to_json()  # another run's old file: refused
+    write_atomic(old, out)
+    with pytest.raises(ConfigError, match="another config"):
+        train(cfg, out=out, resume=True)

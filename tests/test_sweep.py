@@ -134,6 +134,32 @@ def test_is_finished_needs_the_last_step_and_the_same_config(tmp_path: Path) -> 
     assert not is_finished(run_path(tmp_path, b.key), b.config)  # no file
 
 
+def test_is_finished_reads_the_engines_final_step_and_has_no_per_experiment_case(tmp_path: Path) -> None:
+    """An engine that decides where a run ends (checkpoint suites) saves the config as asked and the last
+    step in ``attrs["final_step"]``: finished there, not at ``cfg.steps``. A saved config that differs from
+    the asked one (in ``steps`` too, for every experiment) is another run."""
+    sweep = parse_sweep({"base": {"experiment": "images", "steps": 8}, "grid": {"model": ["mlp"]}}, tmp_path)
+    (run,) = expand(sweep)
+    path = run_path(tmp_path, run.key)
+    _fake_run(sweep, run, 1.0, last_step=32)  # ends at 32, asked steps 8
+    assert not is_finished(path, run.config)
+    ds = load_results(path)
+    ds.attrs["final_step"] = 32
+    write_atomic(ds, path)
+    assert is_finished(path, run.config)
+    ds.attrs["final_step"] = 64  # stopped before the engine's last step
+    write_atomic(ds, path)
+    assert not is_finished(path, run.config)
+    ds.attrs["final_step"] = 32
+    ds.attrs["config"] = run.config.replace(steps=32).to_json()  # the old checkpoints form: steps rewritten
+    write_atomic(ds, path)
+    assert not is_finished(path, run.config)
+    assert not is_finished(path, run.config.replace(experiment="checkpoints"))
+    import dsb_widgets.sweep as sweep_module
+
+    assert not hasattr(sweep_module, "DERIVED_STEPS")
+
+
 def test_cli_lists_runs_and_rejects_bad_sweeps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from dsb_widgets.cli import main
 

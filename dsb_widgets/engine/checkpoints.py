@@ -22,7 +22,11 @@ first approaches the unigram predictor, then moves on to the bigram one.
 The driver writes the same Dataset as the training loop (dims step, probe, seed; one seed =
 ``cfg.seed``, the probe seed; ``train_loss`` NaN) after every checkpoint, publishes the same
 events, and resumes per checkpoint (``--resume``: finished steps are kept, the next one loads).
-``cfg.steps`` is set to the last checkpoint's step; ``--batch-size`` = windows per forward pass.
+The saved ``attrs["config"]`` is the config as asked (``--steps`` is not used: the suite decides);
+the last checkpoint's step, where the run ends, is ``attrs["final_step"]`` (the sweep's
+``is_finished`` reads it). Files written before (config ``steps`` = last step, no ``final_step``)
+still load and resume, and are rewritten in the current form on ``--resume``.
+``--batch-size`` = windows per forward pass.
 
 Losses and divergences use the model's logits over the tokenizer's V ids (rows beyond V, e.g.
 Pythia's padding 50,277 -> 50,304, are dropped and the softmax renormalised over V).
@@ -62,6 +66,7 @@ from dsb_widgets.divergence import DIVERGENCE_ORDER, DIVERGENCE_PROBES, Divergen
 from dsb_widgets.engine.loop import TrainResult, _publish, checkpoint_rows
 from dsb_widgets.engine.results import METRICS, ResultsTable, ResultsWriter, load_results
 from dsb_widgets.engine.task import (
+    PROBE_SEEDING,
     ConfigError,
     Experiment,
     Probe,
@@ -171,7 +176,7 @@ def evaluate_checkpoints(cfg: RunConfig, out: str | Path | None = None, resume: 
     t0 = time.perf_counter()
     opts = EXPERIMENT.parse(cfg)
     suite = _suite(cfg)
-    cfg = cfg.replace(steps=max(1, suite[-1].step))
+    final = max(1, suite[-1].step)  # where the run ends; the saved config stays the one asked for
     names = tuple(cfg.probes or CHECKPOINT_PROBES)
     device = pick_device(cfg.device)
     amp = bool(cfg.amp and device.type == "cuda")
@@ -181,7 +186,8 @@ def evaluate_checkpoints(cfg: RunConfig, out: str | Path | None = None, resume: 
     orders = [PROBE_ORDER.get(n, DIVERGENCE_ORDER.get(n, math.nan)) for n in names]
     floors = {p.name: p.floor for p in data.probes}
     setup = data.setup
-    attrs = {"config": cfg.to_json(), "experiment": cfg.experiment, "units": "nats", "model": str(cfg.model),
+    attrs = {"config": cfg.to_json(), "final_step": final, "experiment": cfg.experiment, "units": "nats",
+             "probe_seeding": PROBE_SEEDING, "model": str(cfg.model),  # probes: build_text_probes, by name
              "checkpoints": ",".join(str(c.step) for c in suite), "corpus": corpus.name, "source": corpus.source,
              "tokenizer": setup.corpus.tokenizer, "vocab_size": setup.vocab_size, "context": setup.context,
              "bytes_per_token": setup.corpus.bytes_per_token, "train_tokens": int(setup.corpus.train.size),
@@ -189,12 +195,16 @@ def evaluate_checkpoints(cfg: RunConfig, out: str | Path | None = None, resume: 
     table = ResultsTable(list(names), orders, [cfg.seed], attrs=attrs, floors=[floors.get(n, math.nan) for n in names])
     out = Path(out) if out is not None else None
     elapsed = 0.0
-    if out is not None:
-        table, elapsed = _prepare_files(out, cfg, table, data, resume)
-    done = set(table.steps)
     writer = ResultsWriter(out) if out is not None else None  # one appended row per checkpoint
+    if out is not None and writer is not None:
+        table, elapsed, legacy = _prepare_files(out, cfg, table, data, resume, final)
+        if legacy:  # an older file: rewrite it now in the current form (also when nothing is left to do)
+            writer.write(table)
+    done = set(table.steps)
     subscribers = list(subscribers)
-    _publish(subscribers, {"type": "start", "config": cfg, "probes": table.probes, "orders": table.orders,
+    # the live view's config carries the suite's last step as ``steps`` (its x range, progress total)
+    _publish(subscribers, {"type": "start", "config": cfg.replace(steps=final), "probes": table.probes,
+                           "orders": table.orders,
                            "floors": table.floors, "seeds": table.seeds, "checkpoints": [c.step for c in suite],
                            "step": table.steps[-1] if table.steps else 0,
                            "rows": [r for i in range(len(table.steps)) for r in checkpoint_rows(table, i)]})
@@ -230,7 +240,7 @@ def evaluate_checkpoints(cfg: RunConfig, out: str | Path | None = None, resume: 
             _save_state(out, table.steps, time.perf_counter() - start)
         _publish(subscribers, {"type": "checkpoint", "step": ckpt.step, "wall_time": table.wall[-1],
                                "rows": checkpoint_rows(table)})
-        _publish(subscribers, {"type": "progress", "step": ckpt.step, "total": cfg.steps,
+        _publish(subscribers, {"type": "progress", "step": ckpt.step, "total": final,
                                "elapsed": time.perf_counter() - start})
         if bar is not None:
             bar.update(1)
@@ -254,24 +264,34 @@ def _save_state(out: Path, steps: list[int], elapsed: float) -> None:
     tmp.replace(_state_path(out))
 
 
-def _prepare_files(out: Path, cfg: RunConfig, table: ResultsTable, data: SuiteData,
-                   resume: bool) -> tuple[ResultsTable, float]:
-    """Fresh run: save the probe sets; resume: reload them and the finished checkpoints' rows."""
+def is_legacy(attrs: Any, cfg: RunConfig, final: int) -> bool:
+    """A results file written before ``final_step`` existed: its config is ``cfg`` with ``steps`` set to
+    the suite's last step ``final`` (the asked ``steps`` was not kept)."""
+    return "final_step" not in attrs and attrs.get("config") == cfg.replace(steps=final).to_json()
+
+
+def _prepare_files(out: Path, cfg: RunConfig, table: ResultsTable, data: SuiteData, resume: bool,
+                   final: int) -> tuple[ResultsTable, float, bool]:
+    """Fresh run: save the probe sets; resume: reload them and the finished checkpoints' rows.
+    Returns (table, elapsed seconds, whether the file was in the older form and is upgraded)."""
     probes_path = out.with_name(out.stem + ".probes.pt")
     if resume and out.exists() and _state_path(out).exists():
         ds = load_results(out)
-        if ds.attrs.get("config") != cfg.to_json():
+        legacy = is_legacy(ds.attrs, cfg, final)
+        if ds.attrs.get("config") != cfg.to_json() and not legacy:
             raise ConfigError(f"{out} was made with another config; drop --resume or use the same options")
         saved = torch.load(probes_path, weights_only=True)
         for p in [*data.probes, data.real]:  # evaluate on exactly the saved probe sets
             object.__setattr__(p, "x", saved[p.name]["x"])
             object.__setattr__(p, "y", saved[p.name]["y"])
         state = torch.load(_state_path(out), weights_only=True)
-        return ResultsTable.from_dataset(ds), float(state["elapsed"])
+        resumed = ResultsTable.from_dataset(ds)
+        resumed.attrs = dict(table.attrs)  # this run's attrs (equal to the saved ones unless legacy)
+        return resumed, float(state["elapsed"]), legacy
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({p.name: {"x": p.x, "y": p.y} for p in [*data.probes, data.real]}, probes_path)
     _state_path(out).unlink(missing_ok=True)
-    return table, 0.0
+    return table, 0.0, False
 
 
 def _build(cfg: RunConfig) -> Any:
