@@ -139,8 +139,7 @@ def dashboard(tmp_path):
 
 
 def _upload(d, name: str, blob: bytes) -> str:
-    d.upload.filename = name
-    d.upload.value = blob
+    d.upload.value = {name: blob}
     return d.message.object
 
 
@@ -162,10 +161,45 @@ def test_upload_messages_for_empty_oversize_and_foreign_files(dashboard):
     assert "netCDF4/HDF5" in _upload(dashboard, "h5.nc", b"\x89HDF\r\n\x1a\n" + bytes(100))
     assert "not a netCDF3 file" in _upload(dashboard, "x.nc", b"hello world")
     assert dashboard.message.alert_type == "danger" and dashboard.sweep_view is None
-    assert dashboard.upload.value is None  # bytes dropped after the answer
+    assert dashboard.upload.value == {}  # bytes dropped after the answer
     from dsb_widgets.ui.safety import MAX_UPLOAD_BYTES, WEBSOCKET_MAX_BYTES
+    from dsb_widgets.ui.upload import CHUNK_BYTES
 
-    assert WEBSOCKET_MAX_BYTES > MAX_UPLOAD_BYTES * 4 / 3 * 1.1  # a 21 MB file (base64) reaches our message
+    assert dashboard.upload.max_file_size == "20MB"  # refused in the browser before any byte is sent
+    assert WEBSOCKET_MAX_BYTES > CHUNK_BYTES * 4 / 3 * 1.1 and CHUNK_BYTES < MAX_UPLOAD_BYTES  # chunks fit a message
+
+
+class _Event:
+    """What FilePond's chunked upload sends the server (panel.models.file_dropper.UploadEvent)."""
+
+    event_name = "upload_event"
+
+    def __init__(self, name: str, chunk: int, total: int, data: bytes) -> None:
+        self.data = {"name": name, "chunk": chunk, "total_chunks": total, "data": data, "type": ""}
+
+
+def test_upload_streamed_past_the_limit_is_dropped_on_the_server(dashboard):
+    """A hostile client skips the browser's size check and streams chunks: the server counts them
+    and drops the file as soon as its bytes pass the limit (never buffering more than the limit)."""
+    from dsb_widgets.ui.safety import MAX_UPLOAD_BYTES
+    from dsb_widgets.ui.upload import CHUNK_BYTES
+
+    up, n = dashboard.upload, MAX_UPLOAD_BYTES // CHUNK_BYTES + 3
+    chunk = b"CDF\x01" + bytes(CHUNK_BYTES - 4)
+    for i in range(1, n + 1):
+        up._process_event(_Event("stream.nc", i, n, chunk))
+        assert sum(len(b) for b in up._file_buffer.get("stream.nc", [])) <= MAX_UPLOAD_BYTES
+    assert "stream.nc passed 24.0 MB while uploading, over the 20 MB upload limit" in dashboard.message.object
+    assert up.value == {} and up._file_buffer == {} and up.refused == "" and dashboard.sweep_view is None
+    # two files at once are capped together; a file within the limit still arrives whole
+    half = MAX_UPLOAD_BYTES // 2 + 1
+    up._process_event(_Event("a.nc", 1, 2, bytes(half)))
+    up._process_event(_Event("b.nc", 1, 2, bytes(half)))
+    assert "b.nc passed" in dashboard.message.object and "b.nc" not in up._file_buffer
+    blob = _result_bytes({"lr": [0.1, 0.01]})
+    up._process_event(_Event("grid.nc", 1, 2, blob[:100]))
+    up._process_event(_Event("grid.nc", 2, 2, blob[100:]))
+    assert dashboard.message.object.startswith("Opened sweep grid") and up.value == {}
 
 
 def test_valid_upload_still_opens_as_a_sweep(dashboard):

@@ -36,6 +36,7 @@ from dsb_widgets.ui.form import form_config, run_path, saved_files
 from dsb_widgets.ui.offline import local_resources_for_session, offline_template
 from dsb_widgets.ui.safety import DataPolicy, check_results_file, esc, open_results_bytes
 from dsb_widgets.ui.sweep_view import SweepView, dims_summary, extra_dims, sweep_name
+from dsb_widgets.ui.upload import BoundedUpload
 from dsb_widgets.ui.viewer import RunViewer, describe
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class Dashboard:
         self.refresh_btn = pn.widgets.Button(name="Refresh list", width=110)
         self.open_btn = pn.widgets.Button(name="Open", button_type="success", width=110)
         self.clear_btn = pn.widgets.Button(name="Clear overlays", width=110)
-        self.upload = pn.widgets.FileInput(accept=".nc", name="or upload a .nc")
+        self.upload = BoundedUpload(name="or upload a .nc (up to 20 MB)")
         self.sweep_area = pn.Column(sizing_mode="stretch_width", visible=False)
         self.sweep_view: SweepView | None = None
         self.viewer = RunViewer(registry.latest(), registry=registry)
@@ -101,6 +102,7 @@ class Dashboard:
         self.open_btn.on_click(lambda e: self.open_file(self.files.value))
         self.clear_btn.on_click(lambda e: self._clear())
         self.upload.param.watch(lambda e: self._open_upload(), "value")
+        self.upload.param.watch(lambda e: self._upload_refused(), "refused")
         self._fill_from_experiment()
         self._form_from_run(self.viewer.run)
         self._refresh_runs()
@@ -258,16 +260,21 @@ class Dashboard:
             self.say(f"Could not open {Path(path).name}: {type(err).__name__}: {err}")
 
     def _open_upload(self) -> None:
-        if self.upload.value is None:  # b"" is a 0-byte upload: answered with a message
+        if not self.upload.value:  # cleared after the answer below (an empty file arrives as b"")
             return
-        name = self.upload.filename or "upload.nc"
+        name, blob = next(iter(self.upload.value.items()))
         try:
-            ds = open_results_bytes(self.upload.value, name)  # header checked before any decoding
+            ds = open_results_bytes(blob, name)  # header checked before any decoding
             self.say(self.open_dataset(ds, Path(name).stem), "success")
         except Exception as err:  # noqa: BLE001  any unreadable upload is a message in the sidebar, never a crash
             self.say(f"Could not open {name} (expected a netCDF3 file from dsb run / dsb sweep): {err}")
         finally:
-            self.upload.value = None  # drop the bytes; the same file can be chosen again
+            self.upload.value = {}  # drop the bytes; the same file can be chosen again
+
+    def _upload_refused(self) -> None:
+        if self.upload.refused:  # a client that skipped the browser's size check (ui/upload.py)
+            self.say(f"Could not open the upload: {self.upload.refused}")
+            self.upload.refused = ""
 
     def _clear(self) -> None:
         self.viewer.clear_overlays()
