@@ -207,3 +207,126 @@ def test_unigrams_are_learned_before_bigrams_on_shakespeare() -> None:
     print(f"unigram min {loss['unigram'][i_uni]:.3f} @ {steps[i_uni]} (floor {floors['unigram']:.3f}); "
           f"bigram min {loss['bigram'][i_bi]:.3f} @ {steps[i_bi]} (floor {floors['bigram']:.3f}); "
           f"{time.perf_counter() - t0:.1f}s")
+
+
+# ------------------------------------------------------------------- device-resident sampling (issue 17)
+HOST_READS = ("item", "cpu", "numpy", "tolist", "__bool__", "__int__", "__float__")
+
+
+def _spy_host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every Tensor method that reads a value back to the host (a device sync on a GPU)."""
+    calls: list[str] = []
+    for name in HOST_READS:
+        orig = getattr(torch.Tensor, name)
+
+        def spy(self: torch.Tensor, *args: object, _name: str = name, _orig: object = orig, **kw: object) -> object:
+            calls.append(_name)
+            return _orig(self, *args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return calls
+
+
+def _former_sampler(cfg: RunConfig, gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text sampler before the tokens moved into a tensor: starts on the generator, NumPy gather."""
+    from dsb_widgets.engine.text import _split_xy, windows
+
+    setup = setup_text(cfg)
+    hi = setup.corpus.train.size - setup.window + 1
+    starts = torch.randint(hi, (bs,), generator=gen).numpy()
+    return _split_xy(windows(setup.corpus.train, starts, setup.window), setup, gen, 0.15)
+
+
+@pytest.mark.parametrize("model", ["gpt", "bert"])
+def test_resident_sampler_draws_the_former_batches(corpus_file: Path, model: str) -> None:
+    """Same generator -> the very batches (and generator state) of the former NumPy sampler: CPU runs'
+    streams are unchanged; a causal LM's task samples on the run's device, BERT's masking stays on CPU."""
+    cfg = _cfg(corpus_file, model=model, context=8)
+    task = build_text_task(cfg)
+    assert task.device_sampling == (model == "gpt")
+    g_new, g_old = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(3):
+        x, y = task.sample_batch(g_new, 16)
+        x0, y0 = _former_sampler(cfg, g_old, 16)
+        assert x.dtype == y.dtype == torch.int64 and torch.equal(x, x0) and torch.equal(y, y0)
+    assert torch.equal(g_new.get_state(), g_old.get_state())
+
+
+def test_window_starts_are_uniform_over_the_train_split(corpus_file: Path) -> None:
+    cfg = _cfg(corpus_file, context=8)
+    setup = setup_text(cfg)
+    task = build_text_task(cfg)
+    x, _ = task.sample_batch(torch.Generator().manual_seed(0), 20_000)
+    train = torch.from_numpy(setup.corpus.train.astype(np.int64))
+    hi = train.numel() - setup.window + 1
+    first = x[:, 0]  # the token at each window's start
+    freq = torch.bincount(first, minlength=setup.vocab_size).double() / len(first)
+    expected = torch.bincount(train[:hi], minlength=setup.vocab_size).double() / hi
+    assert (freq - expected).abs().max() < 0.02  # token frequencies at the window start = the corpus's
+
+
+def test_same_seed_same_text_run(corpus_file: Path) -> None:
+    cfg = _cfg(corpus_file, steps=6, probe_size=20, seeds=2)
+    a, b = train(cfg).dataset, train(cfg).dataset
+    np.testing.assert_array_equal(a["loss"].values, b["loss"].values)
+    np.testing.assert_array_equal(a["train_loss"].values, b["train_loss"].values)
+    c = train(cfg.replace(seed=1)).dataset
+    assert not np.array_equal(a["train_loss"].values[1:], c["train_loss"].values[1:])
+
+
+@pytest.mark.parametrize("model", ["gpt", "bert"])
+def test_text_sampling_reads_nothing_back_to_the_host(corpus_file: Path, model: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    task = build_text_task(_cfg(corpus_file, model=model, context=8))
+    gen = torch.Generator().manual_seed(0)
+    calls = _spy_host_reads(monkeypatch)
+    for _ in range(3):
+        task.sample_batch(gen, 8)
+    monkeypatch.undo()
+    # BERT: models/bert.py's mask_tokens moves its input to the CPU (x.cpu(), a no-op on the CPU-resident
+    # windows a masked LM keeps); the causal LM reads nothing back
+    assert calls == ([] if model == "gpt" else ["cpu"] * 3)
+
+
+def test_training_steps_read_nothing_back_to_the_host(corpus_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step loop's body (sample, forward, loss, backward, SGD step) on a text task, 2 seeds: no
+    .item()/.cpu()/.numpy()/bool() per step (on a GPU each would wait for the device). AdamW reads
+    its step counter with .item(), a CPU scalar as in torch (no device sync), so SGD is used here."""
+    from dsb_widgets.engine.loop import _Run
+
+    run = _Run(_cfg(corpus_file, optimizer="sgd", seeds=2, steps=8), None, False)
+    run.update()  # first step: optimizer state created
+    calls = _spy_host_reads(monkeypatch)
+    for _ in range(3):
+        run.loss_sum += run.update()
+    monkeypatch.undo()
+    assert calls == []
+
+
+def test_symmetry_fixed_training_set_is_sampled_without_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine/symmetry.py with -o train_size=P: the set is resident on the run's device, indices drawn
+    from the generator there; on CPU the draws are the former ones (x_all[randint(P, (B,))])."""
+    from dsb_widgets.engine.symmetry import _contexts, build_symmetry_task, make_targets
+
+    cfg = resolve_config(RunConfig(experiment="symmetry", steps=4, probe_size=16, options={"train_size": 50}))
+    task = build_symmetry_task(cfg)
+    assert task.device_sampling
+    x_all, y_all = _contexts(make_targets(cfg), 50, cfg.seed)
+    gen, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    calls = _spy_host_reads(monkeypatch)
+    x, y = task.sample_batch(gen, 32)
+    monkeypatch.undo()
+    assert calls == []
+    idx = torch.randint(50, (32,), generator=ref)
+    assert torch.equal(x, x_all[idx]) and torch.equal(y, y_all[idx])
+    online = build_symmetry_task(resolve_config(RunConfig(experiment="symmetry", steps=4, probe_size=16)))
+    assert not online.device_sampling  # fresh contexts' targets are computed in NumPy on the host
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_text_batches_are_drawn_on_the_gpu(corpus_file: Path) -> None:
+    task = build_text_task(_cfg(corpus_file, context=8, device="cuda"))
+    x, y = task.sample_batch(torch.Generator(device="cuda").manual_seed(0), 8)
+    assert x.is_cuda and y.is_cuda and torch.equal(x[:, 1:], y[:, :-1])
+    x, _ = task.sample_batch(torch.Generator().manual_seed(0), 8)  # the engine's CPU example batch
+    assert x.is_cuda

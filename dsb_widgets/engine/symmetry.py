@@ -98,19 +98,22 @@ def build_symmetry_task(cfg: RunConfig) -> Task:
     probes = build_symmetry_probes(targets, required(cfg.probe_size, "probe_size"), cfg.seed)
     scfg = SeqConfig(context=o.context, dim=o.dim, outputs=len(targets.sectors), n_layer=o.n_layer,
                      n_head=o.n_head, d_model=o.d_model, pos_std=o.pos_std, width=o.width)
-    if o.train_size > 0:
-        x_all, y_all = _contexts(targets, o.train_size, cfg.seed)
+    if o.train_size > 0:  # the fixed set lives on the run's device, indices drawn there (no sync per step)
+        from dsb_widgets.engine.task import pick_device
+
+        dev = pick_device(cfg.device)
+        x_all, y_all = (t.to(dev) for t in _contexts(targets, o.train_size, cfg.seed))
 
         def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-            idx = torch.randint(o.train_size, (bs,), generator=gen)
+            idx = torch.randint(o.train_size, (bs,), generator=gen, device=gen.device).to(dev, non_blocking=True)
             return x_all[idx], y_all[idx]
-    else:
+    else:  # online: fresh contexts, targets computed in NumPy (sn_sectors) on the host
         def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
             x = torch.randn(bs, o.context, o.dim, generator=gen, dtype=torch.float64)
             return x.float(), torch.from_numpy(targets(x.numpy())).float()
 
     return Task(make_model=lambda seed: make_seq_model(str(cfg.model), scfg), sample_batch=sample_batch,
-                probes=probes, loss="mse",
+                probes=probes, loss="mse", device_sampling=o.train_size > 0,
                 info={"units": "mse", "context": o.context, "train_size": o.train_size, "feature": o.feature})
 
 

@@ -206,12 +206,7 @@ def build_text_task(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> Ta
     probe_size = required(cfg.probe_size, "probe_size")
     probes = build_text_probes(setup, tuple(n for n in names if n not in DIVERGENCE_ORDER), probe_size,
                                cfg.seed, mask_prob)
-    train = setup.corpus.train
-    L, hi = setup.window, setup.corpus.train.size - setup.window + 1
-
-    def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.randint(hi, (bs,), generator=gen).numpy()
-        return _split_xy(windows(train, starts, L), setup, gen, mask_prob)  # (B, T), (B, T)
+    sample_batch = train_sampler(setup, mask_prob, cfg.device)
 
     c = setup.corpus
     info = {"units": "nats/token", "bytes_per_token": c.bytes_per_token, "corpus": c.name, "source": c.source,
@@ -220,7 +215,36 @@ def build_text_task(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> Ta
             "objective": "masked LM" if setup.mlm else "causal LM"}
     measure = divergence_measure(setup, divs, probe_size, cfg.seed, cfg.eval_batch) if divs else None
     return Task(make_model=make_text_model(cfg, c.vocab_size), sample_batch=sample_batch, probes=probes, info=info,
-                extra_probes={n: DIVERGENCE_ORDER[n] for n in divs}, measure=measure)
+                extra_probes={n: DIVERGENCE_ORDER[n] for n in divs}, measure=measure,
+                device_sampling=not setup.mlm)  # BERT's masking draws on a CPU generator (models/bert.py)
+
+
+def train_sampler(setup: TextSetup, mask_prob: float,
+                  device: str = "cpu") -> Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]:
+    """``sample_batch(gen, B)``: B uniformly placed training windows, split into (x, y) (B, T) int64.
+
+    The train tokens are kept as one int32 tensor on the run's device (causal LM; a masked LM's
+    stay on the CPU, where :func:`~dsb_widgets.models.bert.mask_tokens` draws). Window starts are
+    drawn from ``gen`` on its own device, ``torch.randint(n - L + 1, (B,))``, and the windows
+    gathered there (``tokens[start + arange(L)]``): on a GPU with an on-device generator nothing is
+    copied or read back per step. The draws (and the batches) are those of the former NumPy
+    gather on a CPU generator, so CPU runs are unchanged.
+    """
+    from dsb_widgets.engine.task import pick_device
+
+    resident = torch.device("cpu") if setup.mlm else pick_device(device)
+    train = np.ascontiguousarray(setup.corpus.train, dtype=np.int32)
+    tokens = torch.from_numpy(train if train.flags.writeable else train.copy()).to(resident)  # (n,) int32
+    L = setup.window
+    hi = int(tokens.numel()) - L + 1
+    offsets = torch.arange(L, device=resident)  # (L,)
+
+    def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(hi, (bs,), generator=gen, device=gen.device).to(resident, non_blocking=True)
+        w = tokens[starts[:, None] + offsets].long()  # (B, L)
+        return _split_xy(w, setup, gen, mask_prob)  # (B, T), (B, T)
+
+    return sample_batch
 
 
 def divergence_measure(setup: TextSetup, names: tuple[str, ...], n: int, seed: int,
