@@ -55,14 +55,17 @@ def _probe(x: Tensor, q: int, p: float, seed: int) -> tuple[Tensor, Tensor]:
 
 def bert_on_clones(train: Tensor, probes: dict[str, Tensor], q: int, *, steps: int = 3000, batch: int = 64,
                    lr: float = 1e-3, warmup: int = 64, n_layer: int = 2, n_head: int = 2, d_model: int = 64,
-                   mask_prob: float = 0.15, per_octave: int = 4, seed: int = 0, tol: float = 0.02) -> Any:
+                   mask_prob: float = 0.15, per_octave: int = 4, seed: int = 0, k: float = 3.0) -> Any:
     """Train a BERT on ``train`` (N, L) and score it on every probe (name -> (n, L) sequences) at
     log-spaced steps. Returns an ``xarray.Dataset``: ``loss`` (probe, step) in nats per masked
-    token and ``saturation_step`` (probe) (:func:`~dsb_widgets.engine.clones.saturation_step`
-    with tolerance ``tol``)."""
+    token, ``saturation_step`` (probe) (:func:`~dsb_widgets.engine.clones.saturation_step`: no
+    later checkpoint lower by more than ``k`` s.d. of a checkpoint difference) and ``plateau``
+    (probe; :func:`~dsb_widgets.engine.clones.plateau_observed`: the run went on an octave past
+    that step; False = still falling at the end). Only masked positions go through the read-out
+    (:meth:`Bert.features`)."""
     import xarray as xr
 
-    from dsb_widgets.engine.clones import saturation_step
+    from dsb_widgets.engine.clones import curve_noise, plateau_observed, saturation_step
     from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens
 
     torch.manual_seed(seed)
@@ -79,23 +82,27 @@ def bert_on_clones(train: Tensor, probes: dict[str, Tensor], q: int, *, steps: i
             model.eval()
             with torch.no_grad():
                 for name, (x, y) in masked.items():
-                    curves[name].append(float(F.cross_entropy(model(x).reshape(-1, q), y.reshape(-1),
-                                                              ignore_index=IGNORE)))
+                    sel = y != IGNORE
+                    curves[name].append(float(F.cross_entropy(model.head(model.features(x)[sel]), y[sel])))
             model.train()
         if step == steps:
             break
         idx = torch.randint(train.shape[0], (batch,), generator=gen)
         x, y = mask_tokens(train[idx], gen, q, p=mask_prob)
-        loss = F.cross_entropy(model(x).reshape(-1, q), y.reshape(-1), ignore_index=IGNORE)
+        sel = y != IGNORE
+        loss = F.cross_entropy(model.head(model.features(x)[sel]), y[sel])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     names = list(probes)
     loss_arr = np.array([curves[name] for name in names])
-    sat = [saturation_step(np.array(marks), row, tol) for row in loss_arr]
-    return xr.Dataset({"loss": (("probe", "step"), loss_arr), "saturation_step": (("probe",), np.array(sat))},
+    sat = [saturation_step(np.array(marks), row, k=k) for row in loss_arr]
+    plateau = [plateau_observed(np.array(marks), st) for st in sat]
+    return xr.Dataset({"loss": (("probe", "step"), loss_arr), "saturation_step": (("probe",), np.array(sat)),
+                       "plateau": (("probe",), np.array(plateau)),
+                       "noise": (("probe",), np.array([curve_noise(row) for row in loss_arr]))},
                       coords={"probe": names, "step": marks},
                       attrs={"units": "nats per masked token", "mask_prob": mask_prob, "bert_steps": steps,
                              "bert_lr": lr, "bert_batch": batch, "bert_size": f"{n_layer}x{d_model}",
-                             "saturation_tol": tol})
+                             "saturation_k": k})

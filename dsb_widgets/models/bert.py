@@ -85,14 +85,20 @@ class Bert(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, tokens: Tensor) -> Tensor:  # (B, T) int -> (B, T, V)
+    def features(self, tokens: Tensor) -> Tensor:  # (B, T) int -> (B, T, d), the read-out's input
+        """Final-LN features; ``forward = head(features)``. Scoring only the masked positions,
+        ``head(features(x)[labels != IGNORE])``, skips the (B, T, V) logits of unscored positions
+        (same loss and gradients; the read-out is most of a small BERT's cost at V = 1,000)."""
         T = tokens.shape[-1]
         if tokens.dim() != 2 or self.cfg.context < T:
             raise ValueError(f"tokens must be (B, T) with T <= {self.cfg.context}; got {tuple(tokens.shape)}")
         x = self.tok(tokens) + self.pos(self.positions[:T])  # (B, T, d)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)
+
+    def forward(self, tokens: Tensor) -> Tensor:  # (B, T) int -> (B, T, V)
+        return self.head(self.features(tokens))
 
 
 def mask_tokens(
