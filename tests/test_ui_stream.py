@@ -353,3 +353,14 @@ def test_dashboard_opens_runs_and_sweeps_from_files(tmp_path: Path) -> None:
     assert len(d.sweep_view.grid.objects) == 2 and "model (2)" in d.message.object
     d.open_file(str(tmp_path / "junk.nc"))
     assert d.message.alert_type == "danger" and "Could not open junk.nc" in d.message.object
+
+
+def test_floor_lines_span_a_checkpoint_suites_real_last_step() -> None:
+    """`dsb run checkpoints` is asked for steps=1 and reports the suite's last step in its start event
+    (engine/checkpoints.py): the plot spans that step, not the asked one."""
+    run = fake_run([0], floors=[math.nan, 1.5, math.nan])
+    run.store.meta["config"] = run.config.replace(steps=143_000)
+    v = RunViewer(run, poll=False)
+    feed(run, rows(0, 0))
+    v.drain()
+    assert list(v.plots.floors["maxent1"].data["x"]) == [1.0, 143_001.0]

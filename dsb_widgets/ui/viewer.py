@@ -207,7 +207,7 @@ class RunViewer(PollingMixin, pn.viewable.Viewer):
         floors = list(meta.get("floors") or [math.nan] * len(agg.probes))
         floors += [math.nan] * (len(agg.probes) - len(floors))
         orders = list(meta["orders"]) + [math.nan] * (len(agg.probes) - len(meta["orders"]))
-        c = run.config
+        c = meta.get("config") or run.config  # the engine's start event: a checkpoint suite's real last step
         plots = make_plots(agg.probes, orders, floors, agg.has_target, band=self.band,
                            title=f"- {c.experiment}/{c.dataset}/{c.model}", x_max=float(required(c.steps, "steps")) + 1,
                            log_y=self.log_y, edit_panel=self._overlay_has_edits())
