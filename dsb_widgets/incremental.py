@@ -49,7 +49,8 @@ __all__ = ["SiteChains"]
 
 
 class _Plan:
-    """The model's weights in the layouts the batched path multiplies with (built once per sweep)."""
+    """The model's weights in the layouts the batched path multiplies with, plus reusable buffers
+    (built once per sweep; fresh multi-MB outputs per chunk cost page faults comparable to the GEMMs)."""
 
     def __init__(self, model: FactoredAttention) -> None:
         self.model = model
@@ -59,18 +60,18 @@ class _Plan:
         first = layers[0]
         A1 = first.attention()  # (H, T, T)
         self.ev = first.values(model.embedding)  # (q + 1, H, d): first-layer values of every token
-        self.ev_mask = self.ev[cfg.mask_id]  # (H, d)
+        self.ev_diff = (self.ev[cfg.mask_id] - self.ev).contiguous()  # (q + 1, H, d): e_mask V1 - e_a V1
         self.a1_col = A1.permute(2, 1, 0).contiguous()  # (T_p, T_k, H): A1^h_{k p}; [t] = column t
         squares = getattr(model, "squares", None)
         width = getattr(cfg, "square_width", None)
         self.U: list[Tensor | None] = [None]
         self.U += [squares[k - 1] if (width is not None and squares is not None) else None for k in range(1, self.L)]
-        # middle layers: mixed_(h,j) = sum_k A^h_jk z_k (one GEMM), out_j = sum_h mixed_(h,j) V^h
+        # middle layers, values first: Y^h = z V^h (one GEMM per head), then out_j = sum_(h,k) A^h_jk Y^h_k:
+        # ONE GEMM with K = H T (the residual added by the same GEMM, beta = 1)
         self.mid: list[tuple[Tensor, Tensor]] = []
         for k in range(1, self.L - 1):
             A, V = layers[k].attention(), layers[k].V  # (H, T, T), (H, m, d)
-            H, m, d = V.shape
-            self.mid.append((A.reshape(H * self.T, self.T), V))  # rows (h, j) of A^h_{jk}; V (H, m, d)
+            self.mid.append((A.permute(1, 0, 2).reshape(self.T, -1).contiguous(), V))  # (T_j, (h, k)); V (H, m, d)
         if self.L >= 2:
             last = layers[-1]
             H, m, d = last.V.shape
@@ -81,58 +82,114 @@ class _Plan:
         offset = (ro.bias if ro is not None else 0) + (f if f is not None else 0)  # bias + fields: (T, q)
         self.offset = offset if isinstance(offset, Tensor) else None
         self.per_site = f is not None
+        self._buf: dict[tuple[str, tuple[int, ...]], Tensor] = {}
+        self._copies: dict[int | None, _Copies] = {}
 
-    def square(self, k: int, h: Tensor, out: Tensor | None = None) -> Tensor:
-        """Input of layer k >= 1: h * h, or (h U_k)^2 with ``square_width``; ``out``: a buffer (may be h)."""
+    def buf(self, name: str, *shape: int) -> Tensor:
+        """A scratch tensor reused across chunks and proposals (contents undefined)."""
+        key = (name, shape)
+        if key not in self._buf:
+            self._buf[key] = self.ev.new_empty(shape)
+        return self._buf[key]
+
+    def square(self, k: int, h: Tensor, out: Tensor) -> Tensor:
+        """Input of layer k >= 1 into ``out``: h * h, or (h U_k)^2 with ``square_width``."""
         U = self.U[k]
-        if U is not None:
-            z = h @ U
-            return z.mul_(z)
-        return torch.mul(h, h, out=out) if out is not None else h * h
+        if U is None:
+            return torch.mul(h, h, out=out)
+        torch.matmul(h, U, out=out)
+        return out.mul_(out)
 
-    def site_output(self, b1: Tensor, tokens: Tensor) -> Tensor:
-        """g_p = h^L(copy p)_p (T, n, d) from the unmasked first layer b1 (T, n, d) and tokens (n, T).
-        Site-major layouts, so that the n chains widen every product (few, large GEMMs)."""
+    def copies(self, t: int | None) -> _Copies:
+        """The masked copies a proposal at site t needs: all but copy t (None: all T), with their weights."""
+        if t not in self._copies:
+            cp = _Copies(self.T, t, self.a1_col, self.last_row if self.L >= 2 else None, self.offset)
+            if self.offset is not None and self.per_site:
+                cp.offset = self.offset[cp.keep]  # (P, q)
+            self._copies[t] = cp
+        return self._copies[t]
+
+    def site_output(self, b1: Tensor, tokens: Tensor, cp: _Copies) -> Tensor:
+        """g_p = h^L(copy p)_p (P, n, d) for the copies p in ``cp`` from the unmasked first layer b1 (T, n, d)
+        and tokens (n, T). Site-major layouts, so that the n chains widen every product (few, large GEMMs)."""
         T, n, d = b1.shape
         if self.L == 1:
-            return b1
-        H = self.ev_mask.shape[0]
-        r = (self.ev_mask - self.ev[tokens.T]).transpose(1, 2).reshape(T, H, n * d)  # (T_p, H, n d)
-        c = torch.matmul(self.a1_col, r).view(T, T, n, d)  # (T_p, T_k, n, d): the copies' rank-H terms
-        if not self.mid:  # L = 2: h^1 of copy p at k, laid out (p, k, n, d); at k = p it is b1_p (A1_pp = 0)
-            own = b1
-            z = self.square(1, c.add_(b1), out=c)
+            return b1[cp.keep]
+        H, P = self.ev.shape[1], len(cp.keep)
+        r = self.buf("r", P, H, n, d)
+        r.copy_(self.ev_diff[tokens.T[cp.keep]].transpose(1, 2))  # (P, H, n, d): value change of masking p
+        c = torch.baddbmm(b1.view(1, T, n * d).expand(P, T, n * d), cp.a1, r.view(P, H, n * d),
+                          out=self.buf("c", P, T, n * d)).view(P, T, n, d)  # (P, T_k, n, d): h^1 of copy p at k
+        U = self.U[self.L - 1]
+        zbuf = c if U is None else self.buf("zp", P, T, n, U.shape[1])  # last layer's input, (P, T_k, n, m)
+        if not self.mid:  # L = 2; at k = p h^1 of copy p is b1_p (A1_pp = 0)
+            own = b1[cp.keep]
+            z = self.square(1, c, out=zbuf)
         else:  # layers 2..L-1 on all positions of every copy, laid out (k, n, p, d)
-            h = torch.add(c.permute(1, 2, 0, 3), b1[:, :, None], out=b1.new_empty(T, n, T, d))
+            h = self.buf("h", T, n, P, d)
+            h.copy_(c.permute(1, 2, 0, 3))
             for i, (Amix, Vs) in enumerate(self.mid):
-                zk = self.square(i + 1, h)  # (T_k, n, T_p, m)
-                mixed = (Amix @ zk.view(T, -1)).view(H, T * n * T, -1)  # (H, T_j n T_p, m): one GEMM
-                branch = mixed[0] @ Vs[0]
-                for k in range(1, H):
-                    branch.addmm_(mixed[k], Vs[k])
-                h = h.add_(branch.view(T, n, T, d)) if self.residual else branch.view(T, n, T, d)
-            hp = h.permute(2, 0, 1, 3)  # (T_p, T_k, n, d) view
-            own = hp.diagonal(dim1=0, dim2=1).permute(2, 0, 1)  # h(copy p)_p: (T_p, n, d)
-            z = self.square(self.L - 1, hp, out=c)  # (T_p, T_k, n, m), written contiguously
-        mixed = torch.matmul(self.last_row, z.view(T, T, -1)).view(T, H, n, -1)  # (T_p, H, n, m): row p, copy p
-        branch = (mixed.transpose(1, 2).reshape(T * n, -1) @ self.last_V).view(T, n, d)
+                m = Vs.shape[1]
+                z = self.square(i + 1, h, out=self.buf("z", T, n, P, m)).view(-1, m)  # (T_k n P, m)
+                Y = self.buf("Y", H, T * n * P, d)
+                torch.matmul(z, Vs, out=Y)  # Y^h = z V^h: (H, T_k n P, d)
+                hv, Yv = h.view(T, -1), Y.view(H * T, -1)  # (T_j, n P d), ((h, k), n P d)
+                if self.residual:
+                    hv.addmm_(Amix, Yv)
+                else:
+                    torch.mm(Amix, Yv, out=hv)
+            hp = h.permute(2, 0, 1, 3)  # (P, T_k, n, d) view
+            own = hp[torch.arange(P), cp.keep]  # h(copy p)_p: (P, n, d)
+            z = self.square(self.L - 1, hp, out=zbuf)
+        m = z.shape[-1]
+        assert cp.last is not None
+        mixed = torch.matmul(cp.last, z.view(P, T, -1), out=self.buf("mix", P, H, n * m))  # row p of copy p
+        flat = self.buf("flat", P, n, H, m)
+        flat.copy_(mixed.view(P, H, n, m).transpose(1, 2))
+        branch = torch.mm(flat.view(P * n, -1), self.last_V, out=self.buf("g", P * n, d)).view(P, n, d)
         return branch.add_(own) if self.residual else branch
 
-    def logits(self, g: Tensor, pos: Tensor | int | None = None) -> Tensor:
-        """Raw conditional logits from g (..., d); ``pos`` picks the fields (None: g is (T, n, d))."""
-        out = g if self.Wt is None else (g.reshape(-1, g.shape[-1]) @ self.Wt).view(*g.shape[:-1], -1)
-        if self.offset is None:
-            return out
-        if pos is None and self.per_site:
-            return out.add_(self.offset[:, None]) if self.Wt is not None else out + self.offset[:, None]
-        return out + (self.offset if pos is None else self.offset[pos])
+    def logits(self, g: Tensor, pos: int) -> Tensor:
+        """Raw logits (B, q) of the conditional at site ``pos`` from g_pos (B, d)."""
+        out = g if self.Wt is None else g @ self.Wt
+        return out if self.offset is None else out + (self.offset[pos] if self.per_site else self.offset)
 
-    def energy(self, g: Tensor, tokens: Tensor, kind: str) -> Tensor:
-        """E (n,) of sequences ``tokens`` (n, T) from their site outputs g (T, n, d)."""
-        logits = self.logits(g)  # (T, n, q)
-        if kind == "pll":  # log_softmax + gather: measured ~2x faster than logsumexp on CPU
-            logits = torch.log_softmax(logits, dim=-1)
-        return -logits.gather(-1, tokens.T[..., None]).squeeze(-1).sum(0)
+    def logit_of(self, g: Tensor, pos: int, tok: Tensor) -> Tensor:
+        """logit_pos(tok) (B,) from g_pos (B, d), one column of the read-out per chain (no (B, q) product)."""
+        out = g.gather(-1, tok[:, None])[:, 0] if self.Wt is None else (g * self.Wt.T[tok]).sum(-1)
+        return out if self.offset is None else out + (self.offset[pos] if self.per_site else self.offset)[tok]
+
+    def terms(self, g: Tensor, tokens: Tensor, cp: _Copies, kind: str) -> tuple[Tensor, Tensor | None]:
+        """Per copy p in ``cp``: logit_p(s_p) and log Z_p = logsumexp_a logit_p(a) ((P, n) each; log Z None for
+        ``kind="scores"``) from the site outputs g (P, n, d) of sequences ``tokens`` (n, T)."""
+        P, n, d = g.shape
+        logits = self.buf("logits", P, n, self.Wt.shape[1] if self.Wt is not None else d)
+        if self.Wt is not None:
+            torch.mm(g.reshape(P * n, d), self.Wt, out=logits.view(P * n, -1))
+        else:
+            logits.copy_(g)
+        if cp.offset is not None:
+            logits.add_(cp.offset[:, None] if self.per_site else cp.offset)
+        picked = logits.gather(-1, tokens.T[cp.keep][..., None]).squeeze(-1)  # (P, n): logit_p(s_p)
+        if kind == "scores":
+            return picked, None
+        # log Z_p = m_p + log sum_a exp(max(logit_p(a) - m_p, -87)), in place in the scratch buffer (no
+        # fresh (P, n, q) tensors: on this VM their page faults cost more than the arithmetic). The clamp
+        # changes the sum (>= 1) by < q e^-87 ~ 1e-35, below float32/64 rounding, and it matters: exp of
+        # arguments below about -87 (deep, untrained models have logit spreads of 1e4) runs 60-200x slower
+        # on this CPU (measured), as does torch.log_softmax on such rows
+        m = logits.amax(-1, keepdim=True)  # (P, n, 1)
+        return picked, logits.sub_(m).clamp_(min=-87.0).exp_().sum(-1).log_().add_(m.squeeze(-1))
+
+
+class _Copies:
+    """Which masked copies a proposal recomputes (``keep``, (P,)) and the weights indexed by them."""
+
+    def __init__(self, T: int, t: int | None, a1: Tensor, last: Tensor | None, offset: Tensor | None) -> None:
+        self.keep = torch.tensor([p for p in range(T) if p != t], device=a1.device)  # (P,)
+        self.a1, self.last, self.offset = a1[self.keep], None if last is None else last[self.keep], offset
+        # where the P rows go in a (T, ...) tensor: all of it, or the rows before and after t
+        self.slices = [slice(0, T)] if t is None else [slice(0, t), slice(t + 1, T)]
 
 
 class SiteChains:
@@ -141,30 +198,47 @@ class SiteChains:
     ``logits_at(t)`` (B, q): raw logits of q(. | s_-t); ``try_site(t, new)`` (B,): energies of the
     sequences with s_t := new (the candidate is kept); ``accept(mask)`` (B,) bool: keep the candidate
     where True. ``energy`` (B,) and ``tokens`` (B, T) are the current state. ``kind`` is "pll" or
-    "scores" (-sum_p logit_p(s_p)). Chains are processed ``chunk`` at a time (default by depth).
+    "scores" (-sum_p logit_p(s_p)). Chains are processed ``chunk`` at a time.
+
+    Copy t of the candidate (s' with s'_t masked) IS copy t of the current sequence, so a proposal
+    at t recomputes the other T - 1 copies only; its own term is logZ_t(s) - logit_t(s)(s'_t), from
+    the kept g_t and log Z_t.
     """
 
     @torch.no_grad()
     def __init__(self, model: FactoredAttention, tokens: Tensor, kind: str = "pll", chunk: int | None = None) -> None:
         if kind not in ("pll", "scores"):
             raise ValueError(f"SiteChains supports energy 'pll' or 'scores', got {kind!r}")
-        # chains per block: measured best on one CPU thread (V = 1000, T = 16, d = 64): 64 for L <= 2, 32 deeper
+        # chains per block: measured best on one CPU thread (V = 1000, T = 16, d = 64, L = 1-4): 8, which keeps
+        # a block's (T, T, 8, d) copies and (H, T, T, 8, d) values in L2
         self.plan, self.kind = _Plan(model), kind
-        self.chunk = chunk or (64 if model.cfg.n_layers <= 2 else 32)
+        self.chunk = chunk or 8
         model.embed(tokens)  # validates shape and ids
         self.tokens = tokens.clone()
-        B, T = tokens.shape
         self.b1 = self.plan.model.layers[0].mix(self.plan.ev[tokens]).transpose(0, 1).contiguous()  # (T, B, d)
-        self.g, self.energy = self._scan(self.b1, self.tokens)  # (T, B, d), (B,)
-        self._cand: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
+        # state and candidate buffers, allocated once (accept() copies in place: no fresh multi-MB tensors)
+        self.g, self.logz = torch.empty_like(self.b1), self.b1.new_zeros(self.b1.shape[:2])  # (T, B, d), (T, B)
+        self._g, self._logz, self._b1 = torch.empty_like(self.g), torch.zeros_like(self.logz), torch.empty_like(self.b1)
+        self.energy = self._scan(self.b1, self.tokens, self.plan.copies(None), self.g, self.logz)
+        self._cand: tuple[Tensor, Tensor] | None = None
 
-    def _scan(self, b1: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        g, E = torch.empty_like(b1), b1.new_empty(tokens.shape[0])
+    def _scan(self, b1: Tensor, tokens: Tensor, cp: _Copies, g: Tensor, logz: Tensor) -> Tensor:
+        """Rows ``cp`` of g (T, B, d) and log Z (T, B) written in place; returns the sum over ``cp`` of
+        log Z_p - logit_p(s_p) (B,) (for "scores": -logit_p(s_p))."""
+        E = b1.new_empty(tokens.shape[0])
         for lo in range(0, tokens.shape[0], self.chunk):
             sl = slice(lo, lo + self.chunk)
-            g[:, sl] = self.plan.site_output(b1[:, sl], tokens[sl])
-            E[sl] = self.plan.energy(g[:, sl], tokens[sl], self.kind)
-        return g, E
+            out = self.plan.site_output(b1[:, sl], tokens[sl], cp)  # (P, n, d), a reused buffer
+            picked, lz = self.plan.terms(out, tokens[sl], cp, self.kind)
+            E[sl] = (-picked if lz is None else lz - picked).sum(0)
+            i = 0
+            for rows in cp.slices:
+                k = rows.stop - rows.start
+                g[rows, sl] = out[i : i + k]
+                if lz is not None:
+                    logz[rows, sl] = lz[i : i + k]
+                i += k
+        return E
 
     @torch.no_grad()
     def logits_at(self, t: int) -> Tensor:
@@ -176,17 +250,21 @@ class SiteChains:
         tok = self.tokens.clone()
         tok[:, t] = new
         dv = (p.ev[new] - p.ev[self.tokens[:, t]]).transpose(0, 1).reshape(-1, B * d)  # (H, B d)
-        b1 = (p.a1_col[t] @ dv).view(T, B, d).add_(self.b1)  # rank-H change of the first layer
-        g, E = self._scan(b1, tok)
-        self._cand = (tok, b1, g, E)
+        b1 = torch.matmul(p.a1_col[t], dv, out=self._b1.view(T, B * d)).view(T, B, d).add_(self.b1)  # rank-H change
+        E = self._scan(b1, tok, p.copies(t), self._g, self._logz)
+        self._g[t], self._logz[t] = self.g[t], self.logz[t]  # copy t is unchanged
+        own = -p.logit_of(self.g[t], t, new)  # its term: log Z_t - logit_t(new)
+        E.add_(own if self.kind == "scores" else own.add_(self.logz[t]))
+        self._cand = (tok, E)
         return E
 
     def accept(self, mask: Tensor) -> None:
         if self._cand is None:
             raise RuntimeError("accept() needs a pending try_site()")
-        tok, b1, g, E = self._cand
-        self.tokens = torch.where(mask[:, None], tok, self.tokens)
-        self.b1 = torch.where(mask[:, None], b1, self.b1)
-        self.g = torch.where(mask[:, None], g, self.g)
+        tok, E = self._cand
+        self.tokens = torch.where(mask[:, None], tok, self.tokens)  # new tensors: callers may hold views
         self.energy = torch.where(mask, E, self.energy)
+        for cur, cand, m in ((self.b1, self._b1, mask[:, None]), (self.g, self._g, mask[:, None]),
+                             (self.logz, self._logz, mask)):
+            torch.where(m, cand, cur, out=cur)  # elementwise, in place
         self._cand = None
