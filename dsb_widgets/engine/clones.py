@@ -23,8 +23,19 @@ must read the same token ids the clones were written in (checked token by token;
 a one-line error). ``--corpus`` may be left out (the clones' corpus is used).
 
 Sizes (options ``n_layer``, ``n_head``, ``d_model``, ``mask_prob``): defaults run on 2 CPU cores
-in minutes. :func:`saturation_step` gives the step after which a probe's loss stops falling;
-``dsb run clones`` prints it per probe (:func:`format_saturation`).
+in minutes. The schedule is warm-up then a CONSTANT rate (``--schedule constant``, the default
+here): a cosine decay to zero flattens every curve at its end and fakes saturation.
+
+Saturation (:func:`saturation_step`, printed per probe by ``dsb run clones``,
+:func:`format_saturation`): the first checkpoint t after which the loss, as a centred running mean
+over half an octave of checkpoints (m_i, n_i points), never falls again by more than
+k = 3 s.d. of a difference: m_i - m_j <= k sigma sqrt(1/n_i + 1/n_j) for all j > i. sigma is the
+curve's own checkpoint-to-checkpoint noise (:func:`curve_noise`: 1.4826 median|second
+difference| / sqrt(6) over the second half of the run), or a given eval standard error. A
+plateau counts only if the run went on to at least 2t (:func:`plateau_observed`); otherwise the
+probe is "still falling at N". The rule is tested on curves with known answers
+(tests/test_clone_saturation.py): for a + b exp(-t / tau) + noise it stops where the remaining
+drop is within a few sigma; a power law still falling 3 sigma per octave is never called flat.
 
 Measured (small-data reproduction, NOT the paper's scale). Clones from ``dsb clone --corpus
 tinyshakespeare --layers 1 2 3`` at its defaults (factored test PLL 2.925 / 2.702 / 2.647 nats for
