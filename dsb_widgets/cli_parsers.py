@@ -20,8 +20,8 @@ CLONE_DEFAULTS: dict[str, Any] = {
     "batch_size": 128, "lr": 3e-3, "d_embed": 64, "n_heads": 4, "attention": "softmax",
     "mask_rate": 0.15, "objective": "pll", "residual": True, "square_width": None, "eval_windows": 1024,
     "max_sites": 0, "grow": True, "control": True,
-    "sweeps": 100, "burn_in": 10, "window": 10, "thin": 1, "chains": 128, "seed": 0, "data_dir": None,
-    "max_train_chars": None, "device": "cpu",
+    "sweeps": 100, "burn_in": 10, "window": 10, "window_tau": 20.0, "thin": 1, "chains": 128, "seed": 0,
+    "data_dir": None, "max_train_chars": None, "device": "cpu",
 }
 
 
@@ -65,7 +65,11 @@ def add_clone_parser(sub: Any) -> None:
     p.add_argument("--mask-rate", type=float, default=d["mask_rate"], help="fraction of sites scored per sequence")
     p.add_argument("--sweeps", type=int, default=d["sweeps"], help="most MH sweeps (one proposal per position each)")
     p.add_argument("--window", type=int, default=d["window"],
-                   help="stop once the energy trace is stationary over 2 windows of W sweeps (0: run all --sweeps)")
+                   help="stop once the energy trace is stationary over 2 windows of W sweeps (0: run all --sweeps); "
+                   "the smallest W, see --window-tau")
+    p.add_argument("--window-tau", type=float, default=d["window_tau"],
+                   help="W = max(--window, this x the energy's autocorrelation time, measured as the chains run); "
+                   "split-R-hat needs W >> tau (0: a fixed W)")
     p.add_argument("--burn-in", type=int, default=d["burn_in"], help="sweeps dropped before keeping samples")
     p.add_argument("--thin", type=int, default=d["thin"], help="keep every n-th sweep after burn-in")
     p.add_argument("--chains", type=int, default=d["chains"], help="parallel MH chains (from real test windows)")
@@ -88,7 +92,8 @@ def cmd_clone(args: argparse.Namespace) -> int:
                           vocab_size=args.vocab_size, context=args.context, steps=args.steps,
                           batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
                           attention=args.attention, objective=args.objective, mask_rate=args.mask_rate,
-                          max_sites=args.max_sites, residual=args.residual, window=args.window, grow=args.grow,
+                          max_sites=args.max_sites, residual=args.residual, window=args.window,
+                          window_tau=args.window_tau, grow=args.grow,
                           control=args.control, square_width=args.square_width or None,
                           sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin, chains=args.chains,
                           seed=args.seed, data_dir=args.data_dir, max_train_chars=args.max_train_chars,
@@ -98,12 +103,13 @@ def cmd_clone(args: argparse.Namespace) -> int:
     apply_threads(args.threads or auto_threads())
     prov = make_clones(cfg, args.out, progress=True)
     print(f"\n{'L':>3}{'bodies':>8}{'steps':>7}{'train pll':>10}{'test pll':>10}{'control':>9}{'cpu-s':>7}"
-          f"{'sweeps':>7}{'R-hat':>7}{'accept':>8}{'moved':>7}")
+          f"{'sweeps':>7}{'tau':>6}{'W':>5}{'R-hat':>7}{'accept':>8}{'moved':>7}")
     for L, r in prov["orders"].items():
         ctl = f"{r['control']['test_pll']:>9.3f}" if "control" in r else f"{'-':>9}"
         st = r["stationarity"] or {}
         print(f"{L:>3}{r['bodies']:>8}{r['total_steps']:>7}{r['train_pll']:>10.3f}{r['test_pll']:>10.3f}{ctl}"
-              f"{r['train_cpu_seconds']:>7.0f}{r['sweeps']:>7}{st.get('rhat', float('nan')):>7.2f}"
+              f"{r['train_cpu_seconds']:>7.0f}{r['sweeps']:>7}{st.get('tau', float('nan')):>6.1f}"
+              f"{st.get('window', 0):>5}{st.get('rhat', float('nan')):>7.2f}"
               f"{r['acceptance_rate']:>8.3f}{r['fraction_changed_from_init']:>7.2f}")
     if any("control" in r for r in prov["orders"].values()):
         print("control: the shallowest model trained on for the same total steps (held-out pll, nats/token)")

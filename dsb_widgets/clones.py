@@ -127,7 +127,8 @@ class CloneConfig:
     control: bool = True  # with grow: also train the shallowest model for the same total steps as each L
     sweeps: int = 100  # the most MH sweeps; with window > 0 chains stop once stationary
     burn_in: int = 10  # only with window = 0 (fixed length)
-    window: int = 10  # stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
+    window: int = 10  # smallest stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
+    window_tau: float = 20.0  # window W = max(window, window_tau * tau) (mh_sampler docstring); 0: fixed W
     thin: int = 1
     chains: int = 128
     seed: int = 0
@@ -152,6 +153,8 @@ class CloneConfig:
             raise ValueError(f"--mask-rate must lie in (0, 1], got {self.mask_rate}")
         if self.window < 0 or self.window == 1 or 2 * self.window > self.sweeps:
             raise ValueError(f"--window must be 0 (off) or in [2, --sweeps / 2]; got {self.window}")
+        if self.window_tau < 0:
+            raise ValueError(f"--window-tau must be >= 0 (0: a fixed --window); got {self.window_tau}")
         if self.window == 0 and not 0 <= self.burn_in < self.sweeps:
             raise ValueError(f"--burn-in must lie in [0, --sweeps) = [0, {self.sweeps}); got {self.burn_in}")
 
@@ -317,16 +320,19 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
         else:  # the sampler draws on the chains' device: use its global generator, seeded
             torch.manual_seed(cfg.seed + 17 * L)
             gen = None
+        c0 = time.process_time()
         res = metropolis_hastings(IncrementalConditionals(model), init.to(dev), n_sweeps=cfg.sweeps,
                                   burn_in=0 if cfg.window else cfg.burn_in, thin=cfg.thin, generator=gen,
-                                  on_sweep=sweep_cb,
-                                  until_stationary=cfg.window or None)
+                                  on_sweep=sweep_cb, until_stationary=cfg.window or None,
+                                  window_tau=(cfg.window_tau or None) if cfg.window else None)
+        cpu_sample = time.process_time() - c0
         bar.close()
         tokens = res.samples.reshape(-1, cfg.context).cpu()  # (S * chains, T)
-        torch.save({"tokens": tokens, "layers": L, "bodies": n_bodies(L), "init": init}, out / f"clone_L{L}.pt")
+        assert res.energies is not None
+        torch.save({"tokens": tokens, "layers": L, "bodies": n_bodies(L), "init": init,
+                    "energies": res.energies.cpu()}, out / f"clone_L{L}.pt")  # (sweeps + 1, chains) trace
         torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict()}, out / f"model_L{L}.pt")
         kept = [r for r in res.stats if not r["burn_in"]]
-        assert res.energies is not None
         prov["orders"][str(L)] = {
             "file": f"clone_L{L}.pt", "model": "factored_attention", "model_file": f"model_L{L}.pt",
             "layers": L, "bodies": n_bodies(L),
@@ -334,9 +340,9 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             "burn_in": len(res.stats) - len(kept), "thin": cfg.thin,
             "chains": cfg.chains, "n_sequences": int(tokens.shape[0]),
             "stationarity": res.stationarity,
-            "stationarity_criterion": ("split-R-hat of the per-chain energy over the last 2W sweeps < 1.05 and "
-                                       "|mean energy of the last W sweeps - the W before| < 2 s.e.; samples = "
-                                       "the last W sweeps") if cfg.window else "off (fixed sweeps, burn-in)",
+            "stationarity_criterion": _criterion(cfg),
+            "energy": "pll: E(s) = -sum_t log p(s_t | s_-t) (Goyal et al. 2022)",
+            "energy_trace_file": f"clone_L{L}.pt['energies'] (sweeps + 1, chains)",
             "acceptance_rate": res.acceptance_rate,
             "acceptance_per_sweep": [r["acceptance_rate"] for r in res.stats],
             "change_rate_per_sweep": [r["change_rate"] for r in res.stats],
@@ -345,10 +351,19 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             "chain_tokens_per_second": float(np.mean([r["tokens_per_second"] for r in kept])),
             "fraction_changed_from_init": float((res.final.cpu() != init).float().mean()),
             **losses, "train_seconds": t_train, "train_cpu_seconds": cpu_train,
-            "sample_seconds": float(sum(r["seconds"] for r in res.stats)),
+            "sample_seconds": float(sum(r["seconds"] for r in res.stats)), "sample_cpu_seconds": cpu_sample,
         }
         (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=1))
     return prov
+
+
+def _criterion(cfg: CloneConfig) -> str:
+    if not cfg.window:
+        return f"off (fixed {cfg.sweeps} sweeps, burn-in {cfg.burn_in})"
+    w = (f"W = max({cfg.window}, ceil({cfg.window_tau:g} tau)), tau = integrated autocorrelation time of the "
+         "trace's second half at each check" if cfg.window_tau else f"W = {cfg.window}")
+    return ("split-R-hat of the per-chain energy over the last 2W sweeps < 1.05 and |mean energy of the last W "
+            f"sweeps - the W before| < 2 s.e.; {w}; checked every {cfg.window} sweeps; samples = the last W sweeps")
 
 
 def load_clones(path: str | Path) -> CloneSet:

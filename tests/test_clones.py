@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsb_widgets.cli import main
-from dsb_widgets.clones import CloneConfig, load_clones, train_factored, windows
+from dsb_widgets.clones import CloneConfig, load_clones, make_clones, train_factored, windows
 from dsb_widgets.engine.clones import saturation_step
 from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.task import ConfigError, RunConfig
@@ -193,6 +193,7 @@ def test_clone_then_run_clones_end_to_end(tmp_path: Path, capsys: pytest.Capture
         assert rec["n_sequences"] == 8 * 2 and rec["chain_tokens_per_second"] > 0
         blob = torch.load(out / f"clone_L{L}.pt", weights_only=True)
         assert blob["tokens"].shape == (16, 8) and blob["bodies"] == bodies
+        assert blob["energies"].shape == (4, 8)  # the per-chain energy trace, start + 3 sweeps
     # growth + its control: L = 2 trained 2 cycles from L = 1; the control is L = 1 trained as long
     assert prov["orders"]["1"]["total_steps"] == 40 and "control" not in prov["orders"]["1"]
     assert prov["orders"]["2"]["total_steps"] == 80 and prov["orders"]["2"]["grown_from_layers"] == 1
@@ -216,6 +217,24 @@ def test_clone_then_run_clones_end_to_end(tmp_path: Path, capsys: pytest.Capture
     assert abs(float(ds.loss.isel(step=0).mean()) - np.log(7)) < 0.3  # untrained: ~uniform over V = 7 (6 chars + <unk>)
     assert json.loads(ds.attrs["config"])["options"]["clones"] == str(out)
     ds.close()
+
+
+def test_clone_runs_until_stationary_and_records_the_trace(tmp_path: Path) -> None:
+    """With the adaptive window the chains stop once split-R-hat < 1.05 and the drift test pass over
+    W = max(window, 20 tau); provenance keeps the criterion, tau, W, every check, acceptance and
+    change rate per sweep; the clone file keeps the per-chain energy trace and the last W sweeps."""
+    text = tmp_path / "cycle.txt"
+    text.write_text(cycle_text())
+    cfg = CloneConfig(corpus=str(text), layers=(1,), tokenizer="char", context=8, steps=100, batch_size=64, lr=0.03,
+                      d_embed=16, n_heads=2, chains=32, sweeps=400, window=10, control=False)
+    rec = make_clones(cfg, tmp_path / "c", progress=False)["orders"]["1"]
+    st = rec["stationarity"]
+    assert st["stationary"] and st["rhat"] < 1.05 and abs(st["drift"]) < 2 * st["drift_se"]
+    assert st["window"] >= max(10, 20 * st["tau"]) and st["history"][-1]["sweeps"] == rec["sweeps"] < 400
+    assert "20 tau" in rec["stationarity_criterion"] and rec["sample_cpu_seconds"] > 0
+    assert len(rec["acceptance_per_sweep"]) == len(rec["change_rate_per_sweep"]) == rec["sweeps"]
+    blob = torch.load(tmp_path / "c" / "clone_L1.pt", weights_only=True)
+    assert blob["energies"].shape == (rec["sweeps"] + 1, 32) and blob["tokens"].shape == (st["window"] * 32, 8)
 
 
 def test_run_clones_errors_name_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,9 @@ import torch
 from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig, IncrementalConditionals
 from dsb_widgets.incremental import SiteChains
 from dsb_widgets.mh_sampler import (
+    WINDOW_TAU,
     SiteUpdates,
+    autocorr_time,
     masked_conditionals,
     metropolis_hastings,
     pll_energy,
@@ -261,6 +263,42 @@ def test_split_rhat_and_stationarity_detect_drift() -> None:
     assert not stationarity(iid[:15], 10)["stationary"]  # too short to judge
 
 
+def ar1(phi: float, S: int, B: int, seed: int) -> torch.Tensor:
+    """(S, B) stationary AR(1) chains x_k = phi x_(k-1) + sqrt(1 - phi^2) e_k: tau = (1 + phi) / (1 - phi)."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(S, B, generator=g, dtype=torch.float64) * (1 - phi**2) ** 0.5
+    x = torch.empty(S, B, dtype=torch.float64)
+    x[0] = torch.randn(B, generator=g, dtype=torch.float64)  # started in equilibrium
+    for k in range(1, S):
+        x[k] = phi * x[k - 1] + e[k]
+    return x
+
+
+@pytest.mark.parametrize("phi", [0.0, 0.5, 0.9])
+def test_autocorr_time_of_ar1(phi: float) -> None:
+    tau = autocorr_time(ar1(phi, 2000, 64, 0))
+    assert abs(tau - (1 + phi) / (1 - phi)) < 0.1 * (1 + phi) / (1 - phi)
+
+
+def test_fixed_short_window_rejects_a_stationary_correlated_chain_adaptive_one_does_not() -> None:
+    """The cause of 'never stationary' at W = 10: a perfectly stationary trace with tau = 19 sweeps
+    (AR(1), phi = 0.9) fails split-R-hat < 1.05 over 2 x 10 sweeps (E[R-hat] ~ (1 - (tau-1)/W)^-1/2),
+    while W = 20 tau passes with the SAME thresholds; a drifting trace still fails the adaptive check."""
+    x = ar1(0.9, 1000, 128, 1)
+    fixed = stationarity(x, 10)
+    assert not fixed["stationary"] and fixed["rhat"] > 1.2
+    W = round(WINDOW_TAU * autocorr_time(x[500:]))
+    assert 250 < W < 450 and stationarity(x, W)["stationary"]  # tau on 500 sweeps: biased ~20% low
+    drifting = x + torch.linspace(2.0, 0.0, 1000, dtype=torch.float64)[:, None]  # relaxing by 2 sigma
+    assert not stationarity(drifting, W)["stationary"]
+    res = metropolis_hastings(small_potts().conditionals, torch.zeros(64, L, dtype=torch.long), n_sweeps=60,
+                              energy=small_potts().energy, generator=torch.Generator().manual_seed(0),
+                              until_stationary=10, window_tau=WINDOW_TAU)
+    st = res.stationarity
+    assert st is not None and st["window"] >= max(10, WINDOW_TAU * st["tau"]) and len(st["history"]) >= 1
+    assert res.samples.shape[0] == min(st["window"], len(res.stats))
+
+
 def test_until_stationary_stops_and_keeps_the_last_window() -> None:
     """From a bad start (all zeros) the energy drifts first; the chains stop once two windows agree,
     and the kept samples are the last window's states."""
@@ -282,6 +320,7 @@ def test_until_stationary_stops_and_keeps_the_last_window() -> None:
         (dict(n_sweeps=3, burn_in=3), "burn_in"),
         (dict(n_sweeps=3, order="backwards"), "order"),
         (dict(n_sweeps=3, energy="logits"), "energy"),
+        (dict(n_sweeps=3, until_stationary=2, window_tau=0.0), "window_tau"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict, match: str) -> None:
