@@ -84,6 +84,7 @@ class _Plan:
         self.per_site = f is not None
         self._buf: dict[tuple[str, tuple[int, ...]], Tensor] = {}
         self._copies: dict[int | None, _Copies] = {}
+        self.inner = 8  # chains per block of the middle layers: their (H, T, T, 8, d) values fit in L2
 
     def buf(self, name: str, *shape: int) -> Tensor:
         """A scratch tensor reused across chunks and proposals (contents undefined)."""
@@ -95,10 +96,8 @@ class _Plan:
     def square(self, k: int, h: Tensor, out: Tensor) -> Tensor:
         """Input of layer k >= 1 into ``out``: h * h, or (h U_k)^2 with ``square_width``."""
         U = self.U[k]
-        if U is None:
-            return torch.mul(h, h, out=out)
-        torch.matmul(h, U, out=out)
-        return out.mul_(out)
+        z = h if U is None else h @ U
+        return torch.mul(z, z, out=out)
 
     def copies(self, t: int | None) -> _Copies:
         """The masked copies a proposal at site t needs: all but copy t (None: all T), with their weights."""
@@ -121,26 +120,17 @@ class _Plan:
         c = torch.baddbmm(b1.view(1, T, n * d).expand(P, T, n * d), cp.a1, r.view(P, H, n * d),
                           out=self.buf("c", P, T, n * d)).view(P, T, n, d)  # (P, T_k, n, d): h^1 of copy p at k
         U = self.U[self.L - 1]
-        zbuf = c if U is None else self.buf("zp", P, T, n, U.shape[1])  # last layer's input, (P, T_k, n, m)
+        z = c if U is None else self.buf("zp", P, T, n, U.shape[1])  # last layer's input, (P, T_k, n, m)
         if not self.mid:  # L = 2; at k = p h^1 of copy p is b1_p (A1_pp = 0)
             own = b1[cp.keep]
-            z = self.square(1, c, out=zbuf)
-        else:  # layers 2..L-1 on all positions of every copy, laid out (k, n, p, d)
-            h = self.buf("h", T, n, P, d)
-            h.copy_(c.permute(1, 2, 0, 3))
-            for i, (Amix, Vs) in enumerate(self.mid):
-                m = Vs.shape[1]
-                z = self.square(i + 1, h, out=self.buf("z", T, n, P, m)).view(-1, m)  # (T_k n P, m)
-                Y = self.buf("Y", H, T * n * P, d)
-                torch.matmul(z, Vs, out=Y)  # Y^h = z V^h: (H, T_k n P, d)
-                hv, Yv = h.view(T, -1), Y.view(H * T, -1)  # (T_j, n P d), ((h, k), n P d)
-                if self.residual:
-                    hv.addmm_(Amix, Yv)
-                else:
-                    torch.mm(Amix, Yv, out=hv)
-            hp = h.permute(2, 0, 1, 3)  # (P, T_k, n, d) view
-            own = hp[torch.arange(P), cp.keep]  # h(copy p)_p: (P, n, d)
-            z = self.square(self.L - 1, hp, out=zbuf)
+            self.square(1, c, out=z)
+        else:  # layers 2..L-1 on all positions of every copy, ``inner`` chains at a time (in L2)
+            own = self.buf("own", P, n, d)
+            for lo in range(0, n, self.inner):
+                sl = slice(lo, lo + self.inner)
+                hp = self.middle(c[:, :, sl])  # (P, T_k, n', d): h^(L-1) of the copies
+                own[:, sl] = hp[cp.rows, cp.keep]  # h(copy p)_p
+                self.square(self.L - 1, hp, out=z[:, :, sl])
         m = z.shape[-1]
         assert cp.last is not None
         mixed = torch.matmul(cp.last, z.view(P, T, -1), out=self.buf("mix", P, H, n * m))  # row p of copy p
@@ -148,6 +138,24 @@ class _Plan:
         flat.copy_(mixed.view(P, H, n, m).transpose(1, 2))
         branch = torch.mm(flat.view(P * n, -1), self.last_V, out=self.buf("g", P * n, d)).view(P, n, d)
         return branch.add_(own) if self.residual else branch
+
+    def middle(self, c: Tensor) -> Tensor:
+        """Layers 2..L-1 on every position of the copies, from their first layer c (P, T_k, n, d); laid out
+        (k, n, p, d) so that a layer is H value GEMMs Y^h = z V^h and ONE mixing GEMM over (h, k):
+        h_j += sum_(h,k) A^h_jk Y^h_k (K = H T; the residual is the GEMM's beta). Returns a (P, T_k, n, d) view."""
+        P, T, n, d = c.shape
+        H = self.ev.shape[1]
+        h = self.buf("h", T, n, P, d)
+        h.copy_(c.permute(1, 2, 0, 3))
+        for i, (Amix, Vs) in enumerate(self.mid):
+            z = self.square(i + 1, h, out=self.buf("z", T, n, P, Vs.shape[1])).view(-1, Vs.shape[1])  # (T_k n P, m)
+            Y = torch.matmul(z, Vs, out=self.buf("Y", H, T * n * P, d))  # Y^h = z V^h: (H, T_k n P, d)
+            hv, Yv = h.view(T, -1), Y.view(H * T, -1)  # (T_j, n P d), ((h, k), n P d)
+            if self.residual:
+                hv.addmm_(Amix, Yv)
+            else:
+                torch.mm(Amix, Yv, out=hv)
+        return h.permute(2, 0, 1, 3)
 
     def logits(self, g: Tensor, pos: int) -> Tensor:
         """Raw logits (B, q) of the conditional at site ``pos`` from g_pos (B, d)."""
@@ -187,6 +195,7 @@ class _Copies:
 
     def __init__(self, T: int, t: int | None, a1: Tensor, last: Tensor | None, offset: Tensor | None) -> None:
         self.keep = torch.tensor([p for p in range(T) if p != t], device=a1.device)  # (P,)
+        self.rows = torch.arange(len(self.keep), device=a1.device)
         self.a1, self.last, self.offset = a1[self.keep], None if last is None else last[self.keep], offset
         # where the P rows go in a (T, ...) tensor: all of it, or the rows before and after t
         self.slices = [slice(0, T)] if t is None else [slice(0, t), slice(t + 1, T)]
@@ -209,10 +218,10 @@ class SiteChains:
     def __init__(self, model: FactoredAttention, tokens: Tensor, kind: str = "pll", chunk: int | None = None) -> None:
         if kind not in ("pll", "scores"):
             raise ValueError(f"SiteChains supports energy 'pll' or 'scores', got {kind!r}")
-        # chains per block: measured best on one CPU thread (V = 1000, T = 16, d = 64, L = 1-4): 8, which keeps
-        # a block's (T, T, 8, d) copies and (H, T, T, 8, d) values in L2
+        # chains per block, measured on one CPU thread (V = 1000, T = 16, d = 64): 32 for L <= 2, 8 deeper,
+        # where a block's (H, T, T - 1, 8, d) middle-layer values (2 MB) just fit in L2; larger blocks lose
         self.plan, self.kind = _Plan(model), kind
-        self.chunk = chunk or 8
+        self.chunk = chunk or (32 if model.cfg.n_layers <= 2 else 8)
         model.embed(tokens)  # validates shape and ids
         self.tokens = tokens.clone()
         self.b1 = self.plan.model.layers[0].mix(self.plan.ev[tokens]).transpose(0, 1).contiguous()  # (T, B, d)
@@ -220,7 +229,7 @@ class SiteChains:
         self.g, self.logz = torch.empty_like(self.b1), self.b1.new_zeros(self.b1.shape[:2])  # (T, B, d), (T, B)
         self._g, self._logz, self._b1 = torch.empty_like(self.g), torch.zeros_like(self.logz), torch.empty_like(self.b1)
         self.energy = self._scan(self.b1, self.tokens, self.plan.copies(None), self.g, self.logz)
-        self._cand: tuple[Tensor, Tensor] | None = None
+        self._cand: tuple[Tensor, Tensor, Tensor] | None = None  # tokens, energies, moved (B,)
 
     def _scan(self, b1: Tensor, tokens: Tensor, cp: _Copies, g: Tensor, logz: Tensor) -> Tensor:
         """Rows ``cp`` of g (T, B, d) and log Z (T, B) written in place; returns the sum over ``cp`` of
@@ -246,24 +255,34 @@ class SiteChains:
 
     @torch.no_grad()
     def try_site(self, t: int, new: Tensor) -> Tensor:
-        p, (T, B, d) = self.plan, self.b1.shape
+        p, (T, B, d), cp = self.plan, self.b1.shape, self.plan.copies(t)
         tok = self.tokens.clone()
         tok[:, t] = new
+        moved = new != self.tokens[:, t]  # (B,): a proposal of the current token leaves E(s) as it is
         dv = (p.ev[new] - p.ev[self.tokens[:, t]]).transpose(0, 1).reshape(-1, B * d)  # (H, B d)
         b1 = torch.matmul(p.a1_col[t], dv, out=self._b1.view(T, B * d)).view(T, B, d).add_(self.b1)  # rank-H change
-        E = self._scan(b1, tok, p.copies(t), self._g, self._logz)
-        self._g[t], self._logz[t] = self.g[t], self.logz[t]  # copy t is unchanged
-        own = -p.logit_of(self.g[t], t, new)  # its term: log Z_t - logit_t(new)
-        E.add_(own if self.kind == "scores" else own.add_(self.logz[t]))
-        self._cand = (tok, E)
+        own = -p.logit_of(self.g[t], t, new)  # copy t is unchanged; its term: log Z_t - logit_t(new)
+        if self.kind == "pll":
+            own.add_(self.logz[t])
+        if bool(moved.all()):
+            E = self._scan(b1, tok, cp, self._g, self._logz).add_(own)
+        else:  # recompute only the chains that move (trained models propose their current token often)
+            idx = moved.nonzero()[:, 0]
+            g, logz = b1.new_empty(T, len(idx), d), b1.new_zeros(T, len(idx))
+            E = self.energy.clone()
+            E[idx] = self._scan(b1[:, idx], tok[idx], cp, g, logz) + own[idx]
+            self._g[:, idx], self._logz[:, idx] = g, logz
+        self._g[t], self._logz[t] = self.g[t], self.logz[t]
+        self._cand = (tok, E, moved)
         return E
 
     def accept(self, mask: Tensor) -> None:
         if self._cand is None:
             raise RuntimeError("accept() needs a pending try_site()")
-        tok, E = self._cand
+        tok, E, moved = self._cand
         self.tokens = torch.where(mask[:, None], tok, self.tokens)  # new tensors: callers may hold views
         self.energy = torch.where(mask, E, self.energy)
+        mask = mask & moved  # the candidate buffers hold the chains that moved
         for cur, cand, m in ((self.b1, self._b1, mask[:, None]), (self.g, self._g, mask[:, None]),
                              (self.logz, self._logz, mask)):
             torch.where(m, cand, cur, out=cur)  # elementwise, in place
