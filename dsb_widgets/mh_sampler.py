@@ -304,7 +304,8 @@ def metropolis_hastings(
     (checked every W sweeps; ``n_sweeps`` is then the maximum) and keep the states of the last W
     sweeps (every ``thin``-th); ``burn_in`` is ignored. ``window_tau=c`` (with ``until_stationary``):
     the window is max(W, ceil(c tau)), tau = :func:`autocorr_time` of the trace's second half at each
-    check (module docstring); the check dict then holds ``tau`` and every check in ``history``.
+    check (module docstring); the check dict then holds ``tau`` and every check in ``history``; if
+    the chains never pass, the last ``until_stationary`` sweeps are kept (the most relaxed ones).
     Per-sweep stats: sweep, acceptance_rate
     (accepted / proposed, a proposal equal to the current token counts as accepted), change_rate
     (fraction of proposals that changed a token), mean_energy (over chains, after the sweep),
@@ -383,7 +384,8 @@ def metropolis_hastings(
     done = len(stats)
     if until_stationary is not None:
         check = check or _check_window(torch.stack(energies[1:]), until_stationary, window_tau, history)
-        first = max(0, done - int(check["window"]))
+        kept_n = check["window"] if check["stationary"] else check["min_window"]  # not stationary: the last W_min
+        first = max(0, done - int(kept_n))
         for r in stats[:first]:
             r["burn_in"] = 1.0
     else:

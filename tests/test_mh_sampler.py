@@ -296,7 +296,12 @@ def test_fixed_short_window_rejects_a_stationary_correlated_chain_adaptive_one_d
                               until_stationary=10, window_tau=WINDOW_TAU)
     st = res.stationarity
     assert st is not None and st["window"] >= max(10, WINDOW_TAU * st["tau"]) and len(st["history"]) >= 1
-    assert res.samples.shape[0] == min(st["window"], len(res.stats))
+    assert res.samples.shape[0] == (st["window"] if st["stationary"] else 10)
+    short = metropolis_hastings(small_potts().conditionals, torch.zeros(64, L, dtype=torch.long), n_sweeps=20,
+                                energy=small_potts().energy, generator=torch.Generator().manual_seed(0),
+                                until_stationary=10, window_tau=WINDOW_TAU)
+    assert short.stationarity is not None and not short.stationarity["stationary"]  # 2 W > 20 sweeps
+    assert short.samples.shape[0] == 10  # not stationary: the last W_min sweeps, not the whole trace
 
 
 def test_until_stationary_stops_and_keeps_the_last_window() -> None:
