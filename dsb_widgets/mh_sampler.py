@@ -51,6 +51,17 @@ the window adaptive, W = max(W_min, ceil(c tau)) with tau estimated on the secon
 trace at each check; c = :data:`WINDOW_TAU` = 20 gives E[R-hat] ~ 1.026 at stationarity. The
 thresholds (1.05, 2 s.e.) are unchanged; a longer window only makes a drift easier to see.
 
+Parallel tempering (``betas``; Swendsen & Wang 1986, Geyer 1991, Earl & Deem 2005): K groups of
+chains sample pi_k(s) ∝ exp(-beta_k E(s)), beta_0 = 1 > beta_1 > ... > beta_(K-1) > 0, with the same
+proposals and the MH ratio min(1, exp(beta_k (E(s) - E(s'))) q(s_t|s_-t) / q(s'_t|s_-t)); after every
+sweep, chain j of group k and chain j of group k+1 exchange states with probability
+
+    min(1, exp((beta_k - beta_(k+1)) (E(s_k) - E(s_(k+1))))),
+
+k even on even sweeps and odd on odd ones. The joint of all groups is invariant, so group 0 still
+samples pi exactly (tested by enumeration); hot groups cross the barriers between energy basins
+that single-site moves at beta = 1 do not.
+
 Caution: even with the exact conditionals of a true joint p (e.g. a Potts model), the "pll"
 target exp(sum_t log p(s_t|s_-t)) is NOT p in general; pass ``energy=model.energy`` (a callable)
 to target p itself. Both are tested exactly against enumeration in ``tests/test_mh_sampler.py``.
@@ -62,7 +73,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Protocol, runtime_checkable
+from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -245,6 +256,17 @@ def _check_window(trace: Tensor, min_window: int, window_tau: float | None,
     return check
 
 
+def _ladder(betas: Sequence[float] | None, B: int, device: torch.device) -> Tensor | None:
+    if betas is None:
+        return None
+    bt = torch.tensor([float(b) for b in betas], dtype=torch.float64)
+    if bt.numel() < 1 or bt[0] != 1.0 or not bool((bt[1:] < bt[:-1]).all()) or not bool((bt > 0).all()):
+        raise ValueError(f"betas must start at 1.0 and decrease, all > 0 (e.g. [1.0, 0.8, 0.6]); got {list(betas)}")
+    if B % bt.numel():
+        raise ValueError(f"{B} chains cannot be split into {bt.numel()} temperatures; pass a multiple of it")
+    return bt.to(device)
+
+
 def _check(init: Tensor, n_sweeps: int, burn_in: int, thin: int, order: str, energy: Any) -> None:
     if init.dim() != 2 or init.dtype in (torch.float16, torch.float32, torch.float64):
         raise ValueError(f"init must be (B, T) integer token ids; got {tuple(init.shape)} {init.dtype}")
@@ -267,20 +289,39 @@ def _accept(log_ratio: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.log(u) < log_ratio
 
 
-def _sweep_sites(chains: SiteState, positions: list[int], rows: Tensor,
-                 generator: torch.Generator | None) -> tuple[int, int]:
+def _sweep_sites(chains: SiteState, positions: list[int], rows: Tensor, generator: torch.Generator | None,
+                 beta: Tensor | None) -> tuple[Tensor, Tensor]:
     """One sweep of the fast path: per site, draw from q(. | s_-t), score only the candidate, accept.
-    Same random draws, in the same order, as the generic loop. Returns (accepted, changed)."""
-    accepted = changed = 0
+    Same random draws, in the same order, as the generic loop. Returns per-chain (accepted, changed) (B,)."""
+    accepted = changed = rows.new_zeros(rows.shape)
     for t in positions:
         logq = F.log_softmax(chains.logits_at(t), dim=-1)  # (B, V): q(. | s_-t)
         old, new = chains.tokens[:, t], _draw(logq, generator)
         E, E_new = chains.energy, chains.try_site(t, new)
-        accept = _accept(E - E_new + logq[rows, old] - logq[rows, new], generator)  # q(s_t|s'_-t) = q(s_t|s_-t)
-        accepted += int(accept.sum())
-        changed += int((accept & (new != old)).sum())
+        dE = E - E_new if beta is None else beta * (E - E_new)
+        accept = _accept(dE + logq[rows, old] - logq[rows, new], generator)  # q(s_t|s'_-t) = q(s_t|s_-t)
+        accepted = accepted + accept
+        changed = changed + (accept & (new != old))
         chains.accept(accept)
     return accepted, changed
+
+
+def _swap(s: Tensor, E: Tensor, betas: Tensor, sweep: int, generator: torch.Generator | None) -> float:
+    """Replica exchange in place between neighbouring temperatures: chain j of group k <-> chain j of
+    group k+1 (k even on even sweeps, odd on odd ones), accepted with min(1, exp((b_k - b_k+1)(E_i - E_j))).
+    Returns the fraction of attempted swaps accepted (nan if none attempted)."""
+    K, n = betas.shape[0], s.shape[0] // betas.shape[0]
+    done, tried = 0, 0
+    for k in range(sweep % 2, K - 1, 2):
+        i = torch.arange(k * n, (k + 1) * n, device=s.device)
+        j = i + n
+        u = torch.rand(n, generator=generator, dtype=E.dtype, device=E.device)
+        ok = torch.log(u) < (betas[k] - betas[k + 1]) * (E[i] - E[j])
+        a, b = i[ok], j[ok]
+        s[a], s[b] = s[b].clone(), s[a].clone()
+        E[a], E[b] = E[b].clone(), E[a].clone()
+        done, tried = done + int(ok.sum()), tried + n
+    return done / tried if tried else float("nan")
 
 
 @torch.no_grad()
@@ -297,6 +338,7 @@ def metropolis_hastings(
     on_sweep: Callable[[dict[str, float]], None] | None = None,
     until_stationary: int | None = None,
     window_tau: float | None = None,
+    betas: Sequence[float] | None = None,
 ) -> MHResult:
     """Run B chains from ``init`` (B, T) (e.g. real test sentences) for ``n_sweeps`` sweeps.
 
@@ -306,10 +348,14 @@ def metropolis_hastings(
     the window is max(W, ceil(c tau)), tau = :func:`autocorr_time` of the trace's second half at each
     check (module docstring); the check dict then holds ``tau`` and every check in ``history``; if
     the chains never pass, the last ``until_stationary`` sweeps are kept (the most relaxed ones).
+    ``betas`` (K inverse temperatures, betas[0] = 1 > betas[1] > ...): parallel tempering (module
+    docstring); B must be a multiple of K, chain b runs at betas[b // (B / K)] and everything returned
+    (samples, final, energies, stationarity, acceptance) is about the first B / K chains, the target.
     Per-sweep stats: sweep, acceptance_rate
     (accepted / proposed, a proposal equal to the current token counts as accepted), change_rate
     (fraction of proposals that changed a token), mean_energy (over chains, after the sweep),
-    seconds, tokens_per_second (B*T / seconds), burn_in (1.0 during burn-in).
+    seconds, tokens_per_second (B*T / seconds, all chains), burn_in (1.0 during burn-in), swap_rate
+    (tempering: fraction of replica exchanges accepted).
     """
     _check(init, n_sweeps, burn_in, thin, order, energy)
     if until_stationary is not None and until_stationary < 2:
@@ -325,6 +371,9 @@ def metropolis_hastings(
 
     s = init.clone()
     B, T = s.shape
+    bt = _ladder(betas, B, s.device)
+    beta = None if bt is None else bt.repeat_interleave(B // bt.shape[0])  # (B,) each chain's 1 / temperature
+    n = B if bt is None else B // bt.shape[0]  # the target's chains: 0 .. n-1
     if site is not None:  # the fast path: the conditionals run the chains' state themselves
         chains = site.begin(s, str(energy))
         E = chains.energy
@@ -334,18 +383,18 @@ def metropolis_hastings(
             raise ValueError(f"conditionals_fn must return (B, T, V) = ({B}, {T}, V); got {tuple(out.shape)}")
         E = energy_of(out, s)
     rows = torch.arange(B, device=s.device)
-    states, energies, stats = [s.clone()], [E.clone()], []
+    states, energies, stats = [s[:n].clone()], [E[:n].clone()], []
     accepted_per_sweep: list[int] = []
     check: dict[str, Any] | None = None
     history: list[dict[str, float]] = []
     for sweep in range(n_sweeps):
         t0 = time.perf_counter()
-        accepted = changed = 0
+        accepted = changed = rows.new_zeros(B)
         positions = torch.randperm(T, generator=generator) if order == "random" else torch.arange(T)
         if site is not None:
             if sweep:  # state rebuilt every sweep: no drift from incremental updates
                 chains = site.begin(s, str(energy))
-            accepted, changed = _sweep_sites(chains, positions.tolist(), rows, generator)
+            accepted, changed = _sweep_sites(chains, positions.tolist(), rows, generator, beta)
             s, E = chains.tokens, chains.energy
         else:
             out, state = inc.start(s)  # rebuilt every sweep: no drift from incremental updates
@@ -357,23 +406,30 @@ def metropolis_hastings(
                 proposal[:, t] = new
                 out_new, state_new = inc.propose(proposal, state, t, old, new)
                 E_new = energy_of(out_new, proposal)
-                accept = _accept(E - E_new + logq[rows, old] - logq[rows, new], generator)  # q(s_t|s'_-t) = q(s_t|s_-t)
-                accepted += int(accept.sum())
-                changed += int((accept & (new != old)).sum())
+                dE = E - E_new if beta is None else beta * (E - E_new)
+                accept = _accept(dE + logq[rows, old] - logq[rows, new], generator)  # q(s_t|s'_-t) = q(s_t|s_-t)
+                accepted = accepted + accept
+                changed = changed + (accept & (new != old))
                 s = torch.where(accept[:, None], proposal, s)
                 merged = torch.where(accept[:, None, None], out_new, out)
                 state = tuple(merged if a is out_new else torch.where(accept.view(-1, *[1] * (a.dim() - 1)), a, b)
                               for a, b in zip(state_new, state))  # a state that IS the output is merged once
                 out = merged
                 E = torch.where(accept, E_new, E)
+        swap_rate = float("nan")
+        if bt is not None:
+            s, E = s.clone(), E.clone()
+            swap_rate = _swap(s, E, bt, sweep, generator)
         seconds = time.perf_counter() - t0
-        states.append(s.clone())
-        energies.append(E.clone())
-        accepted_per_sweep.append(accepted)
-        row = {"sweep": float(sweep), "acceptance_rate": accepted / (B * T), "change_rate": changed / (B * T),
-               "mean_energy": float(E.mean()), "seconds": seconds,
+        states.append(s[:n].clone())
+        energies.append(E[:n].clone())
+        acc_n = int(accepted[:n].sum())
+        accepted_per_sweep.append(acc_n)
+        row = {"sweep": float(sweep), "acceptance_rate": acc_n / (n * T),
+               "change_rate": int(changed[:n].sum()) / (n * T),
+               "mean_energy": float(E[:n].mean()), "seconds": seconds,
                "tokens_per_second": B * T / max(seconds, 1e-12),
-               "burn_in": float(until_stationary is None and sweep < burn_in)}
+               "burn_in": float(until_stationary is None and sweep < burn_in), "swap_rate": swap_rate}
         stats.append(row)
         if on_sweep is not None:
             on_sweep(row)
@@ -392,6 +448,6 @@ def metropolis_hastings(
         first = burn_in
     keep = [states[k + 1] for k in range(first, done) if (k - first + 1) % thin == 0]
     kept_acc = sum(accepted_per_sweep[first:])
-    stacked = torch.stack(keep) if keep else s.new_zeros((0, B, T))
-    return MHResult(stacked, s, tuple(stats), kept_acc / max((done - first) * B * T, 1),
+    stacked = torch.stack(keep) if keep else s.new_zeros((0, n, T))
+    return MHResult(stacked, s[:n], tuple(stats), kept_acc / max((done - first) * n * T, 1),
                     torch.stack(energies), check)
