@@ -17,8 +17,9 @@ Paths run interleaved, ``--rounds`` times (medians reported; the machine is shar
 ``after, B / before, 1`` is the speed-up issue 17 asks for (>= 10x). Also printed: multiply-adds
 per proposal and chain of both algorithms (``flops``), so the ratio splits into fewer operations
 x faster operations. Model: the ``dsb clone`` sizes (V = 1,000 tokens, T = 16, d = 64, 4 heads,
-softmax attention), untrained; acceptance per sweep of the after-B run is printed too.
-Measured results are in ``RESULTS``.
+softmax attention), untrained; acceptance per sweep of the after-B run is printed too. ``--gemm``
+first prints the one-thread fp32 GEMM throughput of large square products and of the shapes the
+fast path multiplies, the ceiling any speed-up runs into. Measured results are in ``RESULTS``.
 """
 
 from __future__ import annotations
@@ -36,30 +37,35 @@ from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionC
 from dsb_widgets.mh_sampler import metropolis_hastings
 
 RESULTS = """
-Measured 2026-12-02 on the 2-core machine shared with ~6 other jobs (load 7-8), B = 512, pll
-energy, chain-tokens per CPU-second, medians of 3 interleaved rounds; two whole runs (the
-second after in-place buffers in the fast path):
+Measured 2026-12-02 on the 2-core machine shared with other jobs (load 8-10), B = 512, pll energy,
+chain-tokens per CPU-second, medians of 5 interleaved rounds, two whole runs (``--gemm --rounds 5``):
 
 L  before,1  prev inc,B  after,1  after,B  after,B / before,1   MACs before/after  FLOP ratio
-1       881       5,497    2,316   12,757  14.5x  (run 1: 16.3x)     6.27M / 1.02M    6.1x
-2       571       3,080    1,511    8,804  15.4x  (run 1: 10.7x)    11.51M / 1.42M    8.1x
-3       435         989      926    2,216   5.1x  (run 1:  5.4x)    16.75M / 6.66M    2.5x
-4       329         530      673    1,300   4.0x  (run 1:  3.7x)    22.00M / 11.90M   1.85x
+1  1,104-1,365  6,354-7,115  1,338-1,994  16,394-19,511  14.8x / 14.3x   6.27M / 0.96M   6.5x
+2    766-825    3,450-3,530  1,200-1,435   9,940-10,575  12.8x / 13.0x  11.51M / 1.33M   8.7x
+3    575-587    1,130-1,176    767-931     3,883-3,946    6.8x /  6.7x  16.75M / 6.24M   2.7x
+4    537-564      710-771      743-813     2,761-2,895    5.1x /  5.1x  22.00M / 11.16M  2.0x
 
-Acceptance per sweep (after, B): 0.977-0.981 at every depth (untrained model); the fast path and
-the generic loop give identical chains (tests/test_mh_sampler.py), so acceptance is unchanged.
+The previous session's fast path, side by side with this one in one run (B = 512, 3 rounds): this
+one is 1.01x / 1.15x / 1.37x / 1.35x faster at L = 1..4 (values-first middle layers with one K = H T
+mixing GEMM, reused buffers, copy t and own-token proposals not recomputed, a clamped logsumexp).
+Acceptance per sweep (after, B): 0.977-0.981 at every depth (untrained model); the fast path and the
+generic loop give identical chains (tests/test_mh_sampler.py), so acceptance is unchanged.
 
->= 10x is reached for L = 1 and 2, NOT for L = 3 and 4, and cannot be with an exact PLL energy on
-this CPU: every proposal needs the T conditionals of the proposed sequence, i.e. T masked copies.
-After one layer the change at site t reaches every position of every copy (A1 is dense), and the
-x^2 input of layer 2 then differs by 2 h_k * delta_k + delta_k^2, a different vector for each of
-the T^2 (copy, position) pairs, each of which must go through V (d x H d): T^2 H d^2 + H T^3 d
-MACs per middle layer, exactly what recomputing costs. Only the first layer (linear: rank-H
-update) and the last (needed at each copy's own site only) get cheaper, so the FLOP ratio is
-2.5x (L = 3) and 1.85x (L = 4). 10x then needs the fast path to run 4x / 5.4x more FLOP/s than the
-one-chain baseline (14-18 GFLOP/s): 58-72 / 78-97 GFLOP/s sustained, at or above this machine's
-one-thread sgemm peak (50-70 GFLOP/s under load, ~90 idle); measured 30-36 GFLOP/s (the middle
-layer's mixing over T = 16 positions is a K = 16 or M = 16 product, ~25-35 GFLOP/s).
+One-thread fp32 GEMM (torch.mm, out=), same runs: 2048^2 132-159 GFLOP/s, 1024^2 125-156; the fast
+path's shapes: middle values (1920, 64) x (64, 64) 147-154, middle mixing (16, 64) x (64, 7680)
+99-145, read-out (120, 64) x (64, 1000) 144-163, last values (120, 256) x (256, 64) 141-148.
+
+>= 10x is reached for L = 1 and 2, NOT for L = 3 and 4. The previous claim that 10x would need more
+than this CPU's one-thread matmul peak was wrong about the peak (AVX-512: 125-160 GFLOP/s, not 50-90)
+and is only right for L = 4: after the middle layers on all (T - 1) x T copies (irreducible for an
+exact PLL energy, see dsb_widgets/incremental.py) the fast path does 11.16M MACs per chain-token,
+and 10x the baseline (537-564/s) leaves ~180 us for them: 125 GFLOP/s with no other work at all.
+At L = 3 10x needs 72 GFLOP/s overall; the path sustains 48-49 GFLOP/s because about half of its
+time is not GEMM (squares, permuted copies and gathers over the copies, the logsumexp over V = 1,000,
+~70 torch calls per 8-chain block, and the sampler rebuilding the state every sweep, ~6%). An
+inductor-compiled (torch.compile, g++) block was no faster than the eager buffered one (175-212 vs
+166-174 us per chain) after 81 s of compilation.
 """
 
 
@@ -89,11 +95,34 @@ class PreviousIncremental:
 
 
 def flops(L: int, T: int, d: int, H: int, V: int) -> tuple[int, int]:
-    """Multiply-adds per proposal and chain: (before, after) (see dsb_widgets/incremental.py)."""
+    """Multiply-adds per proposal and chain: (before, after) (see dsb_widgets/incremental.py).
+    The fast path recomputes the P = T - 1 copies other than the resampled site's."""
     layer = T * T * H * d * d + T**3 * H * d  # one layer on T masked copies: values + mixing
     before = L * layer + T * d * V
-    after = T * d * V + (0 if L == 1 else T * T * H * d + T * (H * T * d + H * d * d) + (L - 2) * layer)
+    P = T - 1
+    after = P * d * V  # read-out of the P conditionals
+    if L >= 2:
+        after += P * T * H * d + P * (H * T * d + H * d * d)  # copies' first layer, last layer at the own site
+        after += (L - 2) * P * (T * H * d * d + H * T * T * d)  # middle layers, every position of every copy
     return before, after
+
+
+def gemm_rates(reps: float = 2e9) -> None:
+    """One-thread fp32 GFLOP/s of large square products and of the shapes SiteChains multiplies
+    (8 chains per block, T = 16, P = 15 copies, d = 64, H = 4, V = 1000), matmul/mm with ``out=``."""
+    n, T, P, d, H, V = 8, 16, 15, 64, 4, 1000
+    shapes = [("square 1024", 1024, 1024, 1024), ("square 2048", 2048, 2048, 2048),
+              ("middle values z V^h (T n P, d) x (d, d)", T * n * P, d, d),
+              ("middle mixing (T, H T) x (H T, n P d)", T, H * T, n * P * d),
+              ("read-out (P n, d) x (d, V)", P * n, d, V), ("last values (P n, H d) x (H d, d)", P * n, H * d, d)]
+    for name, M, K, N in shapes:
+        a, b, o = torch.randn(M, K), torch.randn(K, N), torch.empty(M, N)
+        torch.mm(a, b, out=o)
+        k = max(3, int(reps / (M * K * N)))
+        c0 = time.process_time()
+        for _ in range(k):
+            torch.mm(a, b, out=o)
+        print(f"  {name:44s} {2 * M * K * N * k / (time.process_time() - c0) / 1e9:6.1f} GFLOP/s", flush=True)
 
 
 def throughput(fn: Any, B: int, T: int, V: int, sweeps: int) -> tuple[float, list[float]]:
@@ -111,8 +140,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     ap.add_argument("--skip-prev", action="store_true", help="skip the slow 'prev inc, B' column")
+    ap.add_argument("--gemm", action="store_true", help="first print one-thread GEMM GFLOP/s (peak and our shapes)")
     a = ap.parse_args()
     torch.set_num_threads(1)
+    if a.gemm:
+        print("one-thread fp32 GEMM throughput (torch.mm, out=):")
+        gemm_rates(2e8 if a.quick else 2e9)
     V, T, d, H = (200, 8, 16, 2) if a.quick else (1000, 16, 64, 4)
     B, rounds = (32, 1) if a.quick else (a.chains, a.rounds)
     print(f"V={V} T={T} d={d} heads={H}; chain-tokens per CPU-second (median of {rounds} interleaved rounds), "
@@ -128,8 +161,8 @@ def main() -> None:
         with torch.no_grad():
             got["pB"].append(float("nan") if a.skip_prev else throughput(PreviousIncremental(inc), B, T, V, 1)[0])
             for _ in range(rounds):
-                got["b1"].append(throughput(before_conditionals(model), 1, T, V, 8)[0])
-                got["a1"].append(throughput(inc, 1, T, V, 8)[0])
+                got["b1"].append(throughput(before_conditionals(model), 1, T, V, 16)[0])
+                got["a1"].append(throughput(inc, 1, T, V, 16)[0])
                 aB, acc = throughput(inc, B, T, V, 2)
                 got["aB"].append(aB)
         m = {k: statistics.median(v) for k, v in got.items()}

@@ -7,32 +7,52 @@ run on s' with s'_p masked, :meth:`FactoredAttention.logits_from_first_layer`). 
 keeps, for all B chains at once, exactly what the next proposal needs and computes only the
 candidate's quantities:
 
-    state:   tokens s (B, T), first layer b = h^1(s) (B, T, d), the last hidden vector of every
-             masked copy at its own site g_p = h^L(copy p)_p (B, T, d), energy E(s) (B,)
+    state:   tokens s (B, T), first layer b = h^1(s) (T, B, d), the last hidden vector of every
+             masked copy at its own site g_p = h^L(copy p)_p (T, B, d), log Z_p (T, B), E(s) (B,)
     q(.|s_-t) = softmax(head(g_t))                                  (one (B, d) x (d, q) read-out)
     b'      = b + sum_h A1^h[:, t] (e_new - e_old) V1^h              (rank-H update, O(T H d))
-    copy p:   h^1(copy p) = b' + sum_h A1^h[:, p] (e_mask - e_{s'_p}) V1^h
+    copy t:   s' with s'_t masked IS s with s_t masked: g'_t = g_t, its term log Z_t - head(g_t)(s'_t)
+    copy p:   h^1(copy p) = b' + sum_h A1^h[:, p] (e_mask - e_{s'_p}) V1^h        (p != t only)
     L = 1:    g'_p = b'_p (the zero diagonal hides s_p from position p)
-    L >= 2:   layers 2..L-1 on the T copies (all positions), layer L at the copy's own site only
-    E(s')   = -sum_p [head(g'_p)(s'_p) - logsumexp_a head(g'_p)(a)]
+    L >= 2:   layers 2..L-1 on the T - 1 copies (all positions), layer L at the copy's own site only
+    E(s')   = sum_p [log Z'_p - head(g'_p)(s'_p)],  log Z'_p = logsumexp_a head(g'_p)(a)
 
-Everything is batched over chains (in chunks of ``chunk`` chains so the (chunk, T, T, d) copies stay
-in cache), with no Python loop over chains or sites. The target is unchanged: the energies equal a
-per-chain recomputation by masking by hand (``tests/test_mh_sampler.py``, depths 1-4, to 1e-5).
+A chain that proposes its current token keeps E(s) (not recomputed). Everything else is batched over
+chains, in blocks of ``chunk`` chains (32 for L <= 2, 8 deeper: a block's buffers then stay in L2),
+with no Python loop over chains or sites, and every block writes into scratch buffers allocated once
+(a fresh multi-MB tensor per block costs page faults comparable to the products on this VM).
+Middle layers run values-first in layout (k, chain, p, d): Y^h = z V^h (H GEMMs, K = d), then ONE
+mixing GEMM over (h, k) (K = H T) that also adds the residual (beta = 1). The target is unchanged:
+energies, proposals and MH log-ratios equal a per-chain recomputation by masking by hand
+(``tests/test_mh_sampler.py``, ``tests/test_incremental.py``, depths 1-4).
 
-Work per proposal and chain (MACs; V = vocab, H heads, m = squared width, d = model width):
-    read-out of the T conditionals              T d V                    (every depth)
-    layers 2..L-1 on T copies, all positions    (L-2) T (T H m d + H T^2 m)
-    layer L at the copy's site                  T (H T m + H m d)
+Work per proposal and chain (MACs; V = vocab, H heads, m = squared width, d = model width, P = T - 1):
+    read-out of the P conditionals              P d V                    (every depth)
+    first layer of the P copies                 P T H d                  (L >= 2)
+    layers 2..L-1 on P copies, all positions    (L-2) P (T H m d + H T^2 m)
+    layer L at the copy's site                  P (H T m + H m d)
 The old path (every proposal: T masked copies through all L layers, all positions) costs
 L T (T H d^2 + H T^2 d) + T d V. For the ``dsb clone`` sizes (V = 1000, T = 16, d = 64, H = 4)
-that is 6.3M / 11.5M / 16.8M / 22.0M MACs at L = 1..4 against 1.0M / 1.4M / 6.6M / 11.9M here:
-for L >= 3 the middle layers on all T copies are irreducible for an exact PLL energy (the change at
-t reaches every position of every copy after one layer, and the squared layer makes it full-rank),
-so the FLOP ratio is bounded by about L / (L - 2) and the rest of any speed-up is efficiency
-(large matrix products instead of many small ones). Measured (``benchmarks/bench_mh.py``, 512
-chains vs the old path one chain at a time, chain-tokens per CPU-second, one thread): 14.5-16.3x
-(L = 1), 10.7-15.4x (L = 2), 5.1-5.4x (L = 3), 3.7-4.0x (L = 4); the fast path runs at ~30 GFLOP/s.
+that is 6.3M / 11.5M / 16.8M / 22.0M MACs at L = 1..4 against 0.96M / 1.33M / 6.24M / 11.16M here.
+For L >= 3 the middle layers on all copies are irreducible for an exact PLL energy: the change at t
+reaches every position of every copy after one layer, and after the square the (copy, position)
+inputs (b_k + c_pk)^2 = b_k^2 + 2 b_k * c_pk + c_pk^2 have a cross term that differs for each of the
+T^2 pairs (expanding it in the rank-H structure of c costs H times MORE value products), so the
+FLOP ratio is bounded by about L / (L - 2).
+
+Measured (``benchmarks/bench_mh.py``, 512 chains vs the old path one chain at a time, chain-tokens
+per CPU-second, one thread, two runs): 14.3-14.8x (L = 1), 12.8-13.0x (L = 2), 6.7-6.8x (L = 3),
+5.1x (L = 4), vs 14.5-16.3 / 10.7-15.4 / 5.1-5.4 / 3.7-4.0x before this layout (same run, side by
+side, this path vs the previous one: 1.01 / 1.15 / 1.37 / 1.35x). 10x is NOT reached at L >= 3.
+This CPU's one-thread fp32 GEMM peak is 125-160 GFLOP/s (AVX-512; 2048^2 products), and the shapes
+above run at 99-163 GFLOP/s alone (``bench_mh.py --gemm``), so "FLOP-bound at the matmul peak" holds
+only for L = 4: 10x there (baseline 537-564 tokens/s) needs 11.16M MACs in ~180 us, i.e. 125 GFLOP/s
+sustained with NO other work. At L = 3 10x needs 72 GFLOP/s overall and the path runs 48-49: the
+GEMMs (108 of 213 us per chain-token in a cProfile, 256 chains) run near peak; the rest is the squares,
+copies and gathers over the (T - 1) x T copies, the logsumexp over V, per-op dispatch (~70 torch calls
+per 8-chain block at 2-5 us each) and the per-sweep rebuild of the state (~6%). torch.compile (inductor,
+g++) of the same block was measured no faster (175-212 vs 166-174 us per chain, after 81 s of
+compilation), so eager buffers stay the only path.
 """
 
 from __future__ import annotations
