@@ -20,8 +20,8 @@ CLONE_DEFAULTS: dict[str, Any] = {
     "batch_size": 128, "lr": 3e-3, "d_embed": 64, "n_heads": 4, "attention": "softmax",
     "mask_rate": 0.15, "objective": "pll", "residual": True, "square_width": None, "eval_windows": 1024,
     "max_sites": 0, "grow": True, "control": True,
-    "sweeps": 100, "burn_in": 10, "window": 10, "window_tau": 20.0, "thin": 1, "chains": 128, "seed": 0,
-    "data_dir": None, "max_train_chars": None, "device": "cpu",
+    "sweeps": 100, "burn_in": 10, "window": 10, "window_tau": 20.0, "temperatures": 1, "beta_min": 0.3, "thin": 1,
+    "chains": 128, "seed": 0, "data_dir": None, "max_train_chars": None, "device": "cpu",
 }
 
 
@@ -70,6 +70,10 @@ def add_clone_parser(sub: Any) -> None:
     p.add_argument("--window-tau", type=float, default=d["window_tau"],
                    help="W = max(--window, this x the energy's autocorrelation time, measured as the chains run); "
                    "split-R-hat needs W >> tau (0: a fixed W)")
+    p.add_argument("--temperatures", type=int, default=d["temperatures"],
+                   help="parallel tempering: split --chains over K temperatures, beta = 1 .. --beta-min (geometric); "
+                   "the clone is the beta = 1 chains (1: plain MH)")
+    p.add_argument("--beta-min", type=float, default=d["beta_min"], help="hottest inverse temperature")
     p.add_argument("--burn-in", type=int, default=d["burn_in"], help="sweeps dropped before keeping samples")
     p.add_argument("--thin", type=int, default=d["thin"], help="keep every n-th sweep after burn-in")
     p.add_argument("--chains", type=int, default=d["chains"], help="parallel MH chains (from real test windows)")
@@ -93,7 +97,8 @@ def cmd_clone(args: argparse.Namespace) -> int:
                           batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
                           attention=args.attention, objective=args.objective, mask_rate=args.mask_rate,
                           max_sites=args.max_sites, residual=args.residual, window=args.window,
-                          window_tau=args.window_tau, grow=args.grow,
+                          window_tau=args.window_tau, temperatures=args.temperatures, beta_min=args.beta_min,
+                          grow=args.grow,
                           control=args.control, square_width=args.square_width or None,
                           sweeps=args.sweeps, burn_in=args.burn_in, thin=args.thin, chains=args.chains,
                           seed=args.seed, data_dir=args.data_dir, max_train_chars=args.max_train_chars,

@@ -129,6 +129,8 @@ class CloneConfig:
     burn_in: int = 10  # only with window = 0 (fixed length)
     window: int = 10  # smallest stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
     window_tau: float = 20.0  # window W = max(window, window_tau * tau) (mh_sampler docstring); 0: fixed W
+    temperatures: int = 1  # > 1: parallel tempering, chains split over a geometric ladder beta = 1 .. beta_min
+    beta_min: float = 0.3
     thin: int = 1
     chains: int = 128
     seed: int = 0
@@ -153,6 +155,9 @@ class CloneConfig:
             raise ValueError(f"--mask-rate must lie in (0, 1], got {self.mask_rate}")
         if self.window < 0 or self.window == 1 or 2 * self.window > self.sweeps:
             raise ValueError(f"--window must be 0 (off) or in [2, --sweeps / 2]; got {self.window}")
+        if self.temperatures < 1 or self.chains % self.temperatures or not 0 < self.beta_min < 1:
+            raise ValueError(f"--temperatures must divide --chains ({self.chains}) and --beta-min lie in (0, 1); "
+                             f"got {self.temperatures}, {self.beta_min}")
         if self.window_tau < 0:
             raise ValueError(f"--window-tau must be >= 0 (0: a fixed --window); got {self.window_tau}")
         if self.window == 0 and not 0 <= self.burn_in < self.sweeps:
@@ -324,7 +329,8 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
         res = metropolis_hastings(IncrementalConditionals(model), init.to(dev), n_sweeps=cfg.sweeps,
                                   burn_in=0 if cfg.window else cfg.burn_in, thin=cfg.thin, generator=gen,
                                   on_sweep=sweep_cb, until_stationary=cfg.window or None,
-                                  window_tau=(cfg.window_tau or None) if cfg.window else None)
+                                  window_tau=(cfg.window_tau or None) if cfg.window else None,
+                                  betas=_ladder(cfg))
         cpu_sample = time.process_time() - c0
         bar.close()
         tokens = res.samples.reshape(-1, cfg.context).cpu()  # (S * chains, T)
@@ -338,23 +344,31 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             "layers": L, "bodies": n_bodies(L),
             "model_config": asdict(model.cfg), "sweeps": len(res.stats), "max_sweeps": cfg.sweeps,
             "burn_in": len(res.stats) - len(kept), "thin": cfg.thin,
-            "chains": cfg.chains, "n_sequences": int(tokens.shape[0]),
+            "chains": cfg.chains, "chains_at_target": cfg.chains // cfg.temperatures, "betas": _ladder(cfg),
+            "swap_rate_per_sweep": [r["swap_rate"] for r in res.stats] if cfg.temperatures > 1 else None,
+            "n_sequences": int(tokens.shape[0]),
             "stationarity": res.stationarity,
             "stationarity_criterion": _criterion(cfg),
             "energy": "pll: E(s) = -sum_t log p(s_t | s_-t) (Goyal et al. 2022)",
-            "energy_trace_file": f"clone_L{L}.pt['energies'] (sweeps + 1, chains)",
+            "energy_trace_file": f"clone_L{L}.pt['energies'] (sweeps + 1, chains at beta = 1)",
             "acceptance_rate": res.acceptance_rate,
             "acceptance_per_sweep": [r["acceptance_rate"] for r in res.stats],
             "change_rate_per_sweep": [r["change_rate"] for r in res.stats],
             "mean_energy_per_sweep": [r["mean_energy"] for r in res.stats],
             "energy_trace_quantiles": {str(qq): res.energies.quantile(qq, dim=1).tolist() for qq in (0.1, 0.5, 0.9)},
             "chain_tokens_per_second": float(np.mean([r["tokens_per_second"] for r in kept])),
-            "fraction_changed_from_init": float((res.final.cpu() != init).float().mean()),
+            "fraction_changed_from_init": float((res.final.cpu() != init[: res.final.shape[0]]).float().mean()),
             **losses, "train_seconds": t_train, "train_cpu_seconds": cpu_train,
             "sample_seconds": float(sum(r["seconds"] for r in res.stats)), "sample_cpu_seconds": cpu_sample,
         }
         (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=1))
     return prov
+
+
+def _ladder(cfg: CloneConfig) -> list[float] | None:
+    """Inverse temperatures 1 = beta_0 > ... > beta_(K-1) = beta_min, geometric (None: plain MH)."""
+    K = cfg.temperatures
+    return None if K == 1 else [1.0] + [cfg.beta_min ** (k / (K - 1)) for k in range(1, K)]
 
 
 def _criterion(cfg: CloneConfig) -> str:

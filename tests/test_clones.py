@@ -237,6 +237,21 @@ def test_clone_runs_until_stationary_and_records_the_trace(tmp_path: Path) -> No
     assert blob["energies"].shape == (rec["sweeps"] + 1, 32) and blob["tokens"].shape == (st["window"] * 32, 8)
 
 
+def test_clone_with_tempering_keeps_the_beta_one_chains(tmp_path: Path) -> None:
+    """--temperatures 2: 16 chains split over beta = 1, 0.5; the clone and the trace are the 8 beta = 1
+    chains; the ladder and the swap rate per sweep are recorded."""
+    text = tmp_path / "cycle.txt"
+    text.write_text(cycle_text())
+    cfg = CloneConfig(corpus=str(text), layers=(1,), tokenizer="char", context=8, steps=20, batch_size=32, d_embed=16,
+                      n_heads=2, chains=16, sweeps=6, window=3, temperatures=2, beta_min=0.5, control=False)
+    rec = make_clones(cfg, tmp_path / "c", progress=False)["orders"]["1"]
+    assert rec["betas"] == [1.0, 0.5] and rec["chains_at_target"] == 8 and len(rec["swap_rate_per_sweep"]) == 6
+    blob = torch.load(tmp_path / "c" / "clone_L1.pt", weights_only=True)
+    assert blob["energies"].shape == (7, 8) and blob["tokens"].shape[0] % 8 == 0
+    with pytest.raises(ValueError, match="--temperatures"):
+        CloneConfig(corpus="x", chains=10, temperatures=3)
+
+
 def test_run_clones_errors_name_the_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "clones", "--corpus", "x", "--clones", str(tmp_path / "none"), "--steps", "2"]) == 2
     err = capsys.readouterr().err
