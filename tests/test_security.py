@@ -178,6 +178,16 @@ class _Event:
         self.data = {"name": name, "chunk": chunk, "total_chunks": total, "data": data, "type": ""}
 
 
+def test_dashboard_renders_into_a_bokeh_document(dashboard):
+    """Every widget maps onto a browser model (a server-only param must be renamed away: the
+    upload's ``refused`` once broke the served page with an AttributeError)."""
+    from bokeh.document import Document
+
+    doc = Document()
+    dashboard.template().server_doc(doc)
+    assert any(type(m).__name__ == "FileDropper" for m in doc.models)
+
+
 def test_upload_streamed_past_the_limit_is_dropped_on_the_server(dashboard):
     """A hostile client skips the browser's size check and streams chunks: the server counts them
     and drops the file as soon as its bytes pass the limit (never buffering more than the limit)."""

@@ -213,6 +213,37 @@ DEFAULT_RUNS = {"images": {"experiment": "images"},
                 "text": {"experiment": "text"}}
 
 
+def test_upload_over_the_limit_is_refused_in_the_browser(tmp_path: Path) -> None:
+    """A 25 MB file is refused by the page itself (nothing sent, socket kept: before, a file over
+    ~48 MB dropped the connection without a word); a small valid run uploaded next still opens."""
+    from dsb_widgets.ui.safety import MAX_UPLOAD_BYTES
+
+    big, small = tmp_path / "big.nc", tmp_path / "saved-b.nc"
+    big.write_bytes(b"CDF\x01" + bytes(MAX_UPLOAD_BYTES + 5 * 2**20))
+    _saved_run(small)
+    (tmp_path / "runs").mkdir()
+    with ServedDashboard(tmp_path / "runs") as srv, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        watch, sent = Watch(page), [0]
+        page.on("websocket", lambda ws: ws.on("framesent", lambda f: sent.__setitem__(0, sent[0] + len(f))))
+        page.set_default_timeout(120_000)
+        page.goto(srv.url + "/")
+        page.get_by_role("button", name="Start").wait_for()
+        upload = page.locator("input[type=file]").first
+        before = sent[0]
+        upload.set_input_files(str(big))
+        page.get_by_text("File is too large").first.wait_for()
+        page.get_by_text("Maximum file size is 20 MB").first.wait_for()
+        page.wait_for_timeout(2000)
+        assert sent[0] - before < 2**20, f"{sent[0] - before} bytes sent for a refused file"
+        page.locator(".filepond--action-remove-item").first.click()  # clear the refused file
+        upload.set_input_files(str(small))
+        page.get_by_text("Overlaid saved-b").wait_for()  # the socket survived: the answer arrives
+        browser.close()
+        watch.check()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("experiment", sorted(DEFAULT_RUNS))
 def test_default_run_screenshots(tmp_path: Path, experiment: str) -> None:

@@ -40,6 +40,8 @@ class BoundedUpload(pn.widgets.FileDropper):
 
     refused = param.String(default="", doc="message for the last file dropped on size (server side)")
 
+    _rename = {**pn.widgets.FileDropper._rename, "refused": None}  # server-side only: not a browser property
+
     def __init__(self, **params: Any) -> None:
         params.setdefault("max_file_size", f"{MAX_UPLOAD_BYTES // 2**20}MB")
         params.setdefault("chunk_size", CHUNK_BYTES)
