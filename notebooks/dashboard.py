@@ -66,7 +66,7 @@ from dsb_widgets.ui.colors import probe_colors
 from dsb_widgets.ui.figures import static_curves_svg
 from dsb_widgets.ui.viewer import RunViewer
 
-pn.extension("plotly", "filedropper", inline=True)
+pn.extension("plotly", inline=True)
 torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # leave a core for the kernel's loop
 
 # %% [markdown]
