@@ -11,6 +11,15 @@ NeurIPS 2024, Sec. 4 and Fig. 3, on the synthetic data of Fig. 2).
    data and on each clone (pure [MASK] at ``mask_prob`` of the positions, fixed per probe).
 3. Per probe, the step after which its loss stops improving
    (:func:`dsb_widgets.engine.clones.saturation_step`): the low-order clones should saturate first.
+
+Measured on a TOY ladder (``ladder(L=10, q=5, n_train=2000, n_test=1000, steps=200, chains=128,
+burn_in=20, ref_iters=20, d_embed=16, n_heads=2, bert_steps=16384, bert_probe=128)``, seed 0,
+296 CPU-s of which BERT 275; factored 1.337 / 1.048 / 1.028 vs references 1.321 / 1.080 / 0.993,
+true 0.927; clone MH R-hat 1.04 / 1.12 / 1.14): saturation steps 2-body 108 (minimum 1.40 near
+step 256, then the loss RISES to 1.79), 3-body 4,096, 5-body 4,871, real 3,444, all plateaus
+observed. 2-body clearly first; 3- vs 5-body are one checkpoint apart (4 per octave), not
+resolved; real text saturates early because 2,000 training sequences are overfitted. The
+full-size ladder's BERT stage was not rerun (3,000 steps: every probe still falling).
 """
 
 from __future__ import annotations
