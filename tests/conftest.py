@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from hypothesis import settings
@@ -40,3 +40,29 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+HOST_READS = ("item", "cpu", "numpy", "tolist", "__bool__", "__int__", "__float__")
+
+
+@pytest.fixture
+def spy_host_reads(monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
+    """Call it to start recording every Tensor method that reads a value back to the host (a
+    device sync on a GPU); returns the list the names are appended to."""
+
+    import torch
+
+    def start() -> list[str]:
+        calls: list[str] = []
+        for name in HOST_READS:
+            orig = getattr(torch.Tensor, name)
+
+            def spy(self: "torch.Tensor", *args: object, _name: str = name, _orig: object = orig,
+                    **kw: object) -> object:
+                calls.append(_name)
+                return _orig(self, *args, **kw)  # type: ignore[operator]
+
+            monkeypatch.setattr(torch.Tensor, name, spy)
+        return calls
+
+    return start

@@ -1,5 +1,7 @@
 """random_crop equals torchvision's RandomCrop(padding=p) window by window (Belrose et al.'s augmentation)."""
 
+from typing import Callable
+
 import pytest
 import torch
 
@@ -55,23 +57,6 @@ def test_crop_option_shifts_the_training_batches_of_the_image_task() -> None:
 
 
 # --- random_flip: torchvision's RandomHorizontalFlip(0.5), per image, from the run's generator ----------------
-HOST_READS = ("item", "cpu", "numpy", "tolist", "__bool__", "__int__", "__float__")
-
-
-def _spy_host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every Tensor method that reads a value back to the host (a device sync on a GPU)."""
-    calls: list[str] = []
-    for name in HOST_READS:
-        orig = getattr(torch.Tensor, name)
-
-        def spy(self: torch.Tensor, *args: object, _name: str = name, _orig: object = orig, **kw: object) -> object:
-            calls.append(_name)
-            return _orig(self, *args, **kw)  # type: ignore[operator]
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    return calls
-
-
 def _flipped(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """(B,) bool: which images of ``out`` are x's mirror images (each must be one or the other)."""
     same = (out == x).flatten(1).all(1)
@@ -114,13 +99,14 @@ def test_flip_is_deterministic_in_the_generator_and_keeps_its_former_draws() -> 
     assert torch.equal(g1.get_state(), g2.get_state())  # one draw per image, nothing more
 
 
-def test_augmentation_reads_nothing_back_to_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_augmentation_reads_nothing_back_to_the_host(monkeypatch: pytest.MonkeyPatch,
+        spy_host_reads: Callable[[], list[str]]) -> None:
     """Crop and flip draw on the generator's device and select with tensor ops: no .item()/.cpu()/bool()."""
     from dsb_widgets.engine.augment import random_flip
 
     x = torch.rand(16, 3, 8, 8)
     gen = torch.Generator().manual_seed(0)
-    calls = _spy_host_reads(monkeypatch)
+    calls = spy_host_reads()
     random_flip(random_crop(x, 2, gen), gen)
     monkeypatch.undo()
     assert calls == []

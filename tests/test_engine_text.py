@@ -6,6 +6,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -210,23 +211,6 @@ def test_unigrams_are_learned_before_bigrams_on_shakespeare() -> None:
 
 
 # ------------------------------------------------------------------- device-resident sampling (issue 17)
-HOST_READS = ("item", "cpu", "numpy", "tolist", "__bool__", "__int__", "__float__")
-
-
-def _spy_host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record every Tensor method that reads a value back to the host (a device sync on a GPU)."""
-    calls: list[str] = []
-    for name in HOST_READS:
-        orig = getattr(torch.Tensor, name)
-
-        def spy(self: torch.Tensor, *args: object, _name: str = name, _orig: object = orig, **kw: object) -> object:
-            calls.append(_name)
-            return _orig(self, *args, **kw)  # type: ignore[operator]
-
-        monkeypatch.setattr(torch.Tensor, name, spy)
-    return calls
-
-
 def _former_sampler(cfg: RunConfig, gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The text sampler before the tokens moved into a tensor: starts on the generator, NumPy gather."""
     from dsb_widgets.engine.text import _split_xy, windows
@@ -276,10 +260,11 @@ def test_same_seed_same_text_run(corpus_file: Path) -> None:
 
 @pytest.mark.parametrize("model", ["gpt", "bert"])
 def test_text_sampling_reads_nothing_back_to_the_host(corpus_file: Path, model: str,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch,
+        spy_host_reads: Callable[[], list[str]]) -> None:
     task = build_text_task(_cfg(corpus_file, model=model, context=8))
     gen = torch.Generator().manual_seed(0)
-    calls = _spy_host_reads(monkeypatch)
+    calls = spy_host_reads()
     for _ in range(3):
         task.sample_batch(gen, 8)
     monkeypatch.undo()
@@ -288,7 +273,8 @@ def test_text_sampling_reads_nothing_back_to_the_host(corpus_file: Path, model: 
     assert calls == ([] if model == "gpt" else ["cpu"] * 3)
 
 
-def test_training_steps_read_nothing_back_to_the_host(corpus_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_steps_read_nothing_back_to_the_host(corpus_file: Path, monkeypatch: pytest.MonkeyPatch,
+        spy_host_reads: Callable[[], list[str]]) -> None:
     """The step loop's body (sample, forward, loss, backward, SGD step) on a text task, 2 seeds: no
     .item()/.cpu()/.numpy()/bool() per step (on a GPU each would wait for the device). AdamW reads
     its step counter with .item(), a CPU scalar as in torch (no device sync), so SGD is used here."""
@@ -296,14 +282,15 @@ def test_training_steps_read_nothing_back_to_the_host(corpus_file: Path, monkeyp
 
     run = _Run(_cfg(corpus_file, optimizer="sgd", seeds=2, steps=8), None, False)
     run.update()  # first step: optimizer state created
-    calls = _spy_host_reads(monkeypatch)
+    calls = spy_host_reads()
     for _ in range(3):
         run.loss_sum += run.update()
     monkeypatch.undo()
     assert calls == []
 
 
-def test_symmetry_fixed_training_set_is_sampled_without_host_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_symmetry_fixed_training_set_is_sampled_without_host_reads(monkeypatch: pytest.MonkeyPatch,
+        spy_host_reads: Callable[[], list[str]]) -> None:
     """engine/symmetry.py with -o train_size=P: the set is resident on the run's device, indices drawn
     from the generator there; on CPU the draws are the former ones (x_all[randint(P, (B,))])."""
     from dsb_widgets.engine.symmetry import _contexts, build_symmetry_task, make_targets
@@ -313,7 +300,7 @@ def test_symmetry_fixed_training_set_is_sampled_without_host_reads(monkeypatch: 
     assert task.device_sampling
     x_all, y_all = _contexts(make_targets(cfg), 50, cfg.seed)
     gen, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    calls = _spy_host_reads(monkeypatch)
+    calls = spy_host_reads()
     x, y = task.sample_batch(gen, 32)
     monkeypatch.undo()
     assert calls == []
