@@ -32,7 +32,8 @@ E(s) and what the next proposal needs, and each proposal computes only the candi
 no (B, T, V) conditionals are materialised or merged. Same random draws in the same order as the
 generic loop, so both give the same chains (tested at depths 1-4).
 
-Stationarity (:func:`stationarity`): the per-chain energy trace (sweeps, B) is stationary when the
+Stationarity (:mod:`dsb_widgets.mh_stationarity`, re-exported here): the per-chain energy
+trace (sweeps, B) is stationary when the
 split-R-hat over chains of the last ``2 W`` sweeps is below ``rhat_max`` (1.05) AND the mean
 energies of the last two windows of W sweeps differ by less than ``z_max`` (2) standard errors
 (s.e. from the spread of the per-chain window means). ``metropolis_hastings(..., until_stationary=W)``
@@ -70,7 +71,6 @@ Speed: ``benchmarks/bench_mh.py`` compares the batched fast path with one chain 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal, Protocol, Sequence, runtime_checkable
@@ -79,10 +79,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dsb_widgets.mh_stationarity import WINDOW_TAU, _check_window, autocorr_time, split_rhat, stationarity
+
 __all__ = ["MHResult", "Incremental", "SiteUpdates", "SiteState", "metropolis_hastings", "masked_conditionals",
            "pll_energy", "split_rhat", "stationarity", "autocorr_time", "WINDOW_TAU"]
-
-WINDOW_TAU = 20.0  # adaptive stationarity window W = WINDOW_TAU * tau (module docstring)
 
 ConditionalsFn = Callable[[Tensor], Tensor]  # (B, T) int -> (B, T, V) log-probs or logits
 EnergyFn = Callable[[Tensor], Tensor]  # (B, T) int -> (B,)
@@ -178,82 +178,6 @@ def masked_conditionals(mlm_fn: ConditionalsFn, mask_id: int, chunk: int = 4096)
         return torch.cat(out).reshape(B, T, -1)
 
     return fn
-
-
-def split_rhat(trace: Tensor) -> float:
-    """Split-R-hat (Gelman et al. 2013, BDA3 eq. 11.4) of a (S, B) trace of B chains: each chain
-    cut in two halves, between/within variance of the 2B half-chains. 1.0 = mixed."""
-    S = trace.shape[0] // 2
-    if S < 2:
-        return float("nan")
-    x = torch.cat([trace[:S], trace[S : 2 * S]], dim=1).double()  # (S, 2B)
-    means, var = x.mean(0), x.var(0)
-    W, Bv = var.mean(), S * means.var()
-    vhat = (S - 1) / S * W + Bv / S
-    return float(torch.sqrt(vhat / W.clamp_min(1e-300)))
-
-
-def autocorr_time(trace: Tensor, c: float = 5.0) -> float:
-    """Integrated autocorrelation time tau = 1 + 2 sum_{k>=1} rho_k (in sweeps) of a (S, B) trace.
-
-    Multi-chain estimate (Gelman et al., BDA3 eq. 11.7; Vehtari et al. 2021): with W the mean
-    within-chain variance, acov_k the chain-averaged lag-k autocovariance (FFT, each chain centred on
-    its own mean) and var+ = (S-1)/S W + Var(chain means),
-
-        rho_k = 1 - (W - acov_k) / var+,
-
-    so chains sitting at different levels (between-chain variance) count as slow correlation rather
-    than vanishing. Summed up to Sokal's self-consistent window, the smallest M with M >= c tau(M)
-    (Sokal 1997). Var(mean of n sweeps) = sigma^2 tau / n; tau = 1 for independent sweeps."""
-    S = trace.shape[0]
-    if S < 4:
-        return float("nan")
-    x = trace.double()
-    y = x - x.mean(0)
-    f = torch.fft.rfft(y, n=2 * S, dim=0)
-    acov = torch.fft.irfft(f * f.conj(), n=2 * S, dim=0)[:S].mean(1) / S  # (S,) biased autocovariance
-    within = float(y.pow(2).sum(0).mean()) / (S - 1)
-    var_plus = (S - 1) / S * within + (float(x.mean(0).var()) if x.shape[1] > 1 else 0.0)
-    if var_plus <= 0:
-        return 1.0  # a constant trace
-    rho = (1.0 - (within - acov) / var_plus).tolist()
-    tau = 1.0
-    for k in range(1, S):
-        tau += 2.0 * rho[k]
-        if k >= c * tau:
-            break
-    return max(tau, 1e-3)
-
-
-def stationarity(energies: Tensor, window: int, rhat_max: float = 1.05, z_max: float = 2.0) -> dict[str, Any]:
-    """Is a per-chain energy trace (S, B) stationary over its last two windows of ``window`` sweeps?
-
-    Criterion: split-R-hat of the last 2W sweeps < ``rhat_max`` AND |mean(last W) - mean(previous
-    W)| < ``z_max`` standard errors (each window's s.e. from its B per-chain means)."""
-    if energies.shape[0] < 2 * window:
-        return {"stationary": False, "rhat": float("nan"), "drift": float("nan"), "drift_se": float("nan"),
-                "window": window, "sweeps": int(energies.shape[0])}
-    a, b = energies[-2 * window : -window].double(), energies[-window:].double()  # (W, B)
-    B = energies.shape[1]
-    se = math.sqrt(float(a.mean(0).var() + b.mean(0).var()) / B)
-    drift = float(b.mean() - a.mean())
-    rhat = split_rhat(energies[-2 * window :])
-    ok = rhat < rhat_max and abs(drift) < z_max * se
-    return {"stationary": bool(ok), "rhat": rhat, "drift": drift, "drift_se": se, "window": window,
-            "sweeps": int(energies.shape[0]), "rhat_max": rhat_max, "z_max": z_max}
-
-
-def _check_window(trace: Tensor, min_window: int, window_tau: float | None,
-                  history: list[dict[str, float]]) -> dict[str, Any]:
-    """:func:`stationarity` of the (S, B) trace over W = max(min_window, ceil(window_tau * tau)) (tau of
-    the trace's second half; a fixed ``min_window`` when window_tau is None); appends to ``history``."""
-    tau = autocorr_time(trace[trace.shape[0] // 2 :]) if window_tau is not None else float("nan")
-    W = max(min_window, math.ceil(window_tau * tau)) if window_tau is not None and math.isfinite(tau) else min_window
-    check = stationarity(trace, W)
-    check.update(tau=tau, min_window=min_window, window_tau=window_tau)
-    history.append({k: float(check[k]) for k in ("sweeps", "window", "tau", "rhat", "drift", "drift_se")})
-    check["history"] = list(history)
-    return check
 
 
 def _ladder(betas: Sequence[float] | None, B: int, device: torch.device) -> Tensor | None:
