@@ -12,14 +12,7 @@ one; 200 resamples, seed 0. With several files it then prints the same for the s
 a table of the seed-mean loss at a few steps. Rende, Gerace, Laio, Goldt, NeurIPS 2024: a BERT
 trained on real text learns the low-order clones first, so their curves should flatten first.
 
-Run the pipeline in sequence (``OMP_NUM_THREADS=1``; ``--data-dir`` defaults to
-``$DSB_DATA_DIR``)::
-
-    dsb clone --corpus tinystories --layers 1 2 --no-control --out clones_ts --threads 1
-    python benchmarks/clone_saturation/sat_run.py --clones clones_ts --out run_s0.npz \\
-        --save-dir ck_s0 --seed 0            # and again with --seed 1
-    python benchmarks/clone_saturation/sat_eval.py --clones clones_ts --ckpts ck_s0 --out ev_s0.npz
-    python benchmarks/clone_saturation/analyse.py ev_s0.npz ev_s1.npz
+How to run the pipeline (dsb clone -> sat_run.py -> sat_eval.py -> analyse.py): README.md in this folder.
 
 Measured (TinyStories, gpt2 tokens top-1,000, T = 16, 2/3-body clones with 128 chains; BERT
 2 layers x d 64, lr 1e-3 constant, 30,000 steps; seeds 0 and 1): the 2-body clone stops

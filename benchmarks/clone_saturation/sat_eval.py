@@ -10,14 +10,7 @@ the 3-body clone was still sampling, and this script scored their checkpoints af
 (Rende, Gerace, Laio, Goldt, NeurIPS 2024: a BERT trained on real text learns the low-order
 clones first).
 
-Run the pipeline in sequence (``OMP_NUM_THREADS=1``; ``--data-dir`` defaults to
-``$DSB_DATA_DIR``)::
-
-    dsb clone --corpus tinystories --layers 1 2 --no-control --out clones_ts --threads 1
-    python benchmarks/clone_saturation/sat_run.py --clones clones_ts --out run_s0.npz \\
-        --save-dir ck_s0 --seed 0            # and again with --seed 1
-    python benchmarks/clone_saturation/sat_eval.py --clones clones_ts --ckpts ck_s0 --out ev_s0.npz
-    python benchmarks/clone_saturation/analyse.py ev_s0.npz ev_s1.npz
+How to run the pipeline (dsb clone -> sat_run.py -> sat_eval.py -> analyse.py): README.md in this folder.
 
 Measured (TinyStories, gpt2 tokens top-1,000, T = 16, 2/3-body clones with 128 chains; BERT
 2 layers x d 64, lr 1e-3 constant, 30,000 steps; seeds 0 and 1): the 2-body clone stops
@@ -42,9 +35,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import load_probes  # this folder (on sys.path when run as a script)
 
-from dsb_widgets.clones import load_clones, windows
-from dsb_widgets.data.text import tokenize_corpus
 from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens
 
 EVAL_CHUNK = 2048  # sequences per forward pass
@@ -89,18 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.process_time()
-    cl = load_clones(a.clones)
-    prov = cl.provenance
-    cc = prov["config"]
-    T = int(prov["context"])
-    tc = tokenize_corpus(str(prov["corpus"]), tokenizer=str(cc["tokenizer"]), vocab_size=int(cc["vocab_size"]),
-                         data_dir=a.data_dir, max_train_chars=cc.get("max_train_chars"))
-    assert tc.token_strings == cl.token_strings
-    V = tc.vocab_size
-
-    raw = {"real": windows(tc.test, T, a.n, torch.Generator().manual_seed(PROBE_SEED))}
-    for L in sorted(cl.tokens):
-        raw[f"{cl.bodies[L]}-body"] = cl.tokens[L][: a.n]
+    cp = load_probes(a.clones, a.data_dir, a.n)
+    V, T, raw = cp.vocab, cp.context, cp.raw
     probes: Probes = {}
     for i, (k, v) in enumerate(raw.items()):
         masked = [mask_tokens(v, torch.Generator().manual_seed(MASK_SEED + i + 1000 * r), V, p=a.mask_prob,
@@ -118,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             model.load_state_dict(torch.load(f, weights_only=True))
             for pi, (x, y) in enumerate(probes.values()):
                 sums[pi, c] = masked_ce_sums(model, x, y).view(a.masks, a.n).sum(0).numpy()
-    pll = json.dumps({f"{cl.bodies[L]}-body": prov["orders"][str(L)].get("test_pll") for L in cl.tokens})
+    pll = json.dumps(cp.test_pll)
     np.savez(a.out, steps=np.array(steps), names=np.array(list(probes)), sums=sums, counts=counts, pll=pll)
     print("eval cpu", time.process_time() - t0)
 

@@ -12,18 +12,7 @@ training masks, pure-[MASK] probes at 15 %, AdamW betas (0.9, 0.95), weight deca
 lr_t = lr * min(1, (t + 1) / warmup). The one difference: only the masked positions go through
 the read-out, which gives the same loss (mean cross-entropy over masked positions) for less work.
 
-Run the pipeline in sequence (``OMP_NUM_THREADS=1``; ``--data-dir`` defaults to
-``$DSB_DATA_DIR``)::
-
-    dsb clone --corpus tinystories --layers 1 2 --no-control --out clones_ts --threads 1
-    python benchmarks/clone_saturation/sat_run.py --clones clones_ts --out run_s0.npz \\
-        --save-dir ck_s0 --seed 0            # and again with --seed 1
-    python benchmarks/clone_saturation/sat_eval.py --clones clones_ts --ckpts ck_s0 --out ev_s0.npz
-    python benchmarks/clone_saturation/analyse.py ev_s0.npz ev_s1.npz
-
-``sat_eval.py`` is needed only when the clone folder gained orders after training (the issue-12
-runs trained while the 3-body clone was still sampling) or for more maskings per sequence;
-otherwise ``analyse.py run_s0.npz run_s1.npz`` reads this script's output directly.
+How to run the pipeline (dsb clone -> sat_run.py -> sat_eval.py -> analyse.py): README.md in this folder.
 
 Measured (TinyStories, gpt2 tokens top-1,000, T = 16, 2/3-body clones with 128 chains; BERT
 2 layers x d 64, lr 1e-3 constant, 30,000 steps, batch 64; seeds 0 and 1): the loss on the
@@ -48,14 +37,13 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import load_probes  # this folder (on sys.path when run as a script)
 
-from dsb_widgets.clones import load_clones, windows
-from dsb_widgets.data.text import tokenize_corpus
+from dsb_widgets.clones import windows
 from dsb_widgets.engine.schedule import log_checkpoints
 from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens
 
 EVAL_CHUNK = 1024  # sequences per forward pass when scoring probes
-PROBE_SEED = 1234  # real test windows: independent of the training seed
 MASK_SEED = 99  # probe masks: probe i uses seed MASK_SEED + i
 
 Probes = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (x, y), each (n, T); y = IGNORE where unmasked
@@ -110,18 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     if a.save_dir:
         os.makedirs(a.save_dir, exist_ok=True)
-    cl = load_clones(a.clones)
-    prov = cl.provenance
-    cc = prov["config"]
-    T = int(prov["context"])
-    tc = tokenize_corpus(str(prov["corpus"]), tokenizer=str(cc["tokenizer"]), vocab_size=int(cc["vocab_size"]),
-                         data_dir=a.data_dir, max_train_chars=cc.get("max_train_chars"))
-    assert tc.token_strings == cl.token_strings
-    V = tc.vocab_size
-
-    raw = {"real": windows(tc.test, T, a.n, torch.Generator().manual_seed(PROBE_SEED))}
-    for L in sorted(cl.tokens):
-        raw[f"{cl.bodies[L]}-body"] = cl.tokens[L][: a.n]
+    cp = load_probes(a.clones, a.data_dir, a.n)
+    tc, V, T, raw = cp.corpus, cp.vocab, cp.context, cp.raw
     probes: Probes = {
         k: mask_tokens(v, torch.Generator().manual_seed(MASK_SEED + i), V, p=a.mask_prob, random_frac=0.0,
                        keep_frac=0.0)
