@@ -91,6 +91,30 @@ def test_mask_tokens_labels_and_at_least_one_per_row(B: int, T: int, p: float, s
     assert int(xm.max()) <= 50 and int(xm.min()) >= 0
 
 
+def _former_mask_tokens(x: torch.Tensor, gen: torch.Generator, mask_id: int, p: float = 0.15
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """models/bert.mask_tokens before it drew on the generator's device (x copied to the CPU)."""
+    B, T = x.shape
+    u = torch.rand(B, T, generator=gen)
+    selected = u < p
+    selected[torch.arange(B), u.argmin(dim=1)] = True
+    kind = torch.rand(B, T, generator=gen)
+    rand_tok = torch.randint(0, mask_id, (B, T), generator=gen)
+    x = x.cpu()
+    replaced = torch.where(kind < 0.8, torch.full_like(x, mask_id), torch.where(kind < 0.9, rand_tok, x))
+    return torch.where(selected, replaced, x), torch.where(selected, x, torch.full_like(x, IGNORE))
+
+
+def test_mask_tokens_draws_the_former_masks_on_the_cpu() -> None:
+    """Drawing on the generator's device (no x.cpu()) keeps CPU streams: same masks, same state after."""
+    for seed in range(5):
+        x = torch.randint(0, 50, (7, 11), generator=torch.Generator().manual_seed(seed))
+        g_new, g_old = torch.Generator().manual_seed(seed + 1), torch.Generator().manual_seed(seed + 1)
+        for got, want in zip(mask_tokens(x, g_new, 50), _former_mask_tokens(x, g_old, 50)):
+            assert torch.equal(got, want)
+        assert torch.equal(g_new.get_state(), g_old.get_state())
+
+
 def test_mask_tokens_80_10_10_proportions() -> None:
     x = torch.randint(0, 100, (400, 250), generator=torch.Generator().manual_seed(0))
     xm, lab = mask_tokens(x, torch.Generator().manual_seed(1), mask_id=100, p=0.15)

@@ -224,10 +224,10 @@ def _former_sampler(cfg: RunConfig, gen: torch.Generator, bs: int) -> tuple[torc
 @pytest.mark.parametrize("model", ["gpt", "bert"])
 def test_resident_sampler_draws_the_former_batches(corpus_file: Path, model: str) -> None:
     """Same generator -> the very batches (and generator state) of the former NumPy sampler: CPU runs'
-    streams are unchanged; a causal LM's task samples on the run's device, BERT's masking stays on CPU."""
+    streams are unchanged; both tasks sample on the run's device (BERT's masks too)."""
     cfg = _cfg(corpus_file, model=model, context=8)
     task = build_text_task(cfg)
-    assert task.device_sampling == (model == "gpt")
+    assert task.device_sampling
     g_new, g_old = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     for _ in range(3):
         x, y = task.sample_batch(g_new, 16)
@@ -268,9 +268,7 @@ def test_text_sampling_reads_nothing_back_to_the_host(corpus_file: Path, model: 
     for _ in range(3):
         task.sample_batch(gen, 8)
     monkeypatch.undo()
-    # BERT: models/bert.py's mask_tokens moves its input to the CPU (x.cpu(), a no-op on the CPU-resident
-    # windows a masked LM keeps); the causal LM reads nothing back
-    assert calls == ([] if model == "gpt" else ["cpu"] * 3)
+    assert calls == []  # windows and BERT's masks are drawn where the generator lives
 
 
 def test_training_steps_read_nothing_back_to_the_host(corpus_file: Path, monkeypatch: pytest.MonkeyPatch,

@@ -216,15 +216,15 @@ def build_text_task(cfg: RunConfig, corpus: TokenizedCorpus | None = None) -> Ta
     measure = divergence_measure(setup, divs, probe_size, cfg.seed, cfg.eval_batch) if divs else None
     return Task(make_model=make_text_model(cfg, c.vocab_size), sample_batch=sample_batch, probes=probes, info=info,
                 extra_probes={n: DIVERGENCE_ORDER[n] for n in divs}, measure=measure,
-                device_sampling=not setup.mlm)  # BERT's masking draws on a CPU generator (models/bert.py)
+                device_sampling=True)  # windows and BERT's masks are drawn on the generator's device
 
 
 def train_sampler(setup: TextSetup, mask_prob: float,
                   device: str = "cpu") -> Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]:
     """``sample_batch(gen, B)``: B uniformly placed training windows, split into (x, y) (B, T) int64.
 
-    The train tokens are kept as one int32 tensor on the run's device (causal LM; a masked LM's
-    stay on the CPU, where :func:`~dsb_widgets.models.bert.mask_tokens` draws). Window starts are
+    The train tokens are kept as one int32 tensor on the run's device (a masked LM's masks are
+    drawn there too, by :func:`~dsb_widgets.models.bert.mask_tokens`). Window starts are
     drawn from ``gen`` on its own device, ``torch.randint(n - L + 1, (B,))``, and the windows
     gathered there (``tokens[start + arange(L)]``): on a GPU with an on-device generator nothing is
     copied or read back per step. The draws (and the batches) are those of the former NumPy
@@ -232,7 +232,7 @@ def train_sampler(setup: TextSetup, mask_prob: float,
     """
     from dsb_widgets.engine.task import pick_device
 
-    resident = torch.device("cpu") if setup.mlm else pick_device(device)
+    resident = pick_device(device)
     train = np.ascontiguousarray(setup.corpus.train, dtype=np.int32)
     tokens = torch.from_numpy(train if train.flags.writeable else train.copy()).to(resident)  # (n,) int32
     L = setup.window

@@ -122,15 +122,14 @@ def mask_tokens(
     if x.dim() != 2:
         raise ValueError(f"x must be (B, T) token ids, got shape {tuple(x.shape)}")
     B, T = x.shape
-    u = torch.rand(B, T, generator=gen)  # (B, T)
+    dev = gen.device if gen is not None else x.device  # draws where the generator lives (no host copy)
+    u = torch.rand(B, T, generator=gen, device=dev).to(x.device)  # (B, T)
     selected = u < p
-    selected[torch.arange(B), u.argmin(dim=1)] = True
-    kind = torch.rand(B, T, generator=gen)  # < 1 - r - k: mask; then random; then keep
-    rand_tok = torch.randint(0, mask_id, (B, T), generator=gen)
+    selected[torch.arange(B, device=x.device), u.argmin(dim=1)] = True
+    kind = torch.rand(B, T, generator=gen, device=dev).to(x.device)  # < 1 - r - k: mask; then random; then keep
+    rand_tok = torch.randint(0, mask_id, (B, T), generator=gen, device=dev).to(x.device)
     cut = 1.0 - random_frac - keep_frac
-    x_cpu = x.cpu()
-    replaced = torch.where(kind < cut, torch.full_like(x_cpu, mask_id),
-                           torch.where(kind < cut + random_frac, rand_tok, x_cpu))
-    x_masked = torch.where(selected, replaced, x_cpu)
-    labels = torch.where(selected, x_cpu, torch.full_like(x_cpu, IGNORE))
-    return x_masked.to(x.device), labels.to(x.device)
+    replaced = torch.where(kind < cut, torch.full_like(x, mask_id), torch.where(kind < cut + random_frac, rand_tok, x))
+    x_masked = torch.where(selected, replaced, x)
+    labels = torch.where(selected, x, torch.full_like(x, IGNORE))
+    return x_masked, labels
