@@ -94,9 +94,8 @@ condense (e.g. regularised couplings) or better moves, not a looser test.
 from __future__ import annotations
 
 import json
-import pickle
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,7 +103,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dsb_widgets.errors import MalformedDataError
+from dsb_widgets.clone_files import PROVENANCE_FILE, VOCAB_FILE, CloneSet, load_clones
 from dsb_widgets.factored_attention import (
     FactoredAttention,
     FactoredAttentionConfig,
@@ -118,7 +117,6 @@ from dsb_widgets.mh_sampler import metropolis_hastings
 
 __all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "train_factored", "test_pll"]
 
-VOCAB_FILE, PROVENANCE_FILE = "vocab.json", "provenance.json"
 MAX_LAYERS = 7  # 65 bodies; deeper x^2 stacks are numerically unusable
 
 
@@ -182,21 +180,6 @@ class CloneConfig:
             raise ValueError(f"--window-tau must be >= 0 (0: a fixed --window); got {self.window_tau}")
         if self.window == 0 and not 0 <= self.burn_in < self.sweeps:
             raise ValueError(f"--burn-in must lie in [0, --sweeps) = [0, {self.sweeps}); got {self.burn_in}")
-
-
-@dataclass(frozen=True, eq=False)
-class CloneSet:
-    """Clones read back from a folder: tokens[L] (N, T) int64, bodies[L], vocab and provenance."""
-
-    path: Path
-    tokens: dict[int, Tensor]
-    bodies: dict[int, int]
-    token_strings: list[str]
-    provenance: dict[str, Any] = field(default_factory=dict)
-
-    def decode(self, ids: Tensor | np.ndarray | list[int]) -> str:
-        """Text of one token sequence (token strings joined; ``<unk>`` spelled out)."""
-        return "".join(self.token_strings[int(i)] for i in ids)
 
 
 def windows(stream: np.ndarray, context: int, n: int | None, gen: torch.Generator) -> Tensor:
@@ -398,25 +381,3 @@ def _criterion(cfg: CloneConfig) -> str:
          "trace's second half at each check" if cfg.window_tau else f"W = {cfg.window}")
     return ("split-R-hat of the per-chain energy over the last 2W sweeps < 1.05 and |mean energy of the last W "
             f"sweeps - the W before| < 2 s.e.; {w}; checked every {cfg.window} sweeps; samples = the last W sweeps")
-
-
-def load_clones(path: str | Path) -> CloneSet:
-    """Read a folder written by :func:`make_clones` (``dsb clone``)."""
-    path = Path(path)
-    if not (path / PROVENANCE_FILE).is_file() or not (path / VOCAB_FILE).is_file():
-        raise FileNotFoundError(f"no clones in {path} (missing {PROVENANCE_FILE}); make them with "
-                                f"`dsb clone --corpus NAME --layers 1 2 --out {path}`")
-    try:  # a truncated / hand-edited file is a one-line error naming the folder, not a traceback
-        prov = json.loads((path / PROVENANCE_FILE).read_text())
-        vocab = json.loads((path / VOCAB_FILE).read_text())
-        tokens, bodies = {}, {}
-        for key, rec in prov["orders"].items():
-            blob = torch.load(path / rec["file"], weights_only=True)
-            tokens[int(key)], bodies[int(key)] = blob["tokens"].long(), int(blob["bodies"])
-        token_strings = list(vocab["token_strings"])
-    except (ValueError, KeyError, TypeError, AttributeError, OSError, RuntimeError, pickle.UnpicklingError) as err:
-        reason = (str(err).splitlines() or [""])[0][:200]
-        raise MalformedDataError(f"the clones in {path} are unreadable ({type(err).__name__}: {reason}); remake them "
-                                 f"with `dsb clone --corpus NAME --layers 1 2 --out {path}`") from None
-    return CloneSet(path, tokens, bodies, token_strings, prov)
-
