@@ -61,7 +61,7 @@ So the paper's ordering appears at this scale: 2-body first, 3-body later, real 
 falling; the chain bootstraps of the 2- and 3-body steps do not overlap in either seed. Caveats:
 two clone orders only; the 3-body plateau of seed 0 is marginal (still -0.070 over the last
 octave against a curve noise of 0.024 and an eval s.e. of 0.023 for the drop); the clones are
-out of distribution for the BERT (its loss on them, 3.1 / 2.7, stays above real text, 2.3) and far
+out of distribution for the BERT (its loss on them, 3.1 / 2.8, stays above real text, 2.3) and far
 from their own generators, whose single-site PLL on their own clone is 1.51 / 1.40 (the BERT's
 at step 6,317: 2.56 / 2.53; cold PLL target, chains not at equilibrium, :mod:`dsb_widgets.clones`).
 At the old default (2,048 steps, Tiny Shakespeare clones) no probe had saturated: 2/3/5-body
