@@ -43,7 +43,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 
@@ -124,13 +124,23 @@ def positional_coefficients(sector: str, n: int, rng: np.random.Generator) -> np
     raise ValueError(f"unknown sector {sector!r}; choose from {', '.join(SECTORS)}")
 
 
-def feature_map(feature: Feature) -> Callable[[np.ndarray], np.ndarray]:
+def feature_map(feature: Feature) -> Callable[[Any], Any]:
     """phi with E phi(u) = 0, E phi(u)^2 = 1 for u ~ N(0, 1)."""
     if feature == "linear":
         return lambda u: u
     if feature == "hermite2":
         return lambda u: (u * u - 1.0) / math.sqrt(2.0)
     raise ValueError(f"unknown feature {feature!r}; choose linear or hermite2")
+
+
+def sector_columns(f: Any, coeffs: Sequence[Any], einsum: Callable[..., Any]) -> list[Any]:
+    """Each target's column (B,) from token features f (B, K, n): ``a . f_k`` or ``f_k^T B f_k``.
+
+    Array-library neutral (``np.einsum`` or ``torch.einsum``, matching coeffs), so the engine's
+    on-device targets are this same formula (:func:`dsb_widgets.engine.symmetry.device_targets`).
+    """
+    return [f[:, k] @ c if c.ndim == 1 else einsum("bi,ij,bj->b", f[:, k], c, f[:, k])
+            for k, c in enumerate(coeffs)]
 
 
 @dataclass(frozen=True)
@@ -171,11 +181,7 @@ class SectorTargets:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Targets (B, K) for contexts x (B, n, d)."""
         f = self.token_features(np.asarray(x, dtype=np.float64))
-        out = np.empty((f.shape[0], len(self.sectors)))
-        for k, c in enumerate(self.coeffs):
-            fk = f[:, k]  # (B, n)
-            out[:, k] = fk @ c if c.ndim == 1 else np.einsum("bi,ij,bj->b", fk, c, fk)
-        return out
+        return np.stack(sector_columns(f, self.coeffs, np.einsum), axis=1)
 
     def exact_variance(self) -> np.ndarray:
         """Var of each target from its coefficients alone: |a|^2 or 2 ||B||_F^2 (B zero diagonal)."""

@@ -304,8 +304,30 @@ def test_symmetry_fixed_training_set_is_sampled_without_host_reads(monkeypatch: 
     assert calls == []
     idx = torch.randint(50, (32,), generator=ref)
     assert torch.equal(x, x_all[idx]) and torch.equal(y, y_all[idx])
-    online = build_symmetry_task(resolve_config(RunConfig(experiment="symmetry", steps=4, probe_size=16)))
-    assert not online.device_sampling  # fresh contexts' targets are computed in NumPy on the host
+
+
+@pytest.mark.parametrize("feature", ["linear", "hermite2"])
+def test_symmetry_online_targets_are_computed_on_the_device_and_equal_numpy(feature: str,
+        monkeypatch: pytest.MonkeyPatch, spy_host_reads: Callable[[], list[str]]) -> None:
+    """Online symmetry runs (fresh contexts every step): contexts and their targets are made on the
+    generator's device with no host read, and on CPU the float32 targets equal the NumPy formula
+    (sn_sectors.SectorTargets.__call__) bitwise, contexts equal the former torch.randn draws."""
+    from dsb_widgets.engine.symmetry import build_symmetry_task, make_targets
+
+    cfg = resolve_config(RunConfig(experiment="symmetry", steps=4, probe_size=16,
+                                   options={"feature": feature}))
+    task = build_symmetry_task(cfg)
+    assert task.device_sampling
+    gen, ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    calls = spy_host_reads()
+    x, y = task.sample_batch(gen, 4096)
+    monkeypatch.undo()
+    assert calls == []
+    o = cfg.options
+    x_ref = torch.randn(4096, int(o.get("context", x.shape[1])), x.shape[2], generator=ref, dtype=torch.float64)
+    assert torch.equal(x, x_ref.float())
+    y_ref = torch.from_numpy(make_targets(cfg)(x_ref.numpy())).float()
+    assert torch.equal(y, y_ref) and y.std().item() > 0.5  # unit-variance targets, not zeros
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

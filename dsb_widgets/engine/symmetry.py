@@ -53,6 +53,8 @@ token features hard to reach, a departure from "symmetric first" that is about b
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -60,7 +62,7 @@ from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, T
 from dsb_widgets.models.seq_transformer import SEQ_MODELS, SeqConfig, make_seq_model
 from dsb_widgets.options import parse_options
 from dsb_widgets.options_symmetry import SymmetryOptions
-from dsb_widgets.sn_sectors import BODY, SECTOR_RANK, SECTORS, SectorTargets, min_context
+from dsb_widgets.sn_sectors import BODY, SECTOR_RANK, SECTORS, SectorTargets, feature_map, min_context, sector_columns
 
 PROBE_SEED_OFFSET = 7_777  # probe contexts come from seed + this; a fixed training set from seed
 
@@ -77,6 +79,23 @@ def make_targets(cfg: RunConfig) -> SectorTargets:
 def _contexts(targets: SectorTargets, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = np.random.default_rng(seed).standard_normal((count, targets.n, targets.d))
     return torch.from_numpy(x).float(), torch.from_numpy(targets(x)).float()  # (N, n, d), (N, K)
+
+
+def device_targets(targets: SectorTargets, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``targets`` as a torch function on ``device``: contexts (B, n, d) float64 -> (B, K) float64.
+
+    The same formula as ``SectorTargets.__call__`` (:func:`sector_columns`), with the directions and
+    coefficients copied to the device once; after the float32 cast the targets equal the NumPy ones
+    bitwise on CPU (tested), so online runs draw batches with no host round trip (issue 17)."""
+    w = torch.as_tensor(targets.directions, dtype=torch.float64, device=device)  # (K, d)
+    coeffs = [torch.as_tensor(c, dtype=torch.float64, device=device) for c in targets.coeffs]
+    phi = feature_map(targets.feature)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        f = phi(torch.einsum("bnd,kd->bkn", x, w))  # (B, K, n)
+        return torch.stack(sector_columns(f, coeffs, torch.einsum), dim=1)
+
+    return fn
 
 
 def build_symmetry_probes(targets: SectorTargets, size: int, seed: int) -> list[Probe]:
@@ -107,13 +126,16 @@ def build_symmetry_task(cfg: RunConfig) -> Task:
         def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
             idx = torch.randint(o.train_size, (bs,), generator=gen, device=gen.device).to(dev, non_blocking=True)
             return x_all[idx], y_all[idx]
-    else:  # online: fresh contexts, targets computed in NumPy (sn_sectors) on the host
+    else:  # online: fresh contexts drawn on the generator's device, targets computed there too
+        fns: dict[torch.device, Callable[[torch.Tensor], torch.Tensor]] = {}
+
         def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-            x = torch.randn(bs, o.context, o.dim, generator=gen, dtype=torch.float64)
-            return x.float(), torch.from_numpy(targets(x.numpy())).float()
+            x = torch.randn(bs, o.context, o.dim, generator=gen, dtype=torch.float64, device=gen.device)
+            fn = fns.setdefault(x.device, device_targets(targets, x.device))
+            return x.float(), fn(x).float()
 
     return Task(make_model=lambda seed: make_seq_model(str(cfg.model), scfg), sample_batch=sample_batch,
-                probes=probes, loss="mse", device_sampling=o.train_size > 0,
+                probes=probes, loss="mse", device_sampling=True,
                 info={"units": "mse", "context": o.context, "train_size": o.train_size, "feature": o.feature})
 
 
