@@ -57,7 +57,8 @@ compilation), so eager buffers stay the only path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor
@@ -65,7 +66,25 @@ from torch import Tensor
 if TYPE_CHECKING:
     from dsb_widgets.factored_attention import FactoredAttention
 
-__all__ = ["SiteChains"]
+__all__ = ["SiteChains", "flush_denormals"]
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero (FTZ/DAZ, this thread) inside the block; the previous mode is restored.
+
+    exp of arguments below about -87 gives float32 denormals (< 1.2e-38); arithmetic on them runs through slow
+    microcode on this CPU (a fused log_softmax is 2x slower on rows whose logits spread over more than 87,
+    measured). Flushing such a term to 0 changes a softmax normaliser (a sum >= 1) by less than V * 1.2e-38,
+    far below float32 (6e-8) and float64 (1e-16) rounding: no log-probability changes.
+    """
+    on = bool(torch.tensor(1e-39).mul(2.0) == 0)  # already flushed (DAZ reads the denormal as 0)
+    turned = not on and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if turned:
+            torch.set_flush_denormal(False)
 
 
 class _Plan:
@@ -80,7 +99,10 @@ class _Plan:
         first = layers[0]
         A1 = first.attention()  # (H, T, T)
         self.ev = first.values(model.embedding)  # (q + 1, H, d): first-layer values of every token
-        self.ev_diff = (self.ev[cfg.mask_id] - self.ev).contiguous()  # (q + 1, H, d): e_mask V1 - e_a V1
+        ev_diff = self.ev[cfg.mask_id] - self.ev  # (q + 1, H, d): e_mask V1 - e_a V1
+        H, d = ev_diff.shape[1:]
+        self.ev_rows = ev_diff.permute(1, 0, 2).reshape(-1, d).contiguous()  # (H (q + 1), d): row h (q + 1) + a
+        self.head_row = (torch.arange(H, device=ev_diff.device) * ev_diff.shape[0])[:, None]  # (H, 1)
         self.a1_col = A1.permute(2, 1, 0).contiguous()  # (T_p, T_k, H): A1^h_{k p}; [t] = column t
         squares = getattr(model, "squares", None)
         width = getattr(cfg, "square_width", None)
@@ -135,8 +157,8 @@ class _Plan:
         if self.L == 1:
             return b1[cp.keep]
         H, P = self.ev.shape[1], len(cp.keep)
-        r = self.buf("r", P, H, n, d)
-        r.copy_(self.ev_diff[tokens.T[cp.keep]].transpose(1, 2))  # (P, H, n, d): value change of masking p
+        r = self.buf("r", P, H, n, d)  # (P, H, n, d): value change of masking p, one index_select (no temporaries)
+        torch.index_select(self.ev_rows, 0, (tokens.T[cp.keep][:, None] + self.head_row).view(-1), out=r.view(-1, d))
         c = torch.baddbmm(b1.view(1, T, n * d).expand(P, T, n * d), cp.a1, r.view(P, H, n * d),
                           out=self.buf("c", P, T, n * d)).view(P, T, n, d)  # (P, T_k, n, d): h^1 of copy p at k
         U = self.U[self.L - 1]
@@ -148,9 +170,9 @@ class _Plan:
             own = self.buf("own", P, n, d)
             for lo in range(0, n, self.inner):
                 sl = slice(lo, lo + self.inner)
-                hp = self.middle(c[:, :, sl])  # (P, T_k, n', d): h^(L-1) of the copies
-                own[:, sl] = hp[cp.rows, cp.keep]  # h(copy p)_p
-                self.square(self.L - 1, hp, out=z[:, :, sl])
+                h = self.middle(c[:, :, sl])  # (T_k, n', P, d): h^(L-1) of the copies
+                cp.own_site(h, own[:, sl])  # h(copy p)_p
+                self.square(self.L - 1, h.permute(2, 0, 1, 3), out=z[:, :, sl])
         m = z.shape[-1]
         assert cp.last is not None
         mixed = torch.matmul(cp.last, z.view(P, T, -1), out=self.buf("mix", P, H, n * m))  # row p of copy p
@@ -162,7 +184,7 @@ class _Plan:
     def middle(self, c: Tensor) -> Tensor:
         """Layers 2..L-1 on every position of the copies, from their first layer c (P, T_k, n, d); laid out
         (k, n, p, d) so that a layer is H value GEMMs Y^h = z V^h and ONE mixing GEMM over (h, k):
-        h_j += sum_(h,k) A^h_jk Y^h_k (K = H T; the residual is the GEMM's beta). Returns a (P, T_k, n, d) view."""
+        h_j += sum_(h,k) A^h_jk Y^h_k (K = H T; the residual is the GEMM's beta). Returns h^(L-1) (T_k, n, P, d)."""
         P, T, n, d = c.shape
         H = self.ev.shape[1]
         h = self.buf("h", T, n, P, d)
@@ -175,7 +197,7 @@ class _Plan:
                 hv.addmm_(Amix, Yv)
             else:
                 torch.mm(Amix, Yv, out=hv)
-        return h.permute(2, 0, 1, 3)
+        return h
 
     def logits(self, g: Tensor, pos: int) -> Tensor:
         """Raw logits (B, q) of the conditional at site ``pos`` from g_pos (B, d)."""
@@ -188,8 +210,9 @@ class _Plan:
         return out if self.offset is None else out + (self.offset[pos] if self.per_site else self.offset)[tok]
 
     def terms(self, g: Tensor, tokens: Tensor, cp: _Copies, kind: str) -> tuple[Tensor, Tensor | None]:
-        """Per copy p in ``cp``: logit_p(s_p) and log Z_p = logsumexp_a logit_p(a) ((P, n) each; log Z None for
-        ``kind="scores"``) from the site outputs g (P, n, d) of sequences ``tokens`` (n, T)."""
+        """Per copy p in ``cp``: its energy term, -log p(s_p | s_-p) ("pll") or -logit_p(s_p) ("scores"), and
+        log Z_p = logsumexp_a logit_p(a) ((P, n) each; log Z None for "scores") from the site outputs g (P, n, d)
+        of sequences ``tokens`` (n, T)."""
         P, n, d = g.shape
         logits = self.buf("logits", P, n, self.Wt.shape[1] if self.Wt is not None else d)
         if self.Wt is not None:
@@ -198,16 +221,15 @@ class _Plan:
             logits.copy_(g)
         if cp.offset is not None:
             logits.add_(cp.offset[:, None] if self.per_site else cp.offset)
-        picked = logits.gather(-1, tokens.T[cp.keep][..., None]).squeeze(-1)  # (P, n): logit_p(s_p)
+        idx = tokens.T[cp.keep][..., None]  # (P, n, 1): s_p
+        picked = logits.gather(-1, idx).squeeze(-1)  # (P, n): logit_p(s_p)
         if kind == "scores":
-            return picked, None
-        # log Z_p = m_p + log sum_a exp(max(logit_p(a) - m_p, -87)), in place in the scratch buffer (no
-        # fresh (P, n, q) tensors: on this VM their page faults cost more than the arithmetic). The clamp
-        # changes the sum (>= 1) by < q e^-87 ~ 1e-35, below float32/64 rounding, and it matters: exp of
-        # arguments below about -87 (deep, untrained models have logit spreads of 1e4) runs 60-200x slower
-        # on this CPU (measured), as does torch.log_softmax on such rows
-        m = logits.amax(-1, keepdim=True)  # (P, n, 1)
-        return picked, logits.sub_(m).clamp_(min=-87.0).exp_().sum(-1).log_().add_(m.squeeze(-1))
+            return picked.neg_(), None
+        # log Z_p = logit_p(s_p) - log_softmax_p(s_p): ONE fused in-place kernel (max, sum of exp, write), about
+        # half the time of amax/sub/exp/sum/log passes; its exp of arguments below about -87 (peaked or deep
+        # untrained models) would be 2x slower through denormals, which SiteChains flushes (flush_denormals)
+        nll = torch.log_softmax(logits, -1, out=logits).gather(-1, idx).squeeze(-1).neg_()  # (P, n): -log p(s_p|.)
+        return nll, nll.add(picked)
 
 
 class _Copies:
@@ -215,10 +237,17 @@ class _Copies:
 
     def __init__(self, T: int, t: int | None, a1: Tensor, last: Tensor | None, offset: Tensor | None) -> None:
         self.keep = torch.tensor([p for p in range(T) if p != t], device=a1.device)  # (P,)
-        self.rows = torch.arange(len(self.keep), device=a1.device)
+        self.t = T if t is None else t  # copies [0, t) sit at their own index, copies [t, P) one further
         self.a1, self.last, self.offset = a1[self.keep], None if last is None else last[self.keep], offset
         # where the P rows go in a (T, ...) tensor: all of it, or the rows before and after t
         self.slices = [slice(0, T)] if t is None else [slice(0, t), slice(t + 1, T)]
+
+    def own_site(self, h: Tensor, out: Tensor) -> None:
+        """out[i] = h[keep[i], :, i] (P, n, d): each copy's hidden vector at its own site, from h (T_k, n, P, d),
+        as two strided diagonals (no index arithmetic)."""
+        t = self.t
+        out[:t].copy_(h.diagonal(0, 0, 2)[..., :t].permute(2, 0, 1))
+        out[t:].copy_(h.diagonal(-1, 0, 2)[..., t:].permute(2, 0, 1))
 
 
 class SiteChains:
@@ -241,14 +270,15 @@ class SiteChains:
         # chains per block, measured on one CPU thread (V = 1000, T = 16, d = 64): 32 for L <= 2, 8 deeper,
         # where a block's (H, T, T - 1, 8, d) middle-layer values (2 MB) just fit in L2; larger blocks lose
         self.plan, self.kind = _Plan(model), kind
-        self.chunk = chunk or (32 if model.cfg.n_layers <= 2 else 8)
+        self.chunk = chunk or 64
         model.embed(tokens)  # validates shape and ids
         self.tokens = tokens.clone()
         self.b1 = self.plan.model.layers[0].mix(self.plan.ev[tokens]).transpose(0, 1).contiguous()  # (T, B, d)
         # state and candidate buffers, allocated once (accept() copies in place: no fresh multi-MB tensors)
         self.g, self.logz = torch.empty_like(self.b1), self.b1.new_zeros(self.b1.shape[:2])  # (T, B, d), (T, B)
         self._g, self._logz, self._b1 = torch.empty_like(self.g), torch.zeros_like(self.logz), torch.empty_like(self.b1)
-        self.energy = self._scan(self.b1, self.tokens, self.plan.copies(None), self.g, self.logz)
+        with flush_denormals():
+            self.energy = self._scan(self.b1, self.tokens, self.plan.copies(None), self.g, self.logz)
         self._cand: tuple[Tensor, Tensor, Tensor] | None = None  # tokens, energies, moved (B,)
 
     def _scan(self, b1: Tensor, tokens: Tensor, cp: _Copies, g: Tensor, logz: Tensor) -> Tensor:
@@ -258,8 +288,8 @@ class SiteChains:
         for lo in range(0, tokens.shape[0], self.chunk):
             sl = slice(lo, lo + self.chunk)
             out = self.plan.site_output(b1[:, sl], tokens[sl], cp)  # (P, n, d), a reused buffer
-            picked, lz = self.plan.terms(out, tokens[sl], cp, self.kind)
-            E[sl] = (-picked if lz is None else lz - picked).sum(0)
+            term, lz = self.plan.terms(out, tokens[sl], cp, self.kind)
+            E[sl] = term.sum(0)
             i = 0
             for rows in cp.slices:
                 k = rows.stop - rows.start
@@ -275,6 +305,10 @@ class SiteChains:
 
     @torch.no_grad()
     def try_site(self, t: int, new: Tensor) -> Tensor:
+        with flush_denormals():
+            return self._try_site(t, new)
+
+    def _try_site(self, t: int, new: Tensor) -> Tensor:
         p, (T, B, d), cp = self.plan, self.b1.shape, self.plan.copies(t)
         tok = self.tokens.clone()
         tok[:, t] = new
