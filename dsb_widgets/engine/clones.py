@@ -22,10 +22,18 @@ The corpus, tokenizer, vocabulary and context come from the clone folder's prove
 must read the same token ids the clones were written in (checked token by token; a mismatch is
 a one-line error). ``--corpus`` may be left out (the clones' corpus is used).
 
+Training step: BERT's 80/10/10 masks at ``mask_prob`` on uniformly placed train windows, drawn on
+the run's device (:func:`train_sampler`: tokens resident there, starts and masks from the run's
+generator; on a CPU the former draws exactly); on a CPU only the masked positions go through
+the read-out (:func:`masked_readout_loss`: the same loss and gradients as the full logits, 20 vs
+30 CPU-ms per step at the defaults, ``benchmarks/clone_saturation/bench_readout.py``; a GPU keeps
+the full read-out, which needs no host sync).
+
 Sizes (options ``n_layer``, ``n_head``, ``d_model``, ``mask_prob``): a 2 x 64 BERT; the default
-30,000 steps take ~20 CPU-min on one thread (``--steps 2048`` for a quick look, which is too short
-for any probe to saturate). The schedule is warm-up then a CONSTANT rate (``--schedule constant``, the default
-here): a cosine decay to zero flattens every curve at its end and fakes saturation.
+30,000 steps take ~10 CPU-min of training per seed on one thread (``--steps 2048`` for a quick
+look, which is too short for any probe to saturate). The schedule is warm-up then a CONSTANT rate
+(``--schedule constant``, the default here): a cosine decay to zero flattens every curve at its
+end and fakes saturation.
 
 Saturation (:func:`saturation_step`, printed per probe by ``dsb run clones``,
 :func:`format_saturation`): the first checkpoint t after which the loss, as a centred running mean
@@ -45,8 +53,8 @@ for 2 / 3 bodies; the 5-body stage was stopped for CPU; MH 100 sweeps, NOT stati
 >= 2-D weights, 64 warm-up steps then constant, 30,000 steps, 8 checkpoints per octave, probes
 of 1,280 sequences (~3,200 masked tokens each), pure [MASK] at 15%. Run with the same model,
 optimizer, masks and probes by a script that sends only masked positions through the read-out
-(:meth:`Bert.features`; 735 CPU-s per seed on one thread; NOT through this engine, whose
-full-logit read-out is ~1.6x slower per step). Loss (nats/token, mean of seeds 0 and 1) and
+(:meth:`Bert.features`; 735 CPU-s per seed on one thread; before this engine's step did the same).
+Loss (nats/token, mean of seeds 0 and 1) and
 :func:`saturation_step` per seed (in brackets: 5-95% of a bootstrap over MH chains):
 
 ======= ===== ===== ===== ===== ===== ============================================================
@@ -72,13 +80,23 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from dsb_widgets.data.text import CORPORA
-from dsb_widgets.engine.task import ConfigError, Experiment, Probe, RunConfig, Task, probe_seed, register_experiment
+from dsb_widgets.engine.ensemble import ModelStack
+from dsb_widgets.engine.task import (
+    ConfigError,
+    Experiment,
+    Probe,
+    RunConfig,
+    Task,
+    pick_device,
+    probe_seed,
+    register_experiment,
+)
 from dsb_widgets.options import options_dict, parse_options
 from dsb_widgets.options_clones import CloneOptions
 
@@ -116,7 +134,7 @@ def build_clones_task(cfg: RunConfig) -> Task:
     """Read the clones, tokenise the real corpus the same way, build the probes and the BERT."""
     from dsb_widgets.clones import load_clones, windows
     from dsb_widgets.data.text import tokenize_corpus
-    from dsb_widgets.models.bert import Bert, BertConfig, mask_tokens
+    from dsb_widgets.models.bert import Bert, BertConfig
 
     o = clone_options(cfg)
     clones = load_clones(_clone_dir(cfg))
@@ -160,18 +178,73 @@ def build_clones_task(cfg: RunConfig) -> Task:
         probes.append(Probe(name, order, x, y, description=desc))
     if not any(pr.name != "real" for pr in probes):
         raise ConfigError(f"no clone probes selected from {clones.path}; pass --probes with some of {sorted(by_name)}")
-    train = tc.train
     bcfg = BertConfig(V, context, n_layer=o.n_layer, n_head=o.n_head, d_model=o.d_model)
-
-    def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return mask_tokens(windows(train, context, bs, gen), gen, V, p=p)  # (B, T), (B, T)
-
+    sample_batch = train_sampler(tc.train, context, V, p, cfg.device)
     info = {"units": "nats/token", "bytes_per_token": tc.bytes_per_token, "corpus": tc.name, "source": tc.source,
             "tokenizer": str(ccfg["tokenizer"]), "vocab_size": V, "context": context, "clones": str(clones.path),
             "train_tokens": int(tc.train.size), "objective": "masked LM",
             "clone_acceptance": ",".join(f"{clones.bodies[L]}-body:{prov['orders'][str(L)]['acceptance_rate']:.3f}"
                                          for L in sorted(clones.tokens))}
-    return Task(make_model=lambda seed: Bert(bcfg), sample_batch=sample_batch, probes=probes, info=info)
+    # CPU: only the masked positions go through the read-out (masked_readout_loss); a GPU keeps the
+    # full read-out, whose cost is small there, rather than wait for the count of masked rows per step
+    sparse = pick_device(cfg.device).type == "cpu" and not cfg.compile
+    return Task(make_model=lambda seed: Bert(bcfg), sample_batch=sample_batch, probes=probes, info=info,
+                device_sampling=True, step_loss=masked_readout_loss if sparse else None)
+
+
+def train_sampler(train: np.ndarray, context: int, mask_id: int, p: float,
+                  device: str = "cpu") -> Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]:
+    """``sample_batch(gen, B)``: B uniformly placed train windows of ``context`` tokens, BERT-masked
+    (:func:`~dsb_widgets.models.bert.mask_tokens`, 80/10/10 at rate ``p``): (x, y) (B, T) int64.
+
+    The train tokens stay on the run's device as one int32 tensor; window starts are drawn from
+    ``gen`` on its own device (``torch.randint(n - T + 1, (B,))``) and the masks too, so on a GPU
+    with an on-device generator nothing is copied or read back per step (as the text experiment's
+    sampler). On a CPU generator the draws, the batches and the generator's state afterwards are
+    those of the former ``mask_tokens(clones.windows(train, T, B, gen), gen, V, p)``.
+    """
+    from dsb_widgets.models.bert import mask_tokens
+
+    if train.size < context + 1:
+        raise ConfigError(f"the train split has {train.size} tokens, fewer than --context {context} + 1; "
+                          "give more text or make clones with a smaller --context")
+    resident = pick_device(device)
+    arr = np.ascontiguousarray(train, dtype=np.int32)
+    tokens = torch.from_numpy(arr if arr.flags.writeable else arr.copy()).to(resident)  # (n,) int32
+    hi = int(tokens.numel()) - context + 1
+    offsets = torch.arange(context, device=resident)  # (T,)
+
+    def sample_batch(gen: torch.Generator, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(hi, (bs,), generator=gen, device=gen.device).to(resident, non_blocking=True)
+        return mask_tokens(tokens[starts[:, None] + offsets].long(), gen, mask_id, p=p)  # (B, T), (B, T)
+
+    return sample_batch
+
+
+def masked_readout_loss(stack: ModelStack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-seed masked-LM loss (S,), the mean cross-entropy over the scored positions (y != -100),
+    with only those positions sent through the read-out: ``head(features(x)[y != -100])``
+    (:meth:`~dsb_widgets.models.bert.Bert.features`). The same loss and gradients as
+    cross-entropy on the full logits ``stack(x)`` (S, B, T, V), without the (B, T, V) logits of the
+    ~85% unscored positions (1.6x the steps per CPU-second at V = 1,000, 2 x 64, batch 64).
+
+    x, y: (S, B, T). Each seed's scored rows are padded to the longest seed's count with ignored
+    labels (no gradient), so the read-out runs as one stacked call. The row selection is a boolean
+    index: free on a CPU, a device sync on a GPU (where the engine keeps the full read-out).
+    """
+    from torch.nn.utils.rnn import pad_sequence
+
+    from dsb_widgets.engine.evaluate import train_loss
+    from dsb_widgets.models.bert import IGNORE
+
+    h = stack.call("features", x)  # (S, B, T, d)
+    sel = y != IGNORE  # (S, B, T)
+    if h.shape[0] == 1:
+        rows, labels = h[0][sel[0]][None], y[0][sel[0]][None]  # (1, N, d), (1, N)
+    else:
+        rows = pad_sequence([h[s][sel[s]] for s in range(h.shape[0])], batch_first=True)  # (S, N, d)
+        labels = pad_sequence([y[s][sel[s]] for s in range(h.shape[0])], batch_first=True, padding_value=IGNORE)
+    return train_loss(stack.call("head", rows), labels)  # logits (S, N, V)
 
 
 def _validate(cfg: RunConfig) -> None:

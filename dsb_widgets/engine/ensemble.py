@@ -21,6 +21,19 @@ def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+class _Method(nn.Module):
+    """``inner.<name>(x)`` as a module's forward, so ``functional_call`` can run a method other than
+    ``forward`` (its parameters are ``inner.*``)."""
+
+    def __init__(self, inner: nn.Module, name: str) -> None:
+        super().__init__()
+        self.inner = inner
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self.inner, self.name)(x)
+
+
 class ModelStack(nn.Module):
     """S models with identical architecture; ``forward(x)`` returns outputs stacked on dim 0.
 
@@ -42,6 +55,7 @@ class ModelStack(nn.Module):
             base = copy.deepcopy(models[0]).to("meta")
             self._base: nn.Module
             object.__setattr__(self, "_base", base)  # not a submodule: no parameters of its own
+            self._methods: dict[str, nn.Module] = {}  # method name -> _Method wrapper of _base (call())
         else:
             self.members = nn.ModuleList(models)
 
@@ -62,6 +76,25 @@ class ModelStack(nn.Module):
         buffers = {k: getattr(self, "buf__" + k.replace(".", "__")) for k in self._buffer_names}
         fn = vmap(self._call_one, in_dims=(0, 0, None if shared else 0), randomness="different")
         return fn(params, buffers, x)
+
+    def call(self, method: str, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """``getattr(model, method)(x)`` for every seed, stacked on dim 0 as :meth:`forward` does
+        (``call("forward", x)`` is ``forward(x)``); e.g. ``call("features", x)`` then
+        ``call("head", h)`` for a masked LM that scores only its masked positions."""
+        if method == "forward":
+            return self(x, shared)
+        if not self.vectorized:
+            return torch.stack([getattr(m, method)(x if shared else x[i]) for i, m in enumerate(self.members)])
+        if method not in self._methods:
+            self._methods[method] = _Method(self._base, method)
+        params = {"inner." + k.replace("__", "."): v for k, v in self.params.items()}
+        buffers = {"inner." + k: getattr(self, "buf__" + k.replace(".", "__")) for k in self._buffer_names}
+        wrapped = self._methods[method]
+
+        def one(p: dict, b: dict, xi: torch.Tensor) -> torch.Tensor:
+            return functional_call(wrapped, (p, b), (xi,))
+
+        return vmap(one, in_dims=(0, 0, None if shared else 0), randomness="different")(params, buffers, x)
 
     def decay_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(weights to decay, the rest): nanoGPT's ``configure_optimizers`` rule per model: every

@@ -211,9 +211,13 @@ class _Run:
         x, y = self.sample()
         if not self.stack.training:  # Module.train() walks every submodule: 7% of a digits MLP step
             self.stack.train()
-        with autocast(self.device, self.amp):
-            out = self.forward(x)
-        losses = train_loss(out, y, self.task.loss)
+        if self.task.step_loss is not None:  # the task's own loss on the stack (clones: masked read-out)
+            with autocast(self.device, self.amp):
+                losses = self.task.step_loss(self.stack, x, y)
+        else:
+            with autocast(self.device, self.amp):
+                out = self.forward(x)
+            losses = train_loss(out, y, self.task.loss)
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # seeds are independent: the sum's gradient is each seed's own
         if self.cfg.grad_clip is not None:

@@ -149,6 +149,9 @@ class Task:
     # sample_batch also takes a generator on the run device (training set resident there, indices
     # drawn there: no host-to-device copy, no sync per step); the engine then seeds CUDA generators
     device_sampling: bool = False
+    # step_loss(stack, x, y) -> (S,) per-seed training loss, used instead of cross-entropy on
+    # stack(x) (e.g. a masked LM sending only its masked positions through the read-out); None: that
+    step_loss: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (ModelStack, x, y)
 
 
 @dataclass(frozen=True)
