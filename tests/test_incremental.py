@@ -87,3 +87,68 @@ def test_energies_stay_exact_with_a_logit_spread_of_ten_thousand() -> None:
         torch.testing.assert_close(chains.energy, want, rtol=1e-10, atol=1e-8)
         f32 = SiteChains(model.float(), s, "pll")
         torch.testing.assert_close(f32.energy.double(), want, rtol=1e-5, atol=1e-2)
+
+
+def test_refresh_removes_the_first_layers_drift_and_keeps_energies_exact() -> None:
+    """b (the first layer) is the only incrementally updated state: in float32, 400 accepted rank-H updates
+    leave it off a fresh computation; refresh() makes it equal bitwise, and the energies (recomputed from b at
+    every proposal) stay those of masking by hand."""
+    model = model_of(3, seed=5).float()
+    g = torch.Generator().manual_seed(6)
+    s = torch.randint(7, (16, 6), generator=g)
+    with torch.no_grad():
+        chains = SiteChains(model, s, "pll")
+        for k in range(400):
+            t = k % 6
+            chains.try_site(t, torch.randint(7, (16,), generator=g))
+            chains.accept(torch.ones(16, dtype=torch.bool))
+        fresh = SiteChains(model, chains.tokens, "pll")
+        assert not torch.equal(chains.b1, fresh.b1)  # rounding accumulated (the test can fail)
+        chains.refresh()
+        assert torch.equal(chains.b1, fresh.b1)
+        want = by_hand(model.double(), chains.tokens).float()
+        torch.testing.assert_close(chains.energy, want, rtol=1e-5, atol=1e-4)
+        with pytest.raises(RuntimeError, match="accept"):
+            chains.try_site(0, chains.tokens[:, 0])
+            chains.refresh()
+
+
+@pytest.mark.parametrize("n_layers", [1, 3])
+def test_reorder_moves_whole_states_between_chains(n_layers: int) -> None:
+    """After reorder(perm) chain b holds chain perm[b]'s state: its energies, and every later candidate,
+    equal masking by hand (replica exchange without rebuilding the state)."""
+    model = model_of(n_layers, seed=7)
+    g = torch.Generator().manual_seed(8)
+    s = torch.randint(7, (10, 6), generator=g)
+    perm = torch.randperm(10, generator=g)
+    with torch.no_grad():
+        chains = SiteChains(model, s, "pll", chunk=4)
+        chains.reorder(perm)
+        assert torch.equal(chains.tokens, s[perm])
+        torch.testing.assert_close(chains.energy, by_hand(model, s[perm]), rtol=1e-10, atol=1e-10)
+        new = torch.randint(7, (10,), generator=g)
+        prop = chains.tokens.clone()
+        prop[:, 2] = new
+        torch.testing.assert_close(chains.try_site(2, new), by_hand(model, prop), rtol=1e-10, atol=1e-10)
+
+
+def test_flush_denormals_is_scoped_and_changes_no_log_probability() -> None:
+    """Inside the block float32 denormals read as 0 and the mode is restored after (also when it was already
+    on); log_softmax of rows spread over 1e3 (most exp arguments below -87) is bitwise the same."""
+    from dsb_widgets.incremental import flush_denormals
+
+    tiny = torch.tensor(1e-39)
+    x = torch.randn(64, 1000, generator=torch.Generator().manual_seed(9)) * 300
+    want = torch.log_softmax(x, -1)
+    assert float(tiny * 2) > 0
+    with flush_denormals():
+        assert float(tiny * 2) == 0
+        assert torch.equal(torch.log_softmax(x, -1), want)
+    assert float(tiny * 2) > 0
+    torch.set_flush_denormal(True)
+    try:
+        with flush_denormals():
+            pass
+        assert float(tiny * 2) == 0  # left on: it was on before
+    finally:
+        torch.set_flush_denormal(False)
