@@ -181,3 +181,83 @@ def test_ladder_orders_losses_by_depth_on_a_small_instance() -> None:
     assert ds.bert_loss.shape == (4, ds.bert_step.size) and np.isfinite(ds.bert_loss.values).all()
     assert ((ds.saturation_step.values >= 0) & (ds.saturation_step.values <= 150)).all()
     assert float(ds.bert_loss.sel(probe="real").isel(bert_step=0)) == pytest.approx(np.log(5), abs=0.1)
+
+
+def test_marginal_tv_is_exact_on_hand_made_samples() -> None:
+    """0 for a sample against itself, 1 for disjoint supports, and a hand-computed value: site 0
+    of x is always colour 0, of ref half 0 and half 1 -> TV 0.5 at site 0, 0 at site 1."""
+    from dsb_widgets.manybody_dsb import marginal_tv
+
+    x = torch.randint(3, (50, 5), generator=torch.Generator().manual_seed(0))
+    for k in (1, 2, 3, 4):
+        assert marginal_tv(x, x, 3, k) == 0.0
+        assert marginal_tv(torch.zeros(4, 5, dtype=torch.long), torch.ones(6, 5, dtype=torch.long), 3, k) == 1.0
+    a = torch.tensor([[0, 2], [0, 2]])
+    b = torch.tensor([[0, 2], [1, 2]])
+    assert marginal_tv(a, b, 3, 1) == pytest.approx(0.25)  # mean of 0.5 (site 0) and 0 (site 1)
+    assert marginal_tv(a, b, 3, 2) == pytest.approx(0.5)  # one pair: {02: 1} vs {02: .5, 12: .5}
+
+
+def test_saturation_ordered_needs_strictly_increasing_observed_plateaus() -> None:
+    """Ordered only if 2- < 3- < 5-body < real strictly; a probe still falling is infinitely late."""
+    from dsb_widgets.manybody_dsb import saturation_ordered
+
+    steps = {"2-body": 100, "3-body": 400, "5-body": 1600, "real": 6400}
+    yes = dict.fromkeys(steps, True)
+    assert saturation_ordered(steps, yes)
+    assert saturation_ordered(steps, {**yes, "real": False})  # real still falling: still last
+    assert not saturation_ordered(steps, {**yes, "5-body": False})  # 5-body still falling, real flat
+    assert not saturation_ordered(steps, {**yes, "5-body": False, "real": False})  # two still falling: a tie
+    assert not saturation_ordered({**steps, "3-body": 1600}, yes)  # same checkpoint: a tie
+    assert not saturation_ordered({**steps, "2-body": 500}, yes)
+
+
+def test_ladder_dsb_on_a_tiny_instance_is_consistent_with_its_parts() -> None:
+    """ladder_dsb (tiny: 5 sites, 3 colours, two 64-step BERT seeds) equals its parts run by hand:
+    the exact true loss of the real probe, the saturation rule on each seed's curve and on the seed
+    mean, the ordering flag, TV 0 of the real probe to itself; a BERT scored from saved weights
+    (what benchmarks/manybody_dsb/run.py does) gives the live losses; step 0 is at ~log q."""
+    from dsb_widgets.engine.clones import plateau_observed, saturation_step
+    from dsb_widgets.manybody_dsb import (
+        bert_on_clones,
+        ladder_data,
+        ladder_dsb,
+        ladder_probes,
+        log_marks,
+        masked_probes,
+        probe_losses,
+        saturation_ordered,
+        train_bert,
+    )
+    from dsb_widgets.models.bert import Bert, BertConfig
+
+    kw = dict(L=5, q=3, n_train=300, n_bert_train=600, steps=20, d_embed=8, n_heads=1, chains=32, burn_in=5,
+              clone_chains=16, max_sweeps=12, window=3, n_probe=96)
+    ds = ladder_dsb(0, bert_seeds=(0, 1), bert_steps=64, per_octave=2, **kw)
+    assert list(ds.probe.values) == ["2-body", "3-body", "5-body", "real"]
+    assert ds.loss.dims == ("seed", "probe", "step") and list(ds.step.values) == log_marks(64, 2)
+    truth, parts, _ = ladder_data(0, L=5, q=3, n_fit=600, clone_chains=16, n_probe=96, chains=32, burn_in=5)
+    assert float(ds.true_loss.sel(data="real")) == pytest.approx(truth.conditional_loss(parts["real"]), rel=1e-6)
+    assert float(ds.tv.sel(data="real", order=2)) == 0.0 and float(ds.tv.sel(data="baseline", order=2)) > 0.0
+    steps = ds.step.values
+    for i in range(2):
+        for j in range(4):
+            assert int(ds.saturation_step[i, j]) == saturation_step(steps, ds.loss.values[i, j])
+    mean = ds.loss.values.mean(0)
+    msat = [saturation_step(steps, row) for row in mean]
+    assert list(ds.mean_saturation_step.values) == msat
+    names = list(ds.probe.values)
+    assert ds.attrs["ordered_mean"] == int(saturation_ordered(
+        dict(zip(names, msat, strict=True)), {p: plateau_observed(steps, s) for p, s in zip(names, msat, strict=True)}))
+    assert np.allclose(ds.loss.values[:, :, 0], np.log(3), atol=0.1)
+    lp = ladder_probes(0, **kw)  # deterministic: the same probes again
+    assert torch.equal(lp.bert_train, parts["fit"][:600]) and torch.equal(lp.probes["real"], parts["real"])
+    live = bert_on_clones(lp.bert_train, lp.probes, 3, steps=64, per_octave=2, seed=1)
+    np.testing.assert_allclose(live.loss.sel(probe=names).values, ds.loss.values[1], rtol=1e-6)
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+    train_bert(lp.bert_train, 3, lambda s, m: saved.__setitem__(s, {k: v.clone() for k, v in m.state_dict().items()}),
+               steps=64, per_octave=2, seed=1)
+    model, masked = Bert(BertConfig(3, 5)), masked_probes(lp.probes, 3, seed=1)
+    model.load_state_dict(saved[64])
+    assert probe_losses(model, masked) == pytest.approx(dict(zip(names, ds.loss.values[1, :, -1], strict=True)),
+                                                        rel=1e-6)
