@@ -17,7 +17,7 @@ from dsb_widgets.errors import ConfigError
 # Same values as dsb_widgets.clones.CloneConfig's defaults (a test keeps them equal).
 CLONE_DEFAULTS: dict[str, Any] = {
     "layers": (1, 2), "tokenizer": "gpt2", "vocab_size": 1000, "context": 16, "steps": 1500,
-    "batch_size": 128, "lr": 3e-3, "d_embed": 64, "n_heads": 4, "attention": "softmax",
+    "batch_size": 128, "lr": 3e-3, "weight_decay": 0.0, "d_embed": 64, "n_heads": 4, "attention": "softmax",
     "mask_rate": 0.15, "objective": "pll", "residual": True, "square_width": None, "eval_windows": 1024,
     "max_sites": 0, "grow": True, "control": True,
     "sweeps": 100, "burn_in": 10, "window": 10, "window_tau": 20.0, "temperatures": 1, "beta_min": 0.3, "thin": 1,
@@ -45,6 +45,8 @@ def add_clone_parser(sub: Any) -> None:
     p.add_argument("--steps", type=int, default=d["steps"], help="training steps per factored model")
     p.add_argument("--batch-size", type=int, default=d["batch_size"])
     p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"],
+                   help="AdamW decay of the coupling-carrying weights (E, V, read-out; clones.coupling_parameters)")
     p.add_argument("--d-embed", type=int, default=d["d_embed"])
     p.add_argument("--heads", type=int, default=d["n_heads"])
     p.add_argument("--attention", choices=["softmax", "free"], default=d["attention"])
@@ -94,7 +96,8 @@ def cmd_clone(args: argparse.Namespace) -> int:
     try:
         cfg = CloneConfig(corpus=args.corpus, layers=tuple(args.layers), tokenizer=args.tokenizer,
                           vocab_size=args.vocab_size, context=args.context, steps=args.steps,
-                          batch_size=args.batch_size, lr=args.lr, d_embed=args.d_embed, n_heads=args.heads,
+                          batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                          d_embed=args.d_embed, n_heads=args.heads,
                           attention=args.attention, objective=args.objective, mask_rate=args.mask_rate,
                           max_sites=args.max_sites, residual=args.residual, window=args.window,
                           window_tau=args.window_tau, temperatures=args.temperatures, beta_min=args.beta_min,

@@ -115,7 +115,8 @@ from dsb_widgets.factored_attention import (
 )
 from dsb_widgets.mh_sampler import metropolis_hastings
 
-__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "train_factored", "test_pll"]
+__all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "train_factored", "test_pll",
+           "coupling_parameters", "clone_optimizer"]
 
 MAX_LAYERS = 7  # 65 bodies; deeper x^2 stacks are numerically unusable
 
@@ -132,6 +133,7 @@ class CloneConfig:
     steps: int = 1500  # factored-model training steps per L
     batch_size: int = 128
     lr: float = 3e-3
+    weight_decay: float = 0.0  # AdamW decay of the coupling-carrying weights (coupling_parameters)
     d_embed: int = 64
     n_heads: int = 4
     attention: str = "softmax"
@@ -165,6 +167,8 @@ class CloneConfig:
             if getattr(self, name) < (2 if name in ("vocab_size", "context") else 1):
                 flag = name.replace("_", "-")
                 raise ValueError(f"--{flag} is too small ({getattr(self, name)}); pass a positive value")
+        if not self.weight_decay >= 0.0:
+            raise ValueError(f"--weight-decay must be >= 0 (0: off); got {self.weight_decay}")
         if self.max_sites < 0:
             raise ValueError(f"--max-sites must be >= 0 (0: every site); got {self.max_sites}")
         if self.objective not in ("pll", "single_site", "mlm"):
@@ -209,6 +213,33 @@ def test_pll(model: FactoredAttention, x: Tensor) -> float:
         return float(pseudo_likelihood_loss(model, x, chunk=256))
 
 
+def coupling_parameters(model: FactoredAttention) -> tuple[list[Tensor], list[Tensor]]:
+    """The weights that carry the couplings, and the rest (per-position fields, read-out bias).
+
+    A factored layer's couplings are J_ij(a, b) = sum_h A^h_ij (E V^h W^T)[b, a]. The decayed set is
+    the embedding E, every layer's V, the squares' U and the read-out matrix W, plus the attention
+    logits A with ``attention="free"`` (there A carries the couplings' scale: decaying E, V, W alone
+    would be undone by a growing A). Row-softmax attention is scale-free, so its A is not decayed.
+    Decaying them shrinks J towards 0, an L2 prior as plmDCA's lambda_J (Ekeberg et al. 2013); the
+    Potts fields h_i(a) (``fields``, read-out bias) stay free."""
+    free_attention = model.cfg.attention == "free"
+    decay: list[Tensor] = []
+    free: list[Tensor] = []
+    for name, p in model.named_parameters():
+        coupling = (name in ("embedding", "readout.weight") or name.endswith(".V") or name.startswith("squares.")
+                    or (free_attention and name.endswith(".A")))
+        (decay if coupling else free).append(p)
+    return decay, free
+
+
+def clone_optimizer(model: FactoredAttention, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay (Loshchilov & Hutter 2019) on :func:`coupling_parameters`
+    only: each step multiplies E, V, U, W by (1 - lr * weight_decay); A, fields and biases are free."""
+    decay, free = coupling_parameters(model)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": free, "weight_decay": 0.0}], lr=lr)
+
+
 def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig, vocab: int,
                    progress: bool = True, init_from: FactoredAttention | None = None, stage: int = 0,
                    ) -> tuple[FactoredAttention, dict[str, Any]]:
@@ -229,7 +260,7 @@ def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig
     if init_from is not None:
         model.grow_from(init_from.cpu())
     model = model.to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = clone_optimizer(model, cfg.lr, cfg.weight_decay)
     warm = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine to 10%
         opt, lambda k: min(1.0, (k + 1) / warm) * (0.55 + 0.45 * np.cos(np.pi * min(k, cfg.steps) / cfg.steps)))
@@ -358,6 +389,7 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             "acceptance_per_sweep": [r["acceptance_rate"] for r in res.stats],
             "change_rate_per_sweep": [r["change_rate"] for r in res.stats],
             "mean_energy_per_sweep": [r["mean_energy"] for r in res.stats],
+            **_energy_gap(res.energies, res.stationarity, len(kept), cfg.context * losses["test_pll"]),
             "energy_trace_quantiles": {str(qq): res.energies.quantile(qq, dim=1).tolist() for qq in (0.1, 0.5, 0.9)},
             "chain_tokens_per_second": float(np.mean([r["tokens_per_second"] for r in kept])),
             "fraction_changed_from_init": float((res.final.cpu() != init[: res.final.shape[0]]).float().mean()),
@@ -366,6 +398,16 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
         }
         (out / PROVENANCE_FILE).write_text(json.dumps(prov, indent=1))
     return prov
+
+
+def _energy_gap(trace: Tensor, check: dict[str, Any] | None, kept: int, heldout: float) -> dict[str, float]:
+    """Generative consistency: the chains' mean E_pll over the kept sweeps (the last window) minus
+    the held-out windows' mean E_pll under the same model (= context x test PLL). A model whose own
+    distribution resembles the data has samples near the data's energy; a large negative gap means
+    the chains condensed into sequences the model finds far more predictable than real text."""
+    n = int(check["window"]) if check is not None else kept
+    chain = float(trace[-max(n, 1):].double().mean())
+    return {"heldout_energy_mean": heldout, "chain_energy_mean": chain, "energy_gap": chain - heldout}
 
 
 def _ladder(cfg: CloneConfig) -> list[float] | None:
