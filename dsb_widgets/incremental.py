@@ -162,37 +162,39 @@ class _Plan:
         c = torch.baddbmm(b1.view(1, T, n * d).expand(P, T, n * d), cp.a1, r.view(P, H, n * d),
                           out=self.buf("c", P, T, n * d)).view(P, T, n, d)  # (P, T_k, n, d): h^1 of copy p at k
         U = self.U[self.L - 1]
-        z = c if U is None else self.buf("zp", P, T, n, U.shape[1])  # last layer's input, (P, T_k, n, m)
+        m = d if U is None else U.shape[1]
+        assert cp.last is not None
+        flat = self.buf("flat", P, n, H, m)  # last layer, mixed at the copy's own site p: (P, n, (h, m))
         if not self.mid:  # L = 2; at k = p h^1 of copy p is b1_p (A1_pp = 0)
             own = b1[cp.keep]
-            self.square(1, c, out=z)
+            z = self.square(1, c, out=c if U is None else self.buf("zp", P, T, n, m))  # (P, T_k, n, m)
+            mixed = torch.matmul(cp.last, z.view(P, T, -1), out=self.buf("mix", P, H, n * m))  # row p of copy p
+            flat.copy_(mixed.view(P, H, n, m).transpose(1, 2))
         else:  # layers 2..L-1 on all positions of every copy, ``inner`` chains at a time (in L2)
             own = self.buf("own", P, n, d)
             for lo in range(0, n, self.inner):
                 sl = slice(lo, lo + self.inner)
-                h = self.middle(c[:, :, sl])  # (T_k, n', P, d): h^(L-1) of the copies
+                h = self.middle(c[:, :, sl])  # (T_k, P, n', d): h^(L-1) of the copies
                 cp.own_site(h, own[:, sl])  # h(copy p)_p
-                self.square(self.L - 1, h.permute(2, 0, 1, 3), out=z[:, :, sl])
-        m = z.shape[-1]
-        assert cp.last is not None
-        mixed = torch.matmul(cp.last, z.view(P, T, -1), out=self.buf("mix", P, H, n * m))  # row p of copy p
-        flat = self.buf("flat", P, n, H, m)
-        flat.copy_(mixed.view(P, H, n, m).transpose(1, 2))
+                z = self.square(self.L - 1, h, out=h if U is None else self.buf("zl", *h.shape[:3], m))  # in place
+                k = z.shape[2]  # row p of copy p: z[:, p] (T_k, n' m) is a strided matrix, one bmm over p
+                mixed = torch.bmm(cp.last, z.view(T, P, -1).transpose(0, 1), out=self.buf("mix", P, H, k * m))
+                flat[:, sl].copy_(mixed.view(P, H, k, m).transpose(1, 2))
         branch = torch.mm(flat.view(P * n, -1), self.last_V, out=self.buf("g", P * n, d)).view(P, n, d)
         return branch.add_(own) if self.residual else branch
 
     def middle(self, c: Tensor) -> Tensor:
         """Layers 2..L-1 on every position of the copies, from their first layer c (P, T_k, n, d); laid out
-        (k, n, p, d) so that a layer is H value GEMMs Y^h = z V^h and ONE mixing GEMM over (h, k):
-        h_j += sum_(h,k) A^h_jk Y^h_k (K = H T; the residual is the GEMM's beta). Returns h^(L-1) (T_k, n, P, d)."""
+        (k, p, n, d) so that a layer is H value GEMMs Y^h = z V^h and ONE mixing GEMM over (h, k):
+        h_j += sum_(h,k) A^h_jk Y^h_k (K = H T; the residual is the GEMM's beta). Returns h^(L-1) (T_k, P, n, d)."""
         P, T, n, d = c.shape
         H = self.ev.shape[1]
-        h = self.buf("h", T, n, P, d)
-        h.copy_(c.permute(1, 2, 0, 3))
+        h = self.buf("h", T, P, n, d)
+        h.copy_(c.transpose(0, 1))
         for i, (Amix, Vs) in enumerate(self.mid):
-            z = self.square(i + 1, h, out=self.buf("z", T, n, P, Vs.shape[1])).view(-1, Vs.shape[1])  # (T_k n P, m)
-            Y = torch.matmul(z, Vs, out=self.buf("Y", H, T * n * P, d))  # Y^h = z V^h: (H, T_k n P, d)
-            hv, Yv = h.view(T, -1), Y.view(H * T, -1)  # (T_j, n P d), ((h, k), n P d)
+            z = self.square(i + 1, h, out=self.buf("z", T, P, n, Vs.shape[1])).view(-1, Vs.shape[1])  # (T_k P n, m)
+            Y = torch.matmul(z, Vs, out=self.buf("Y", H, T * P * n, d))  # Y^h = z V^h: (H, T_k P n, d)
+            hv, Yv = h.view(T, -1), Y.view(H * T, -1)  # (T_j, P n d), ((h, k), P n d)
             if self.residual:
                 hv.addmm_(Amix, Yv)
             else:
@@ -243,11 +245,11 @@ class _Copies:
         self.slices = [slice(0, T)] if t is None else [slice(0, t), slice(t + 1, T)]
 
     def own_site(self, h: Tensor, out: Tensor) -> None:
-        """out[i] = h[keep[i], :, i] (P, n, d): each copy's hidden vector at its own site, from h (T_k, n, P, d),
+        """out[i] = h[keep[i], i] (P, n, d): each copy's hidden vector at its own site, from h (T_k, P, n, d),
         as two strided diagonals (no index arithmetic)."""
         t = self.t
-        out[:t].copy_(h.diagonal(0, 0, 2)[..., :t].permute(2, 0, 1))
-        out[t:].copy_(h.diagonal(-1, 0, 2)[..., t:].permute(2, 0, 1))
+        out[:t].copy_(h.diagonal(0, 0, 1)[..., :t].permute(2, 0, 1))
+        out[t:].copy_(h.diagonal(-1, 0, 1)[..., t:].permute(2, 0, 1))
 
 
 class SiteChains:
