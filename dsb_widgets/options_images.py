@@ -38,7 +38,9 @@ class ImageOptions:
         "choices": MAXENT1})
     clamp_maxent2: bool = field(default=False, metadata={"help": "clip maxent2 samples to [0, 1]"})
     ot_shrinkage: str = field(default="optimal", metadata={
-        "help": "covariance shrinkage of the OT maps: optimal, none, or a weight in [0, 1]"})
+        "help": "covariance shrinkage of the OT maps: heldout (the weight with the smallest cross-validated "
+                "moment error of the edit, ot_shrinkage.py; MNIST / Fashion-MNIST default), optimal "
+                "(Bodnar et al.), none, or a weight in [0, 1]"})
     clamp_ot: bool = field(default=False, metadata={"help": "clip OT-edited images to [0, 1]"})
     ot_rank: int = field(default=0, metadata={
         "help": "OT maps between rank-r PPCA covariances (lowrank_ot.py); 0: exact up to d = 1024, "
@@ -63,18 +65,19 @@ class ImageOptions:
         _ = self.shrinkage  # raises ConfigError for a bad ot_shrinkage
 
     @property
-    def shrinkage(self) -> float | Literal["optimal"] | None:
-        """``ot_shrinkage`` as :meth:`dsb_widgets.stats.ClassStats.covariance` takes it."""
+    def shrinkage(self) -> float | Literal["optimal", "heldout"] | None:
+        """``ot_shrinkage`` as :meth:`dsb_widgets.stats.ClassStats.covariance` takes it, or
+        "heldout": a weight chosen by :func:`dsb_widgets.ot_shrinkage.heldout_shrinkage`."""
         text = str(self.ot_shrinkage).strip().lower()
         if text in ("none", "null", ""):
             return None
-        if text == "optimal":
-            return "optimal"
+        if text in ("optimal", "heldout"):
+            return "heldout" if text == "heldout" else "optimal"
         try:
             weight = float(text)
         except ValueError:
             weight = -1.0
         if not 0.0 <= weight <= 1.0:
             raise ConfigError(f"bad value {self.ot_shrinkage!r} for option 'ot_shrinkage'; pass "
-                              "-o ot_shrinkage=optimal, none or a weight in [0, 1]")
+                              "-o ot_shrinkage=heldout, optimal, none or a weight in [0, 1]")
         return weight

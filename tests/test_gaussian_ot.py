@@ -250,3 +250,95 @@ def test_shrunk_digits_maps_agree_with_concept_erasure() -> None:
     for p in range(10):
         for q in range(10):
             torch.testing.assert_close(ot.map(p, q), ot_map(cov[p], cov[q]), atol=1e-8, rtol=0)
+
+
+# --- shrinkage chosen by the edit's held-out moment error (ot_shrinkage.py) -------------------------
+
+
+def _known_gaussians(d: int, k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n samples per class of K Gaussians, spectra 1 ... 1e-9 (Fashion-MNIST's lambda_max / lambda_min
+    is ~1e9) in random bases."""
+    g = torch.Generator().manual_seed(seed)
+    cov = torch.stack([(q * torch.logspace(0, -9, d, dtype=F64)) @ q.T
+                       for q in (torch.linalg.qr(torch.randn(d, d, generator=g, dtype=F64))[0] for _ in range(k))])
+    mu = torch.randn(k, d, generator=g, dtype=F64)
+    x = torch.cat([mu[c] + torch.randn(n, d, generator=g, dtype=F64) @ torch.linalg.cholesky(cov[c]).mT
+                   for c in range(k)])
+    return x, torch.arange(k).repeat_interleave(n), cov
+
+
+def test_fold_complement_and_fast_error_equal_direct_computation() -> None:
+    """complement() = ClassStats of the other folds; edit_cov_errors' eigenbasis shortcut = the
+    inner product of the covariances of held-out images actually transported by GaussianOT."""
+    from dsb_widgets.ot_shrinkage import complement, edit_cov_errors, fold_ids
+    from dsb_widgets.stats import linear_shrinkage
+
+    x, y, _ = _known_gaussians(6, 3, 40, seed=3)
+    stats = ClassStats.fit(x, y)
+    fid = fold_ids(y, 3, 4)
+    assert all(int(((fid == f) & (y == c)).sum()) == 10 for f in range(4) for c in range(3))  # balanced
+    fit = fid >= 2
+    counts, mean, cov = complement(stats, ClassStats.fit(x[~fit], y[~fit]))
+    direct = ClassStats.fit(x[fit], y[fit])
+    torch.testing.assert_close(counts, direct.counts.double())
+    torch.testing.assert_close(mean, direct.mean, atol=1e-12, rtol=0)
+    torch.testing.assert_close(cov, direct.cov, atol=1e-12, rtol=0)
+    h1, h2 = fid == 0, fid == 1
+    v1, v2 = ClassStats.fit(x[h1], y[h1]).cov, ClassStats.fit(x[h2], y[h2]).cov
+    grid, pairs = (0.001, 0.1, 0.7), [(0, 1), (2, 0)]
+    fast = edit_cov_errors(cov, v1, v2, pairs, grid)
+    for i, w in enumerate(grid):
+        ot = GaussianOT.from_moments(mean, linear_shrinkage(cov, counts, w))
+        for j, (p, q) in enumerate(pairs):
+            e1, e2 = (torch.cov(ot.transport(x[h & (y == p)], p, q).T) - v[q] for h, v in ((h1, v1), (h2, v2)))
+            want = (e1 * e2).sum() / (v1[q] * v2[q]).sum()
+            torch.testing.assert_close(fast[i, j], want, atol=1e-9, rtol=1e-9)
+
+
+def test_heldout_weight_nearly_minimises_population_moment_error_on_known_gaussians() -> None:
+    """On Gaussians with known covariances (d = 40, 1200 per class, 5 draws), the maps fitted with
+    the selected weight move the *population* source covariance onto the target's nearly as well as
+    the best grid weight picked with the true covariances (an oracle), and better than Bodnar et
+    al.'s "optimal" weight. Measured mean relative error: 0.0905 vs oracle 0.0900, Bodnar 0.105
+    (no shrinkage 0.089: a smooth Gaussian has no held-out variation in its near-null directions;
+    Fashion-MNIST's pixels that are constant in a training class do, see ot_shrinkage.py)."""
+    from dsb_widgets.ot_shrinkage import GRID, heldout_shrinkage
+    from dsb_widgets.stats import linear_shrinkage
+
+    chosen, oracle, bodnar = [], [], []
+    for seed in range(5):
+        x, y, cov = _known_gaussians(40, 3, 1200, seed)
+        stats = ClassStats.fit(x, y)
+
+        def pop_error(w: float | str, stats: ClassStats = stats, cov: torch.Tensor = cov) -> float:
+            s = linear_shrinkage(stats.cov, stats.counts, w)  # type: ignore[arg-type]
+            errs = [(ot_matrix(s[p], s[q]) @ cov[p] @ ot_matrix(s[p], s[q]) - cov[q]).norm() / cov[q].norm()
+                    for p in range(3) for q in range(3) if p != q]
+            return float(sum(errs)) / len(errs)
+
+        choice = heldout_shrinkage(x, y, stats)
+        assert choice.weight in GRID and len(choice.errors) == len(GRID)
+        chosen.append(pop_error(choice.weight))
+        oracle.append(min(pop_error(w) for w in GRID))
+        bodnar.append(pop_error("optimal"))
+    mean = [sum(v) / 5 for v in (chosen, oracle, bodnar)]
+    assert mean[0] < 1.05 * mean[1], mean
+    assert mean[0] < 0.95 * mean[2], mean
+
+
+def test_selected_weight_maps_push_shrunk_moments_exactly() -> None:
+    """Whatever weight is selected, the OT map is exact for the shrunk class moments it was built
+    from: A S_p(w) A = S_q(w), and transported source samples keep the target mean."""
+    from dsb_widgets.ot_shrinkage import heldout_shrinkage
+
+    x, y = digits()
+    stats = ClassStats.fit(x, y)
+    w = heldout_shrinkage(x, y, stats).weight
+    assert 0 < w <= 1
+    ot = GaussianOT.fit(stats, shrinkage=w, dtype=F64)
+    cov = stats.covariance(w)
+    for p, q in [(3, 5), (0, 1), (8, 2)]:
+        a = ot.map(p, q)
+        torch.testing.assert_close(a @ cov[p] @ a, cov[q], atol=1e-10, rtol=0)
+        torch.testing.assert_close(ot.transport(x[y == p], p, q).double().flatten(1).mean(0), stats.mean[q],
+                                   atol=1e-6, rtol=0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
 
 from dsb_widgets.engine import RunConfig
@@ -113,3 +116,39 @@ def test_airbench_model_frozen_whitening_channels_last_and_learns() -> None:
     with torch.no_grad():
         assert torch.nn.functional.cross_entropy(net(x), y).item() < 0.1  # chance: ln 2 = 0.69
         assert (net(x).argmax(1) == y).all()
+
+
+def test_heldout_ot_shrinkage_is_selected_cached_and_in_the_probe_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-o ot_shrinkage=heldout``: the OT probe uses the weight ``heldout_shrinkage`` selects on the
+    training split (equal to the probe built with that fixed weight), the selection rule is part of
+    the probe's cache key, and PPCA maps (CIFAR-sized) refuse it with a one-line fix."""
+    from sklearn.datasets import load_digits
+
+    from dsb_widgets import probe_cache
+    from dsb_widgets.data.common import ImageData
+    from dsb_widgets.engine.image_probes import build_image_probes, class_stats
+    from dsb_widgets.errors import ConfigError
+    from dsb_widgets.ot_shrinkage import SPEC, heldout_shrinkage
+
+    monkeypatch.setenv("DSB_PROBE_CACHE", "0")
+    keys: list[dict[str, Any]] = []
+    real_cached = probe_cache.cached
+
+    def recording(kind: str, prov: dict[str, Any], build: Any) -> Any:
+        keys.append(prov)
+        return real_cached(kind, prov, build)
+
+    monkeypatch.setattr(probe_cache, "cached", recording)
+    d = load_digits()
+    x, y = torch.tensor(d.images / 16.0, dtype=torch.float32)[:, None], torch.tensor(d.target)
+    train = ImageData(x[:1400], y[:1400], [str(i) for i in range(10)], "digits")
+    test = ImageData(x[1400:], y[1400:], [str(i) for i in range(10)], "digits")
+    w = heldout_shrinkage(train.x, train.y, class_stats(train)).weight
+    held, = build_image_probes(train, test, ("ot",), 100, 0, {"ot_shrinkage": "heldout"})
+    fixed, = build_image_probes(train, test, ("ot",), 100, 0, {"ot_shrinkage": str(w)})
+    torch.testing.assert_close(held.x, fixed.x)
+    ot_keys = [k for k in keys if k.get("probe") == "ot"]
+    assert ot_keys[0]["ot_shrinkage_rule"] == SPEC and "ot_shrinkage_rule" not in ot_keys[1]
+    assert any(k.get("kind") == "ot_shrinkage" and k.get("rule") == SPEC for k in keys)
+    with pytest.raises(ConfigError, match="ot_shrinkage=optimal"):
+        build_image_probes(train, test, ("ot",), 100, 0, {"ot_shrinkage": "heldout", "ot_rank": 8})

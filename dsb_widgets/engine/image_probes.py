@@ -39,9 +39,10 @@ import torch
 from dsb_widgets import probe_cache
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.engine.task import Probe, probe_seed
+from dsb_widgets.errors import ConfigError
 from dsb_widgets.options import parse_options
 from dsb_widgets.options_images import ImageOptions
-from dsb_widgets.stats import ClassStats
+from dsb_widgets.stats import ClassStats, Shrinkage
 
 PROBE_ORDER = {"real": math.inf, "maxent1": 1.0, "maxent2": 2.0, "maxent2_cube": 2.0, "maxent3": 3.0,
                "gauss_clone": 2.0, "ot": 2.0, "cqn": 1.0, "shift": 1.0}
@@ -126,21 +127,50 @@ def _synthetic(name: str, stats: Callable[[], ClassStats], train: ImageData, y: 
     return clone_sampler(stats()).sample(y, generator=gen, clamp=True)
 
 
+def _ot_rank(d: int, options: ImageOptions) -> int:
+    return options.ot_rank if options.ot_rank > 0 else (0 if d <= OT_EXACT_MAX_DIM else OT_AUTO_RANK)
+
+
+def ot_shrinkage_weight(train: ImageData, stats: ClassStats, options: ImageOptions,
+                        train_hash: str | None = None) -> Shrinkage:
+    """The OT probe's shrinkage: ``-o ot_shrinkage`` as given, or for ``heldout`` the weight that
+    :func:`dsb_widgets.ot_shrinkage.heldout_shrinkage` selects on ``train`` (cached per training
+    set and selection rule, ~60 CPU-s on Fashion-MNIST)."""
+    shrink = options.shrinkage
+    if shrink != "heldout":
+        return shrink
+    from dsb_widgets.ot_shrinkage import SPEC, heldout_shrinkage
+
+    d = stats.dim
+    if 0 < _ot_rank(d, options) < d:
+        raise ConfigError(f"-o ot_shrinkage=heldout needs exact OT maps (d <= {OT_EXACT_MAX_DIM}, here {d}); "
+                          "pass -o ot_shrinkage=optimal (PPCA maps) or -o ot_rank=0")
+
+    def build() -> dict[str, torch.Tensor]:
+        choice = heldout_shrinkage(train.x, train.y, stats)
+        return {"weight": torch.tensor(choice.weight, dtype=torch.float64), "grid": torch.tensor(choice.grid),
+                "errors": torch.tensor(choice.errors)}
+
+    t = probe_cache.cached("ot_shrinkage", {"kind": "ot_shrinkage", "train": train_hash or data_hash(train),
+                                            "rule": SPEC}, build)
+    return float(t["weight"])
+
+
 def _edit(name: str, stats: Callable[[], ClassStats], train: ImageData, x: torch.Tensor, y: torch.Tensor,
-          b: torch.Tensor, gen: torch.Generator, options: ImageOptions) -> torch.Tensor:
+          b: torch.Tensor, gen: torch.Generator, options: ImageOptions, shrink: Shrinkage = None) -> torch.Tensor:
     from dsb_widgets.quantile import QuantileNormalizer
 
-    if name == "ot":
+    if name == "ot":  # shrink: the resolved ``ot_shrinkage_weight``
         from dsb_widgets.gaussian_ot import GaussianOT
 
         d = x[0].numel()
-        rank = options.ot_rank if options.ot_rank > 0 else (0 if d <= OT_EXACT_MAX_DIM else OT_AUTO_RANK)
+        rank = _ot_rank(d, options)
         if 0 < rank < d:  # CIFAR-sized: exact OT between PPCA covariances (lowrank_ot.py)
             from dsb_widgets.lowrank_ot import LowRankOT
 
-            out = LowRankOT.fit(stats(), rank, shrinkage=options.shrinkage).transport(x, y, b)
+            out = LowRankOT.fit(stats(), rank, shrinkage=shrink).transport(x, y, b)
             return out.clamp(0, 1) if options.clamp_ot else out
-        ot = GaussianOT.fit(stats(), shrinkage=options.shrinkage)  # None: raw (pseudo-inverse) covariances
+        ot = GaussianOT.fit(stats(), shrinkage=shrink)  # None: raw (pseudo-inverse) covariances
         return ot.transport(x, y, b, clamp=options.clamp_ot)
     qn = QuantileNormalizer.fit(train.x, train.y, num_quantiles=int(options.num_quantiles))
     if name == "cqn":
@@ -174,6 +204,10 @@ def build_image_probes(train: ImageData, test: ImageData, names: tuple[str, ...]
         pseed = probe_seed(seed, name)
         prov = {"kind": "image_probe", "probe": name, "n": int(n), "seed": int(seed), "probe_seed": pseed,
                 **hashes, "options": {o: getattr(options, o) for o in PROBE_OPTIONS.get(name, ())}}
+        if name == "ot" and options.shrinkage == "heldout":  # the selection rule is part of the key
+            from dsb_widgets.ot_shrinkage import SPEC
+
+            prov["ot_shrinkage_rule"] = SPEC
 
         def build(name: str = name, pseed: int = pseed) -> dict[str, torch.Tensor]:
             gen = torch.Generator().manual_seed(pseed)
@@ -183,7 +217,8 @@ def build_image_probes(train: ImageData, test: ImageData, names: tuple[str, ...]
             if name in EDIT_PROBES:
                 x, y = _subset(test, n, gen)
                 b = _other_class(y, k, gen)
-                edited = _edit(name, stats, train, x, y, b, gen, options)
+                shrink = ot_shrinkage_weight(train, stats(), options, hashes["train"]) if name == "ot" else None
+                edited = _edit(name, stats, train, x, y, b, gen, options, shrink)
                 return {"x": edited.float().reshape(x.shape), "y": y, "target": b}
             y = _balanced_labels(n, k, gen)
             x = _synthetic(name, stats, train, y, gen, options)
