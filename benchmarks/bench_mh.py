@@ -11,7 +11,10 @@ number of factored layers L it measures chain-tokens (chains x positions propose
                layer, all (B, T, V) conditionals rebuilt and merged per proposal), B chains;
 - after, 1:    the fast path (:class:`~dsb_widgets.incremental.SiteChains`, what ``dsb clone``
                runs), one chain;
-- after, B:    the same, B chains batched.
+- after, B:    the same, B chains batched;
+- ref, B:      with ``--ref REV``: the fast path (``incremental.py`` and ``mh_sampler.py``) as it was at git
+               revision REV, B chains, loaded from ``git show`` into throw-away modules, so that the gain of
+               this revision over REV is measured side by side in the same run (``after,B / ref,B``).
 
 Paths run interleaved, ``--rounds`` times (medians reported; the machine is shared). The ratio
 ``after, B / before, 1`` is the speed-up issue 17 asks for (>= 10x). Also printed: multiply-adds
@@ -25,8 +28,14 @@ fast path multiplies, the ceiling any speed-up runs into. Measured results are i
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -94,6 +103,34 @@ class PreviousIncremental:
         self.start, self.propose = inc.start, inc.propose
 
 
+def load_revision(rev: str) -> tuple[ModuleType, ModuleType]:
+    """``dsb_widgets/incremental.py`` and ``mh_sampler.py`` as they were at git revision ``rev``, as modules."""
+    root = Path(__file__).resolve().parents[1]
+    mods = []
+    for name in ("incremental", "mh_sampler"):
+        src = subprocess.run(["git", "show", f"{rev}:dsb_widgets/{name}.py"], cwd=root, check=True,
+                             capture_output=True, text=True).stdout
+        path = Path(tempfile.mkdtemp()) / f"ref_{name}.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(f"ref_{name}", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up
+        spec.loader.exec_module(mod)
+        mods.append(mod)
+    return mods[0], mods[1]
+
+
+class RefFastPath:
+    """The reference revision's fast path: ``begin`` builds its SiteChains (run by its own sampler)."""
+
+    def __init__(self, model: FactoredAttention, incremental: ModuleType) -> None:
+        self.model, self.incremental = model, incremental
+
+    def begin(self, tokens: Tensor, energy: str = "pll") -> Any:
+        return self.incremental.SiteChains(self.model, tokens, energy)
+
+
 def flops(L: int, T: int, d: int, H: int, V: int) -> tuple[int, int]:
     """Multiply-adds per proposal and chain: (before, after) (see dsb_widgets/incremental.py).
     The fast path recomputes the P = T - 1 copies other than the resampled site's."""
@@ -125,10 +162,11 @@ def gemm_rates(reps: float = 2e9) -> None:
         print(f"  {name:44s} {2 * M * K * N * k / (time.process_time() - c0) / 1e9:6.1f} GFLOP/s", flush=True)
 
 
-def throughput(fn: Any, B: int, T: int, V: int, sweeps: int) -> tuple[float, list[float]]:
+def throughput(fn: Any, B: int, T: int, V: int, sweeps: int, sampler: Any = metropolis_hastings,
+               ) -> tuple[float, list[float]]:
     init = torch.randint(V, (B, T), generator=torch.Generator().manual_seed(0))
     c0 = time.process_time()
-    res = metropolis_hastings(fn, init, n_sweeps=sweeps, generator=torch.Generator().manual_seed(1))
+    res = sampler(fn, init, n_sweeps=sweeps, generator=torch.Generator().manual_seed(1))
     cpu = time.process_time() - c0
     return B * T * sweeps / cpu, [r["acceptance_rate"] for r in res.stats]
 
@@ -141,7 +179,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     ap.add_argument("--skip-prev", action="store_true", help="skip the slow 'prev inc, B' column")
     ap.add_argument("--gemm", action="store_true", help="first print one-thread GEMM GFLOP/s (peak and our shapes)")
+    ap.add_argument("--ref", default=None, help="git revision whose fast path runs side by side (column ref,B)")
+    ap.add_argument("--sweeps", type=int, default=2, help="sweeps per batched run")
     a = ap.parse_args()
+    ref = load_revision(a.ref) if a.ref else None
     torch.set_num_threads(1)
     if a.gemm:
         print("one-thread fp32 GEMM throughput (torch.mm, out=):")
@@ -150,25 +191,30 @@ def main() -> None:
     B, rounds = (32, 1) if a.quick else (a.chains, a.rounds)
     print(f"V={V} T={T} d={d} heads={H}; chain-tokens per CPU-second (median of {rounds} interleaved rounds), "
           f"1 torch thread; B={B} chains")
-    print(f"{'L':>2} {'before,1':>9} {'prev inc,B':>10} {'after,1':>9} {'after,B':>9} {'after,B/before,1':>17} "
+    print(f"{'L':>2} {'before,1':>9} {'prev inc,B':>10} {'after,1':>9} {'ref,B':>9} {'after,B':>9} "
+          f"{'after,B/before,1':>17} {'ref,B/before,1':>15} {'after/ref':>9} "
           f"{'MACs before/after':>19} {'GFLOP/s before/after':>21}  acceptance per sweep (after,B)")
     for L in a.layers:
         torch.manual_seed(L)
         model = FactoredAttention(FactoredAttentionConfig(V, T, n_layers=L, n_heads=H, d_embed=d,
                                                           attention="softmax")).eval()
         inc = IncrementalConditionals(model)
-        got: dict[str, list[float]] = {"b1": [], "pB": [], "a1": [], "aB": []}
+        got: dict[str, list[float]] = {"b1": [], "pB": [], "a1": [], "rB": [], "aB": []}
         with torch.no_grad():
             got["pB"].append(float("nan") if a.skip_prev else throughput(PreviousIncremental(inc), B, T, V, 1)[0])
             for _ in range(rounds):
                 got["b1"].append(throughput(before_conditionals(model), 1, T, V, 16)[0])
                 got["a1"].append(throughput(inc, 1, T, V, 16)[0])
-                aB, acc = throughput(inc, B, T, V, 2)
+                if ref is not None:
+                    rfn = RefFastPath(model, ref[0])
+                    got["rB"].append(throughput(rfn, B, T, V, a.sweeps, ref[1].metropolis_hastings)[0])
+                aB, acc = throughput(inc, B, T, V, a.sweeps)
                 got["aB"].append(aB)
-        m = {k: statistics.median(v) for k, v in got.items()}
+        m = {k: statistics.median(v) if v else float("nan") for k, v in got.items()}
         fb, fa = flops(L, T, d, H, V)
-        print(f"{L:>2} {m['b1']:>9,.0f} {m['pB']:>10,.0f} {m['a1']:>9,.0f} {m['aB']:>9,.0f} "
-              f"{m['aB'] / m['b1']:>16.1f}x {fb / 1e6:>8.2f}M/{fa / 1e6:.2f}M "
+        print(f"{L:>2} {m['b1']:>9,.0f} {m['pB']:>10,.0f} {m['a1']:>9,.0f} {m['rB']:>9,.0f} {m['aB']:>9,.0f} "
+              f"{m['aB'] / m['b1']:>16.1f}x {m['rB'] / m['b1']:>14.1f}x {m['aB'] / m['rB']:>8.2f}x "
+              f"{fb / 1e6:>8.2f}M/{fa / 1e6:.2f}M "
               f"{2 * fb * m['b1'] / 1e9:>10.1f}/{2 * fa * m['aB'] / 1e9:<10.1f}  "
               + " ".join(f"{x:.3f}" for x in acc), flush=True)
 
