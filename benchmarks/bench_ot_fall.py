@@ -52,9 +52,10 @@ import torch
 
 from dsb_widgets.data import load_images
 from dsb_widgets.data.common import ImageData
-from dsb_widgets.engine.image_probes import _subset, build_image_probes, class_stats
+from dsb_widgets.engine.image_probes import _subset, build_image_probes, class_stats, ot_shrinkage_weight
 from dsb_widgets.engine.task import Probe, probe_seed
 from dsb_widgets.gaussian_ot import GaussianOT
+from dsb_widgets.options_images import ImageOptions
 from dsb_widgets.stats import ClassStats
 
 
@@ -164,10 +165,13 @@ def edit_variants(train: ImageData, test: ImageData, ot: Probe) -> tuple[dict[st
     st = class_stats(train)
     cov, _ = belrose_covariances(st)
     bel, cut = belrose_transport(src, ot.y, ot.target, st.mean, cov, 3 * src[0].numel())
-    return {"ot": ot.x, "ot_clip": ot.x.clamp(0, 1), "ot_belrose": bel, "ot_belrose_clip": bel.clamp(0, 1)}, cut
+    w = ot_shrinkage_weight(train, st, ImageOptions(ot_shrinkage="heldout"))  # ot_shrinkage.py's rule
+    held = GaussianOT.fit(st, shrinkage=w).transport(src, ot.y, ot.target)
+    return {"ot": ot.x, "ot_clip": ot.x.clamp(0, 1), "ot_heldout": held, "ot_belrose": bel,
+            "ot_belrose_clip": bel.clamp(0, 1)}, cut
 
 
-def side_by_side(name: str, train: ImageData, test: ImageData, variants: dict[str, torch.Tensor],
+def side_by_side(name: str, variants: dict[str, torch.Tensor], targets: tuple[torch.Tensor, torch.Tensor],
                  steps: int, seeds: int, options: dict[str, str], data_dir: str | None) -> None:
     """One engine run of the dataset's default recipe; every OT variant is scored at every checkpoint."""
     from dsb_widgets.engine.images import build_images_task
@@ -175,11 +179,10 @@ def side_by_side(name: str, train: ImageData, test: ImageData, variants: dict[st
     from dsb_widgets.engine.task import RunConfig, resolve_config
 
     cfg = resolve_config(RunConfig(experiment="images", dataset=name, steps=steps or None, seeds=seeds,
-                                   probes=("real", "ot"), probe_size=1000, data_dir=data_dir, options=options))
-    task = build_images_task(cfg)
-    ot = task.probes[1]
-    task.probes += [Probe(k, 2.0, v.reshape(ot.x.shape), ot.y, target=ot.target)
-                    for k, v in variants.items() if k != "ot"]
+                                   probes=("real",), probe_size=1000, data_dir=data_dir, options=options))
+    task = build_images_task(cfg)  # every OT variant below, "ot" = ot_shrinkage=optimal, is an extra probe
+    ot = next(iter(variants.values()))
+    task.probes += [Probe(k, 2.0, v.reshape(ot.shape), targets[0], target=targets[1]) for k, v in variants.items()]
     t0 = time.process_time()
     res = run_train(cfg, task=task, threads=1).dataset
     print(f"{name}: {cfg.model}, {cfg.steps} steps, options {options or 'default'}, {seeds} seeds: "
@@ -238,12 +241,15 @@ def main() -> None:
         floor = sum(float((class_stats(train).cov[c] - torch.cov(test.x[test.y == c].flatten(1).double().T)).norm()
                           / torch.cov(test.x[test.y == c].flatten(1).double().T).norm())
                     for c in range(train.num_classes)) / train.num_classes
+        w = ot_shrinkage_weight(train, class_stats(train), ImageOptions(ot_shrinkage="heldout"))
         print(f"{name}: held-out covariance error, optimal shrinkage {heldout_cov_error(train, test, 'optimal'):.3f}, "
+              f"heldout rule (weight {w}) {heldout_cov_error(train, test, w):.3f}, "  # type: ignore[arg-type]
               f"weight 0.2 {heldout_cov_error(train, test, 0.2):.3f}, floor {floor:.3f}; "
               f"{time.process_time() - t0:.0f} CPU-s")
         if args.train >= 0:
             opts = dict(kv.split("=", 1) for kv in args.o)
-            side_by_side(name, train, test, variants, args.train, args.seeds, opts, data_dir)
+            assert ot.target is not None
+            side_by_side(name, variants, (ot.y, ot.target), args.train, args.seeds, opts, data_dir)
 
 
 if __name__ == "__main__":
