@@ -25,8 +25,14 @@ def test_28x28_datasets_default_to_the_convnet_and_flags_still_win() -> None:
     assert (svhn.model, svhn.options["flip"]) == ("convnet", False)  # digits are not mirror-symmetric
     assert resolve_config(RunConfig(dataset="cifar10", model="airbench", options={"width": 128})).model == "airbench"
     assert resolve_config(RunConfig(dataset="mnist")).options["flip"] is False
+    for name in ("mnist", "fashion_mnist"):  # ot_shrinkage.py's cross-validated weight; CIFAR: PPCA maps
+        assert resolve_config(RunConfig(dataset=name)).options["ot_shrinkage"] == "heldout"
+        mine = resolve_config(RunConfig(dataset=name, options={"ot_shrinkage": "none"}))
+        assert mine.options["ot_shrinkage"] == "none"
+    assert cifar.options.get("ot_shrinkage", "optimal") == "optimal"  # the field default
     digits = resolve_config(RunConfig())
     assert (digits.dataset, digits.model, digits.optimizer) == ("digits", "mlp", "adamw")
+    assert digits.options.get("ot_shrinkage", "optimal") == "optimal"
     mine = resolve_config(RunConfig(dataset="fashion_mnist", model="mlp", lr=0.01, options={"width": 64}))
     assert (mine.model, mine.lr, mine.options["width"], mine.optimizer) == ("mlp", 0.01, 64, "sgd")
 
