@@ -46,35 +46,32 @@ from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionC
 from dsb_widgets.mh_sampler import metropolis_hastings
 
 RESULTS = """
-Measured 2026-12-02 on the 2-core machine shared with other jobs (load 8-10), B = 512, pll energy,
-chain-tokens per CPU-second, medians of 5 interleaved rounds, two whole runs (``--gemm --rounds 5``):
+Measured 2026-12-02 16:17-16:28 UTC on the 2-core machine shared with other jobs (load 12-13), B = 512,
+pll energy, chain-tokens per CPU-second, medians of 3 interleaved rounds, two whole runs
+(``--gemm --rounds 3 --ref d4012de``; ref = the fast path at the start of this session, same run):
 
-L  before,1  prev inc,B  after,1  after,B  after,B / before,1   MACs before/after  FLOP ratio
-1  1,104-1,365  6,354-7,115  1,338-1,994  16,394-19,511  14.8x / 14.3x   6.27M / 0.96M   6.5x
-2    766-825    3,450-3,530  1,200-1,435   9,940-10,575  12.8x / 13.0x  11.51M / 1.33M   8.7x
-3    575-587    1,130-1,176    767-931     3,883-3,946    6.8x /  6.7x  16.75M / 6.24M   2.7x
-4    537-564      710-771      743-813     2,761-2,895    5.1x /  5.1x  22.00M / 11.16M  2.0x
+L  before,1   prev inc,B    after,1      ref,B         after,B       after,B/before,1  ref,B/before,1  after/ref
+1  1,068/1,302  8,634/9,732  2,429/2,906  15,291/17,256  18,210/20,919  17.1x / 16.1x   14.3x / 13.2x   1.19 / 1.21x
+2    762/906    4,423/5,211  1,794/2,346   9,271/11,040  11,761/13,539  15.4x / 14.9x   12.2x / 12.2x   1.27 / 1.23x
+3    711/813    1,393/1,295  1,371/1,562   3,059/3,512    4,094/4,655    5.8x /  5.7x    4.3x /  4.3x   1.34 / 1.33x
+4    491/618      865/818    1,057/1,221   2,015/2,179    2,551/2,641    5.2x /  4.3x    4.1x /  3.5x   1.27 / 1.21x
 
-The previous session's fast path, side by side with this one in one run (B = 512, 3 rounds): this
-one is 1.01x / 1.15x / 1.37x / 1.35x faster at L = 1..4 (values-first middle layers with one K = H T
-mixing GEMM, reused buffers, copy t and own-token proposals not recomputed, a clamped logsumexp).
-Acceptance per sweep (after, B): 0.977-0.981 at every depth (untrained model); the fast path and the
-generic loop give identical chains (tests/test_mh_sampler.py), so acceptance is unchanged.
+MACs per chain-token before/after: 6.27M/0.96M, 11.51M/1.33M, 16.75M/6.24M, 22.00M/11.16M; sustained
+GFLOP/s after,B: 35-40, 31-36, 51-58, 57-59 (before,1: 13-16, 18-21, 24-27, 22-27). Acceptance per sweep
+(after,B) 0.977-0.981 at every depth (untrained model); fast path and generic loop give identical chains
+(tests/test_mh_sampler.py). The previous session measured, on a quieter machine, 14.3-14.8 / 12.8-13.0 /
+6.7-6.8 / 5.1x with the ref path; the baseline (one chain, small working set) suffers less from the load
+(711-813/s at L = 3 now, 575-587 then), so the ratios of both paths are lower here; compare after/ref.
 
-One-thread fp32 GEMM (torch.mm, out=), same runs: 2048^2 132-159 GFLOP/s, 1024^2 125-156; the fast
-path's shapes: middle values (1920, 64) x (64, 64) 147-154, middle mixing (16, 64) x (64, 7680)
-99-145, read-out (120, 64) x (64, 1000) 144-163, last values (120, 256) x (256, 64) 141-148.
+One-thread fp32 GEMM (torch.mm, out=), same runs: 1024^2 89.9/90.9 GFLOP/s, 2048^2 90.1/92.4 (125-160
+on a quiet machine); the fast path's shapes (run 2, blocks of 64, middle 4 at a time): middle values
+(960, 64) x (64, 64) 94.1, middle mixing (16, 64) x (64, 3840) 69.9, read-out (960, 64) x (64, 1000)
+90.2, last values (960, 256) x (256, 64) 92.4.
 
->= 10x is reached for L = 1 and 2, NOT for L = 3 and 4. The previous claim that 10x would need more
-than this CPU's one-thread matmul peak was wrong about the peak (AVX-512: 125-160 GFLOP/s, not 50-90)
-and is only right for L = 4: after the middle layers on all (T - 1) x T copies (irreducible for an
-exact PLL energy, see dsb_widgets/incremental.py) the fast path does 11.16M MACs per chain-token,
-and 10x the baseline (537-564/s) leaves ~180 us for them: 125 GFLOP/s with no other work at all.
-At L = 3 10x needs 72 GFLOP/s overall; the path sustains 48-49 GFLOP/s because about half of its
-time is not GEMM (squares, permuted copies and gathers over the copies, the logsumexp over V = 1,000,
-~70 torch calls per 8-chain block, and the sampler rebuilding the state every sweep, ~6%). An
-inductor-compiled (torch.compile, g++) block was no faster than the eager buffered one (175-212 vs
-166-174 us per chain) after 81 s of compilation.
+>= 10x is reached for L = 1 and 2, NOT for L = 3 and 4 (FLOP argument in dsb_widgets/incremental.py:
+at L = 3 10x of the baseline needs 89-101 GFLOP/s sustained under this load, the whole GEMM peak; at
+L = 4 110-138 GFLOP/s, above it). A profile of the L = 3 path: GEMMs 76% of the time (65-78 GFLOP/s in
+the pipeline against 90-94 alone), log_softmax 4%, the rest ~20 small copies and squares per block.
 """
 
 
@@ -146,11 +143,12 @@ def flops(L: int, T: int, d: int, H: int, V: int) -> tuple[int, int]:
 
 def gemm_rates(reps: float = 2e9) -> None:
     """One-thread fp32 GFLOP/s of large square products and of the shapes SiteChains multiplies
-    (8 chains per block, T = 16, P = 15 copies, d = 64, H = 4, V = 1000), matmul/mm with ``out=``."""
-    n, T, P, d, H, V = 8, 16, 15, 64, 4, 1000
+    (blocks of n = 64 chains, middle layers 4 at a time; T = 16, P = 15 copies, d = 64, H = 4, V = 1000),
+    matmul/mm with ``out=``."""
+    n, k, T, P, d, H, V = 64, 4, 16, 15, 64, 4, 1000
     shapes = [("square 1024", 1024, 1024, 1024), ("square 2048", 2048, 2048, 2048),
-              ("middle values z V^h (T n P, d) x (d, d)", T * n * P, d, d),
-              ("middle mixing (T, H T) x (H T, n P d)", T, H * T, n * P * d),
+              ("middle values z V^h (T P 4, d) x (d, d)", T * k * P, d, d),
+              ("middle mixing (T, H T) x (H T, P 4 d)", T, H * T, k * P * d),
               ("read-out (P n, d) x (d, V)", P * n, d, V), ("last values (P n, H d) x (H d, d)", P * n, H * d, d)]
     for name, M, K, N in shapes:
         a, b, o = torch.randn(M, K), torch.randn(K, N), torch.empty(M, N)

@@ -18,12 +18,14 @@ candidate's quantities:
     E(s')   = sum_p [log Z'_p - head(g'_p)(s'_p)],  log Z'_p = logsumexp_a head(g'_p)(a)
 
 A chain that proposes its current token keeps E(s) (not recomputed). Everything else is batched over
-chains, in blocks of ``chunk`` chains (32 for L <= 2, 8 deeper: a block's buffers then stay in L2),
-with no Python loop over chains or sites, and every block writes into scratch buffers allocated once
-(a fresh multi-MB tensor per block costs page faults comparable to the products on this VM).
-Middle layers run values-first in layout (k, chain, p, d): Y^h = z V^h (H GEMMs, K = d), then ONE
-mixing GEMM over (h, k) (K = H T) that also adds the residual (beta = 1). The target is unchanged:
-energies, proposals and MH log-ratios equal a per-chain recomputation by masking by hand
+chains, in blocks of ``chunk`` = 64 chains, with no Python loop over chains or sites, and every block
+writes into scratch buffers allocated once (a fresh multi-MB tensor per block costs page faults
+comparable to the products on this VM). Middle layers run 4 chains at a time (their values, 1 MB, stay
+in L2), values-first in layout (k, p, chain, d): Y^h = z V^h (H GEMMs, K = d), then ONE mixing GEMM over
+(h, k) (K = H T) that also adds the residual (beta = 1); the last layer squares in place and mixes row p
+of copy p with one strided bmm. log Z comes from one fused in-place log_softmax (half the time of
+separate max/exp/sum/log passes), with denormals flushed (:func:`flush_denormals`). The target is
+unchanged: energies, proposals and MH log-ratios equal a per-chain recomputation by masking by hand
 (``tests/test_mh_sampler.py``, ``tests/test_incremental.py``, depths 1-4).
 
 Work per proposal and chain (MACs; V = vocab, H heads, m = squared width, d = model width, P = T - 1):
@@ -40,19 +42,22 @@ inputs (b_k + c_pk)^2 = b_k^2 + 2 b_k * c_pk + c_pk^2 have a cross term that dif
 T^2 pairs (expanding it in the rank-H structure of c costs H times MORE value products), so the
 FLOP ratio is bounded by about L / (L - 2).
 
-Measured (``benchmarks/bench_mh.py``, 512 chains vs the old path one chain at a time, chain-tokens
-per CPU-second, one thread, two runs): 14.3-14.8x (L = 1), 12.8-13.0x (L = 2), 6.7-6.8x (L = 3),
-5.1x (L = 4), vs 14.5-16.3 / 10.7-15.4 / 5.1-5.4 / 3.7-4.0x before this layout (same run, side by
-side, this path vs the previous one: 1.01 / 1.15 / 1.37 / 1.35x). 10x is NOT reached at L >= 3.
-This CPU's one-thread fp32 GEMM peak is 125-160 GFLOP/s (AVX-512; 2048^2 products), and the shapes
-above run at 99-163 GFLOP/s alone (``bench_mh.py --gemm``), so "FLOP-bound at the matmul peak" holds
-only for L = 4: 10x there (baseline 537-564 tokens/s) needs 11.16M MACs in ~180 us, i.e. 125 GFLOP/s
-sustained with NO other work. At L = 3 10x needs 72 GFLOP/s overall and the path runs 48-49: the
-GEMMs (108 of 213 us per chain-token in a cProfile, 256 chains) run near peak; the rest is the squares,
-copies and gathers over the (T - 1) x T copies, the logsumexp over V, per-op dispatch (~70 torch calls
-per 8-chain block at 2-5 us each) and the per-sweep rebuild of the state (~6%). torch.compile (inductor,
-g++) of the same block was measured no faster (175-212 vs 166-174 us per chain, after 81 s of
-compilation), so eager buffers stay the only path.
+Measured (``benchmarks/bench_mh.py --gemm --rounds 3 --ref d4012de``, 512 chains vs the old path one chain
+at a time, chain-tokens per CPU-second, one thread, two whole runs on the shared 2-core machine at load
+12-13): 17.1 / 16.1x (L = 1), 15.4 / 14.9x (L = 2), 5.8 / 5.7x (L = 3), 5.2 / 4.3x (L = 4). Side by side
+in the same runs the fast path of the session start (d4012de) gave 14.3 / 13.2, 12.2 / 12.2, 4.3 / 4.3,
+4.1 / 3.5x: this one is 1.19-1.21 / 1.23-1.27 / 1.33-1.34 / 1.21-1.27x faster (blocks of 64, the fused
+log_softmax, one index_select, diagonal views, the (k, p, chain, d) layout, and the sampler refreshing
+b instead of rebuilding the state, which cost 7% of a sweep at L = 3). Under this load the baseline
+(small working set) runs 711-813/s at L = 3 against 575-587 on a quieter machine, where the previous
+path gave 6.7-6.8x; the ratios above are lower for that reason, not because the path got slower.
+10x is NOT reached at L >= 3, and the FLOPs say why: one-thread fp32 GEMM peaks at 90-92 GFLOP/s under
+this load (125-160 quiet). At L = 3 10x of 711-813/s needs 6.24M MACs x 7,100-8,100/s = 89-101 GFLOP/s,
+the whole peak with no other work; the path sustains 51-58 (a profile: GEMMs 76% of the time, at 65-78
+GFLOP/s in the pipeline against 90-94 alone; the rest is log_softmax 4% and ~20 small copies/squares).
+On a quiet machine 10x needs 72 GFLOP/s of 125-160 (and 1.33x on 6.7-6.8x gives ~9x, extrapolated, not
+measured). At L = 4 10x needs 11.16M MACs x 4,900-6,200/s = 110-138 GFLOP/s: above the loaded peak and
+at the quiet one. torch.compile (inductor) of a block was measured no faster (previous session).
 """
 
 from __future__ import annotations

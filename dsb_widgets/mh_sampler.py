@@ -29,8 +29,9 @@ Fast path: if ``conditionals_fn`` has ``begin(tokens, energy) -> SiteState`` (:c
 a factored model's :class:`~dsb_widgets.factored_attention.IncrementalConditionals` does, through
 :class:`~dsb_widgets.incremental.SiteChains`) and ``energy`` is "pll" or "scores", the state keeps
 E(s) and what the next proposal needs, and each proposal computes only the candidate's energy:
-no (B, T, V) conditionals are materialised or merged. Same random draws in the same order as the
-generic loop, so both give the same chains (tested at depths 1-4).
+no (B, T, V) conditionals are materialised or merged; its incrementally updated part is refreshed
+every sweep (no drift) and replica exchanges reorder it. Same random draws in the same order as the
+generic loop, so both give the same chains (tested at depths 1-4, and with tempering).
 
 Stationarity (:mod:`dsb_widgets.mh_stationarity`, re-exported here): the per-chain energy
 trace (sweeps, B) is stationary when the
@@ -204,8 +205,7 @@ def _check(init: Tensor, n_sweeps: int, burn_in: int, thin: int, order: str, ene
 
 
 def _log_q(logits: Tensor) -> Tensor:
-    """log q(. | s_-t) (B, V) from raw logits, with denormals flushed (:func:`flush_denormals`: the fused
-    kernel's exp of arguments below -87 is 2x slower otherwise; no log-probability changes)."""
+    """log q(. | s_-t) (B, V), denormals flushed (:func:`~dsb_widgets.incremental.flush_denormals`)."""
     with flush_denormals():
         return F.log_softmax(logits, dim=-1)
 
@@ -213,13 +213,11 @@ def _log_q(logits: Tensor) -> Tensor:
 def _draw(logq: Tensor, generator: torch.Generator | None) -> Tensor:
     """One token per row of log-probabilities (B, V) by inverting the CDF (one uniform per row).
 
-    log q is clamped at -87 before the exp: exp of arguments below about -87 (float32 denormals) runs 10-20x
-    slower on this CPU (measured: 512 x 1,000 peaked rows, 6.9 ms vs 0.38 ms; the whole draw 9.1 vs 1.3 ms), and
-    the clamp is exact to the draw's resolution: it raises a probability below e^-87 = 1.6e-38 to 1.6e-38,
-    moving a partial sum S of the CDF by at most V e^-87 ~ 1e-35, while the uniform u it is compared with is a
-    multiple of 2^-24 (float32 torch.rand; 2^-53 in float64). Sums below 2^-24 compare with u the same way
-    either way; above it their spacing is >= 2^-47, so S < u can flip only if S lies within 1e-35 of a rounding
-    midpoint (odds ~1e-20 per draw). Tested: the same draws on rows with 86% of log q below -87."""
+    log q is clamped at -87 first: exp below about -87 (float32 denormals) is 10-20x slower on this CPU (512 x
+    1,000 peaked rows: the draw 9.1 vs 1.3 ms). Exact to the draw's resolution: a partial sum S of the CDF
+    moves by <= V e^-87 ~ 1e-35 while u is a multiple of 2^-24 (2^-53 in float64); sums below 2^-24 compare
+    with u alike, above it S < u flips only within 1e-35 of a rounding midpoint (odds ~1e-20 per draw).
+    Tested: the same draws on rows with 86% of log q below -87."""
     u = torch.rand(logq.shape[0], 1, generator=generator, dtype=logq.dtype, device=logq.device)
     return (logq.clamp(min=-87.0).exp_().cumsum(-1) < u).sum(-1).clamp_max(logq.shape[-1] - 1)
 
@@ -247,10 +245,9 @@ def _sweep_sites(chains: SiteState, positions: list[int], rows: Tensor, generato
 
 
 def _resync(chains: SiteState, site: SiteUpdates, s: Tensor, perm: Tensor | None, energy: str) -> SiteState:
-    """Before a sweep: apply the replica exchanges ``perm`` (B,) to the state and refresh what it updates
-    incrementally (:meth:`~dsb_widgets.incremental.SiteChains.refresh`: the first layer, ~0.1% of a sweep);
-    a state without ``refresh``/``reorder`` is rebuilt from ``s`` (a full energy evaluation, ~6% of a sweep
-    at L = 3). Returns the state to use (in place when it could be updated)."""
+    """Before a sweep: apply the replica exchanges ``perm`` (B,) and refresh the incrementally updated part
+    (``SiteChains.refresh``: ~0.2% of a sweep at L = 3); a state without ``refresh``/``reorder`` is rebuilt
+    from ``s`` (a full energy evaluation: 7% of a sweep at L = 3, measured)."""
     refresh, reorder = getattr(chains, "refresh", None), getattr(chains, "reorder", None)
     if refresh is None or (perm is not None and reorder is None):
         return site.begin(s, energy)
@@ -264,8 +261,7 @@ def _swap(s: Tensor, E: Tensor, betas: Tensor, sweep: int, generator: torch.Gene
           perm: Tensor | None = None) -> float:
     """Replica exchange in place between neighbouring temperatures: chain j of group k <-> chain j of
     group k+1 (k even on even sweeps, odd on odd ones), accepted with min(1, exp((b_k - b_k+1)(E_i - E_j))).
-    ``perm`` (B,), if given, is swapped the same way (start from arange: chain b then holds the state of
-    chain perm[b]). Returns the fraction of attempted swaps accepted (nan if none attempted)."""
+    ``perm`` (B,) is swapped alike. Returns the fraction of attempted swaps accepted (nan if none attempted)."""
     K, n = betas.shape[0], s.shape[0] // betas.shape[0]
     done, tried = 0, 0
     for k in range(sweep % 2, K - 1, 2):
