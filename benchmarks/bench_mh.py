@@ -143,12 +143,12 @@ def flops(L: int, T: int, d: int, H: int, V: int) -> tuple[int, int]:
 
 def gemm_rates(reps: float = 2e9) -> None:
     """One-thread fp32 GFLOP/s of large square products and of the shapes SiteChains multiplies
-    (blocks of n = 64 chains, middle layers 4 at a time; T = 16, P = 15 copies, d = 64, H = 4, V = 1000),
+    (blocks of n = 64 chains, middle layers 8 at a time; T = 16, P = 15 copies, d = 64, H = 4, V = 1000),
     matmul/mm with ``out=``."""
-    n, k, T, P, d, H, V = 64, 4, 16, 15, 64, 4, 1000
+    n, k, T, P, d, H, V = 64, 8, 16, 15, 64, 4, 1000
     shapes = [("square 1024", 1024, 1024, 1024), ("square 2048", 2048, 2048, 2048),
-              ("middle values z V^h (T P 4, d) x (d, d)", T * k * P, d, d),
-              ("middle mixing (T, H T) x (H T, P 4 d)", T, H * T, k * P * d),
+              ("middle values W^h V^h (T P 8, d) x (d, d)", T * k * P, d, d),
+              ("middle mixing A^h z (T, T) x (T, P 8 d)", T, T, k * P * d),
               ("read-out (P n, d) x (d, V)", P * n, d, V), ("last values (P n, H d) x (H d, d)", P * n, H * d, d)]
     for name, M, K, N in shapes:
         a, b, o = torch.randn(M, K), torch.randn(K, N), torch.empty(M, N)
