@@ -46,32 +46,33 @@ from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionC
 from dsb_widgets.mh_sampler import metropolis_hastings
 
 RESULTS = """
-Measured 2026-12-02 16:17-16:28 UTC on the 2-core machine shared with other jobs (load 12-13), B = 512,
+Measured 2026-12-02 16:32-16:45 UTC on the 2-core machine shared with other jobs (load 8-13), B = 512,
 pll energy, chain-tokens per CPU-second, medians of 3 interleaved rounds, two whole runs
 (``--gemm --rounds 3 --ref d4012de``; ref = the fast path at the start of this session, same run):
 
-L  before,1   prev inc,B    after,1      ref,B         after,B       after,B/before,1  ref,B/before,1  after/ref
-1  1,068/1,302  8,634/9,732  2,429/2,906  15,291/17,256  18,210/20,919  17.1x / 16.1x   14.3x / 13.2x   1.19 / 1.21x
-2    762/906    4,423/5,211  1,794/2,346   9,271/11,040  11,761/13,539  15.4x / 14.9x   12.2x / 12.2x   1.27 / 1.23x
-3    711/813    1,393/1,295  1,371/1,562   3,059/3,512    4,094/4,655    5.8x /  5.7x    4.3x /  4.3x   1.34 / 1.33x
-4    491/618      865/818    1,057/1,221   2,015/2,179    2,551/2,641    5.2x /  4.3x    4.1x /  3.5x   1.27 / 1.21x
+L  before,1     prev inc,B    after,1      ref,B          after,B        after,B/before,1  ref,B/before,1  after/ref
+1  1,439/1,510  10,466/10,373 3,169/3,240  18,371/19,099  21,817/22,946  15.2x / 15.2x   12.8x / 12.6x   1.19 / 1.20x
+2  1,030/1,080   5,516/5,422  2,466/2,586  11,404/12,178  13,967/14,252  13.6x / 13.2x   11.1x / 11.3x   1.22 / 1.17x
+3    739/808     1,429/1,387  1,402/1,545   3,597/3,608    4,727/4,498    6.4x /  5.6x    4.9x /  4.5x   1.31 / 1.25x
+4    740/479       920/749    1,318/1,164   2,347/1,935    3,020/2,727    4.1x /  5.7x    3.2x /  4.0x   1.29 / 1.41x
 
 MACs per chain-token before/after: 6.27M/0.96M, 11.51M/1.33M, 16.75M/6.24M, 22.00M/11.16M; sustained
-GFLOP/s after,B: 35-40, 31-36, 51-58, 57-59 (before,1: 13-16, 18-21, 24-27, 22-27). Acceptance per sweep
-(after,B) 0.977-0.981 at every depth (untrained model); fast path and generic loop give identical chains
-(tests/test_mh_sampler.py). The previous session measured, on a quieter machine, 14.3-14.8 / 12.8-13.0 /
-6.7-6.8 / 5.1x with the ref path; the baseline (one chain, small working set) suffers less from the load
-(711-813/s at L = 3 now, 575-587 then), so the ratios of both paths are lower here; compare after/ref.
+GFLOP/s after,B: 42-44, 37-38, 56-59, 61-67 (before,1: 18-19, 24-25, 25-27, 21-33). Acceptance per
+sweep (after,B) 0.977-0.981 at every depth (untrained model); fast path and generic loop give identical
+chains (tests/test_mh_sampler.py). Two earlier whole runs of the intermediate revision 2512f1b (values-
+first middle layers, 4 chains at a time) gave after/ref 1.19-1.21 / 1.23-1.27 / 1.33-1.34 / 1.21-1.27x.
+The previous session measured 14.3-14.8 / 12.8-13.0 / 6.7-6.8 / 5.1x with the ref path on a quieter
+machine: the baseline (one chain, small working set) suffers less from the load, so compare after/ref.
 
-One-thread fp32 GEMM (torch.mm, out=), same runs: 1024^2 89.9/90.9 GFLOP/s, 2048^2 90.1/92.4 (125-160
-on a quiet machine); the fast path's shapes (run 2, blocks of 64, middle 4 at a time): middle values
-(960, 64) x (64, 64) 94.1, middle mixing (16, 64) x (64, 3840) 69.9, read-out (960, 64) x (64, 1000)
-90.2, last values (960, 256) x (256, 64) 92.4.
+One-thread fp32 GEMM (torch.mm, out=), same runs: 1024^2 90.5/97.0 GFLOP/s, 2048^2 84.4/98.8 (125-160
+on a quiet machine); the fast path's shapes (blocks of 64, middle layers 8 at a time): middle values
+(1920, 64) x (64, 64) 83.3/94.8, middle mixing (16, 16) x (16, 7680) 61.2/75.3, read-out (960, 64) x
+(64, 1000) 83.0/95.0, last values (960, 256) x (256, 64) 88.3/94.7.
 
 >= 10x is reached for L = 1 and 2, NOT for L = 3 and 4 (FLOP argument in dsb_widgets/incremental.py:
-at L = 3 10x of the baseline needs 89-101 GFLOP/s sustained under this load, the whole GEMM peak; at
-L = 4 110-138 GFLOP/s, above it). A profile of the L = 3 path: GEMMs 76% of the time (65-78 GFLOP/s in
-the pipeline against 90-94 alone), log_softmax 4%, the rest ~20 small copies and squares per block.
+at L = 3 10x of the baseline needs 92-101 GFLOP/s sustained under this load, the whole GEMM peak; at
+L = 4 107-165). A profile of the L = 3 path: GEMMs 73% of the time, log_softmax 3.5%, the rest ~20
+small copies, squares and gathers per block.
 """
 
 

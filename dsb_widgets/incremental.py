@@ -44,20 +44,21 @@ FLOP ratio is bounded by about L / (L - 2).
 
 Measured (``benchmarks/bench_mh.py --gemm --rounds 3 --ref d4012de``, 512 chains vs the old path one chain
 at a time, chain-tokens per CPU-second, one thread, two whole runs on the shared 2-core machine at load
-12-13): 17.1 / 16.1x (L = 1), 15.4 / 14.9x (L = 2), 5.8 / 5.7x (L = 3), 5.2 / 4.3x (L = 4). Side by side
-in the same runs the fast path of the session start (d4012de) gave 14.3 / 13.2, 12.2 / 12.2, 4.3 / 4.3,
-4.1 / 3.5x: this one is 1.19-1.21 / 1.23-1.27 / 1.33-1.34 / 1.21-1.27x faster (blocks of 64, the fused
-log_softmax, one index_select, diagonal views, the (k, p, chain, d) layout, and the sampler refreshing
-b instead of rebuilding the state, which cost 7% of a sweep at L = 3). Under this load the baseline
-(small working set) runs 711-813/s at L = 3 against 575-587 on a quieter machine, where the previous
-path gave 6.7-6.8x; the ratios above are lower for that reason, not because the path got slower.
-10x is NOT reached at L >= 3, and the FLOPs say why: one-thread fp32 GEMM peaks at 90-92 GFLOP/s under
-this load (125-160 quiet). At L = 3 10x of 711-813/s needs 6.24M MACs x 7,100-8,100/s = 89-101 GFLOP/s,
-the whole peak with no other work; the path sustains 51-58 (a profile: GEMMs 76% of the time, at 65-78
-GFLOP/s in the pipeline against 90-94 alone; the rest is log_softmax 4% and ~20 small copies/squares).
-On a quiet machine 10x needs 72 GFLOP/s of 125-160 (and 1.33x on 6.7-6.8x gives ~9x, extrapolated, not
-measured). At L = 4 10x needs 11.16M MACs x 4,900-6,200/s = 110-138 GFLOP/s: above the loaded peak and
-at the quiet one. torch.compile (inductor) of a block was measured no faster (previous session).
+8-13): 15.2 / 15.2x (L = 1), 13.6 / 13.2x (L = 2), 6.4 / 5.6x (L = 3), 4.1 / 5.7x (L = 4). Side by side
+in the same runs the fast path of the session start (d4012de) gave 12.8 / 12.6, 11.1 / 11.3, 4.9 / 4.5,
+3.2 / 4.0x: this one is 1.19-1.20 / 1.17-1.22 / 1.25-1.31 / 1.29-1.41x faster (blocks of 64, the fused
+log_softmax, one index_select, diagonal views, the (k, p, chain, d) mixing-first layout, and the sampler
+refreshing b instead of rebuilding the state, 7% of a sweep at L = 3). The baseline (small working set)
+suffers less from the load than the batched paths (L = 3: 739-808/s here, 575-587 on the quieter machine
+where the session-start path gave 6.7-6.8x), so compare after/ref across sessions, not the ratios.
+10x is NOT reached at L >= 3, and the FLOPs say why: one-thread fp32 GEMM peaks at 84-99 GFLOP/s under
+this load (125-160 quiet). At L = 3 10x of 739-808/s needs 6.24M MACs x 7,400-8,100/s = 92-101 GFLOP/s,
+the whole peak with no other work; the path sustains 56-59 (a profile: GEMMs 73% of the time, value
+GEMMs 39%, the K = T mixing GEMM 16% for a quarter of their MACs, read-out 9%; log_softmax 3.5%; the
+rest ~20 small copies, squares and gathers per block). On a quiet machine 10x needs 72 GFLOP/s of 125-160 (1.25-1.31x
+on 6.7-6.8x gives ~8.5-9x: extrapolated, not measured). At L = 4 10x of 479-740/s needs 11.16M MACs x
+4,800-7,400/s = 107-165 GFLOP/s: at or above the peak. torch.compile (inductor) of a block was measured
+no faster (previous session).
 """
 
 from __future__ import annotations
