@@ -59,36 +59,36 @@ grows with depth on Shakespeare's 300k train tokens (0.26 / 0.37 / 0.43).
 ``square_width`` (a wider quadratic form per layer) costs ~3x the CPU per L = 2 step and was not
 measured to the end.
 
-MH at the defaults (128 chains from test windows, at most 100 sweeps) does NOT meet the
-stationarity criterion at any depth, and no CPU budget we measured does. Why (Tiny Shakespeare,
-models trained at the defaults for L = 1, 2 and 600 steps for L = 3; scratch scripts, seeds fixed):
+MH at the defaults (128 chains from test windows, at most 100 sweeps, no tempering) does NOT
+meet the stationarity criterion at any depth. Measured (scratch scripts and
+``benchmarks/clone_stationarity/reg_sweep.py``, seeds fixed, one thread, shared machine):
 
-1. the old fixed W = 10 could never pass: split-R-hat needs W >> tau (mh_sampler docstring); the
-   window is now W = max(--window, 20 tau) (``--window-tau``), thresholds unchanged;
-2. the chains relax over ~1,000 sweeps from text (E_pll 44-48 nats per 16-token window) into a
-   condensed region of the model's distribution: E_pll 27.8 / 19.8 / 14.7 after 100 / 500 /
-   1,000 sweeps (L = 1, 64 chains), then 15-17 up to 4,000 sweeps; L = 2 / 3: 22.1 / 22.6 after
-   400 / 300 sweeps. The sequences fill with mutually predicting fragments of speaker names
-   ("GLOUGLOUCESOUGLOUC", " VINCENTIO:\nDUKE VINCENTIO"). The PLL target is NOT the culprit
-   (the old "counts every coupling twice, colder" hypothesis is refuted): at L = 1, plain Gibbs
-   with the model's conditionals condenses further (E_pll 13.8, 8.3 distinct tokens per window
-   after 600 sweeps, vs 18.1 and 14.1 under the PLL target), and the model's exact Potts joint
-   (couplings symmetrised, E_Potts = (E_scores - sum_i h_i(s_i)) / 2) further still (E_Potts
-   -176 after 150 sweeps and falling, vs -99 for the PLL chains and -59 for real text).
-   Acceptance 0.66-0.72 per proposal, so the chain is not "nearly Gibbs";
-3. once condensed, chains sit at different energy levels for hundreds of sweeps (the chains' start
-   energy is forgotten: correlation 0.1-0.3 with their later level; consecutive 100-sweep means
-   correlate 0.74-0.79; spread of those means 5-6 nats vs 5 within a chain): a multimodal
-   target. L = 1 after 4,000 sweeps (372 CPU-s, 64 chains): split-R-hat 1.22 even with W =
-   1,000, multi-chain tau ~600-1,000 sweeps, so the criterion would need ~10^4-10^5 sweeps.
-   Parallel tempering (``--temperatures 8``, beta 1 .. 0.3) reaches the condensed level ~5x
-   sooner (E 18.7 after 100 sweeps) and lowers R-hat (1.16-1.18 at W = 100-200 after 600
-   sweeps, vs 1.38-1.50 plain) but did not pass either in the sweeps we could afford.
-Cost per sweep (128 chains, one thread, shared machine): 0.19 / 0.29 / ~0.58 CPU-s at L = 1/2/3.
-The clones are therefore the last ``--window`` sweeps of non-stationary chains (said so in
-provenance.json: ``stationarity`` with tau, W and every check; the per-chain energy trace is in
-``clone_L{L}.pt['energies']``). Reaching equilibrium needs a model whose distribution does not
-condense (e.g. regularised couplings) or better moves, not a looser test.
+1. the window must be long: split-R-hat needs W >> tau (mh_sampler docstring), so W = max(--window,
+   20 tau) (``--window-tau``), thresholds unchanged;
+2. the chains relax from text into a condensed region of the model's distribution, far below the
+   data's energy: ``energy_gap`` in provenance.json = chains' mean E_pll (last window) - held-out
+   windows' mean E_pll (= T x test PLL). L = 1: TinyStories 37.2 -> 21.5 after 6,000 sweeps (gap
+   -15.6), Tiny Shakespeare 46.8 -> 18.8 after 800 (gap -25.0), sequences of mutually predicting
+   name fragments ("AUTOLYCUSOLAUTOL"). The PLL target is not the cause: plain Gibbs with the
+   model's conditionals and the model's exact Potts joint (couplings symmetrised) condense further;
+3. the condensed target is multimodal: chains sit at different levels for hundreds of sweeps.
+   Plain MH, L = 1 TinyStories, 64 chains, 6,000 sweeps (310 CPU-s): multi-chain tau 211 sweeps, so
+   W = 4,227 and the check cannot even be made; Shakespeare 4,000 sweeps: R-hat 1.22.
+4. NOT under-regularisation (the plmDCA hypothesis; ``--weight-decay``, :mod:`dsb_widgets.coupling_decay`):
+   the models do not overfit in the sense that matters (TinyStories train 2.339 / test 2.323), held-out
+   PLL gets worse with ANY decay (TinyStories 2.323 / 2.332 / 2.354 / 2.655 at decay 0 / 0.03 / 0.1 /
+   1; Shakespeare 2.925 / 2.933 at 0 / 0.1), and the gap does not move (TinyStories -13.3 at decay 0
+   and 1 after 1,000 sweeps; Shakespeare -25.0 / -24.4 at 0 / 0.1). The gap is what pseudo-likelihood
+   does: unlike maximum likelihood it does not match the model's energy moments to the data's
+   (plmDCA vs Boltzmann learning), so the fitted joint can be colder than the data;
+5. parallel tempering passes: ``--temperatures 8`` (beta 1 .. 0.3, geometric; 128 chains, 16 at
+   beta = 1, same cost per sweep as 128 plain chains), L = 1 TinyStories: STATIONARY after 1,650
+   sweeps (tau 40, W 807, split-R-hat 1.025, drift -1.1 s.e., acceptance 0.683, 167 CPU-s),
+   E_pll 20.8 (gap -16.4, the same level plain MH creeps towards). Deeper models: not yet measured
+   with tempering; at least ~2,000 sweeps are needed (--sweeps), 0.29 / ~0.58 CPU-s per sweep at
+   L = 2 / 3 (128 chains).
+The clone is the last window of the chains; provenance.json says whether they passed
+(``stationarity`` with tau, W and every check; per-chain trace in ``clone_L{L}.pt['energies']``).
 """
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ import torch
 from torch import Tensor
 
 from dsb_widgets.clone_files import PROVENANCE_FILE, VOCAB_FILE, CloneSet, load_clones
+from dsb_widgets.coupling_decay import clone_optimizer, coupling_parameters
 from dsb_widgets.factored_attention import (
     FactoredAttention,
     FactoredAttentionConfig,
@@ -133,7 +134,7 @@ class CloneConfig:
     steps: int = 1500  # factored-model training steps per L
     batch_size: int = 128
     lr: float = 3e-3
-    weight_decay: float = 0.0  # AdamW decay of the coupling-carrying weights (coupling_parameters)
+    weight_decay: float = 0.0  # AdamW decay of E, V, W (coupling_decay); 0: held-out PLL is best there (docstring)
     d_embed: int = 64
     n_heads: int = 4
     attention: str = "softmax"
@@ -211,33 +212,6 @@ def test_pll(model: FactoredAttention, x: Tensor) -> float:
     """Mean -log p(s_t | s_-t) over all sites of the windows x (N, T), nats/token (no grad)."""
     with torch.no_grad():
         return float(pseudo_likelihood_loss(model, x, chunk=256))
-
-
-def coupling_parameters(model: FactoredAttention) -> tuple[list[Tensor], list[Tensor]]:
-    """The weights that carry the couplings, and the rest (per-position fields, read-out bias).
-
-    A factored layer's couplings are J_ij(a, b) = sum_h A^h_ij (E V^h W^T)[b, a]. The decayed set is
-    the embedding E, every layer's V, the squares' U and the read-out matrix W, plus the attention
-    logits A with ``attention="free"`` (there A carries the couplings' scale: decaying E, V, W alone
-    would be undone by a growing A). Row-softmax attention is scale-free, so its A is not decayed.
-    Decaying them shrinks J towards 0, an L2 prior as plmDCA's lambda_J (Ekeberg et al. 2013); the
-    Potts fields h_i(a) (``fields``, read-out bias) stay free."""
-    free_attention = model.cfg.attention == "free"
-    decay: list[Tensor] = []
-    free: list[Tensor] = []
-    for name, p in model.named_parameters():
-        coupling = (name in ("embedding", "readout.weight") or name.endswith(".V") or name.startswith("squares.")
-                    or (free_attention and name.endswith(".A")))
-        (decay if coupling else free).append(p)
-    return decay, free
-
-
-def clone_optimizer(model: FactoredAttention, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with decoupled weight decay (Loshchilov & Hutter 2019) on :func:`coupling_parameters`
-    only: each step multiplies E, V, U, W by (1 - lr * weight_decay); A, fields and biases are free."""
-    decay, free = coupling_parameters(model)
-    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                              {"params": free, "weight_decay": 0.0}], lr=lr)
 
 
 def train_factored(train: np.ndarray, test: np.ndarray, L: int, cfg: CloneConfig, vocab: int,

@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=1000)
     ap.add_argument("--eval-windows", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mh-layers", type=int, nargs="*", help="run MH only at these depths (default: all)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     base = CloneConfig(corpus=a.corpus, layers=tuple(a.layers), steps=a.steps, chains=a.chains,
@@ -70,7 +71,7 @@ def main() -> None:
             prev = model
             cpu_train = time.process_time() - c0
             e_data = e_pll(model, held)
-            if a.sweeps == 0:  # held-out PLL only
+            if a.sweeps == 0 or (a.mh_layers is not None and L not in a.mh_layers):  # held-out PLL only
                 print(json.dumps({"corpus": a.corpus, "L": L, "wd": wd, "steps": a.steps,
                                   "train_pll": losses["train_pll"],
                                   "test_pll": losses["test_pll"], "e_data": float(e_data.mean()),
@@ -80,7 +81,10 @@ def main() -> None:
             c0 = time.process_time()
             res = metropolis_hastings(IncrementalConditionals(model), init, n_sweeps=cfg.sweeps,
                                       generator=torch.Generator().manual_seed(cfg.seed + 17 * L),
-                                      until_stationary=cfg.window, window_tau=cfg.window_tau, betas=_ladder(cfg))
+                                      until_stationary=cfg.window, window_tau=cfg.window_tau, betas=_ladder(cfg),
+                                      on_sweep=lambda r: None if int(r["sweep"]) % 100 else print(
+                                          f"  sweep {int(r['sweep'])} E {r['mean_energy']:.2f} "
+                                          f"acc {r['acceptance_rate']:.3f}", flush=True))
             cpu_mh = time.process_time() - c0
             assert res.energies is not None and res.stationarity is not None
             st = res.stationarity
