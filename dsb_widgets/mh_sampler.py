@@ -214,9 +214,10 @@ def _draw(logq: Tensor, generator: torch.Generator | None) -> Tensor:
     """One token per row of log-probabilities (B, V) by inverting the CDF (one uniform per row).
 
     log q is clamped at -87 first: exp below about -87 (float32 denormals) is 10-20x slower on this CPU (512 x
-    1,000 peaked rows: the draw 9.1 vs 1.3 ms). Exact to the draw's resolution: a partial sum S of the CDF
-    moves by <= V e^-87 ~ 1e-35 while u is a multiple of 2^-24 (2^-53 in float64); sums below 2^-24 compare
-    with u alike, above it S < u flips only within 1e-35 of a rounding midpoint (odds ~1e-20 per draw).
+    1,000 rows, 99% below -87: the draw 8.75 -> 1.73 ms; unpeaked rows 1.47 -> 1.71 ms, the clamp's pass).
+    Exact to the draw's resolution: a partial sum S of the CDF moves by <= V e^-87 ~ 1e-35 while u is a
+    multiple of 2^-24 (2^-53 in float64); sums below 2^-24 compare with u alike, above it S < u flips only
+    within 1e-35 of a rounding midpoint (odds ~1e-20 per draw).
     Tested: the same draws on rows with 86% of log q below -87."""
     u = torch.rand(logq.shape[0], 1, generator=generator, dtype=logq.dtype, device=logq.device)
     return (logq.clamp(min=-87.0).exp_().cumsum(-1) < u).sum(-1).clamp_max(logq.shape[-1] - 1)
