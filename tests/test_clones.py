@@ -259,6 +259,10 @@ def test_clone_runs_until_stationary_and_records_the_trace(tmp_path: Path) -> No
     assert len(rec["acceptance_per_sweep"]) == len(rec["change_rate_per_sweep"]) == rec["sweeps"]
     blob = torch.load(tmp_path / "c" / "clone_L1.pt", weights_only=True)
     assert blob["energies"].shape == (rec["sweeps"] + 1, 32) and blob["tokens"].shape == (st["window"] * 32, 8)
+    # generative consistency: the kept window's mean E_pll vs the held-out windows' (= T x test PLL)
+    assert rec["heldout_energy_mean"] == pytest.approx(8 * rec["test_pll"])
+    assert rec["chain_energy_mean"] == pytest.approx(float(blob["energies"][-st["window"]:].double().mean()))
+    assert rec["energy_gap"] == pytest.approx(rec["chain_energy_mean"] - rec["heldout_energy_mean"])
 
 
 def test_clone_with_tempering_keeps_the_beta_one_chains(tmp_path: Path) -> None:
