@@ -84,9 +84,9 @@ meet the stationarity criterion at any depth. Measured (scratch scripts and
 5. parallel tempering passes: ``--temperatures 8`` (beta 1 .. 0.3, geometric; 128 chains, 16 at
    beta = 1, same cost per sweep as 128 plain chains), L = 1 TinyStories: STATIONARY after 1,650
    sweeps (tau 40, W 807, split-R-hat 1.025, drift -1.1 s.e., acceptance 0.683, 167 CPU-s),
-   E_pll 20.8 (gap -16.4, the same level plain MH creeps towards). Deeper models: not yet measured
-   with tempering; at least ~2,000 sweeps are needed (--sweeps), 0.29 / ~0.58 CPU-s per sweep at
-   L = 2 / 3 (128 chains).
+   E_pll 20.8 (gap -16.4, the same level plain MH creeps towards); L = 2 (grown, test PLL 2.011):
+   STATIONARY after 670 sweeps (tau 16, W 322, R-hat 1.033, drift -0.01 s.e., 121 CPU-s, gap -13.1).
+   One seed; L = 3 not measured. Needs --sweeps ~2,000 (the default 100 is far too few).
 The clone is the last window of the chains; provenance.json says whether they passed
 (``stationarity`` with tau, W and every check; per-chain trace in ``clone_L{L}.pt['energies']``).
 """

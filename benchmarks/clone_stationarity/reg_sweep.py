@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=1000)
     ap.add_argument("--eval-windows", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save-trace", help="folder: save each run's per-chain energy trace (S + 1, chains) there")
     ap.add_argument("--mh-layers", type=int, nargs="*", help="run MH only at these depths (default: all)")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -104,6 +105,10 @@ def main() -> None:
                    "cpu_train": cpu_train, "cpu_mh": cpu_mh,
                    "sample": " | ".join("".join(tc.token_strings[t] for t in fin[i].tolist()) for i in range(3))}
             print(json.dumps(row), flush=True)
+            if a.save_trace:
+                os.makedirs(a.save_trace, exist_ok=True)
+                torch.save({"row": row, "energies": res.energies, "history": st.get("history")},
+                           os.path.join(a.save_trace, f"{a.corpus}_L{L}_wd{wd:g}_K{a.temperatures}.pt"))
 
 
 if __name__ == "__main__":
