@@ -21,8 +21,10 @@ For the edits (``ot``, ``cqn``, ``shift``) b is drawn per image uniformly from t
 ``y`` is the source class a and ``target`` is b.
 
 Caching (``dsb_widgets.probe_cache``): class statistics are stored per training-set content
-hash, and each probe set per (train and test content hashes, probe, size, seed, the options that
-change it, cache version). Measured (1 thread, machine loaded, so wall >> CPU): Fashion-MNIST,
+hash, the ``-o ot_shrinkage=heldout`` weight per (training-set hash, selection rule
+``ot_shrinkage.SPEC``; 67 CPU-s on Fashion-MNIST), and each probe set per (train and test content
+hashes, probe, size, seed, the options that change it, for ``heldout`` OT the rule too, cache
+version). Measured (1 thread, machine loaded, so wall >> CPU): Fashion-MNIST,
 default probes, all hits 0.43 CPU-s (3.9 s wall) against ~12 min wall for the first build (OT
 alone 20 CPU-s); CIFAR-10 ``real`` + ``ot``: miss 83.6 CPU-s (class statistics + rank-256 PPCA
 OT, 1377 s wall), hit 2.1 CPU-s (mostly hashing the 600 MB training split); digits, all nine
