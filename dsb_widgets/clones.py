@@ -363,7 +363,7 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             "acceptance_per_sweep": [r["acceptance_rate"] for r in res.stats],
             "change_rate_per_sweep": [r["change_rate"] for r in res.stats],
             "mean_energy_per_sweep": [r["mean_energy"] for r in res.stats],
-            **_energy_gap(res.energies, res.stationarity, len(kept), cfg.context * losses["test_pll"]),
+            **_energy_gap(res.energies, res.samples.shape[0] * cfg.thin, cfg.context * losses["test_pll"]),
             "energy_trace_quantiles": {str(qq): res.energies.quantile(qq, dim=1).tolist() for qq in (0.1, 0.5, 0.9)},
             "chain_tokens_per_second": float(np.mean([r["tokens_per_second"] for r in kept])),
             "fraction_changed_from_init": float((res.final.cpu() != init[: res.final.shape[0]]).float().mean()),
@@ -374,13 +374,12 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
     return prov
 
 
-def _energy_gap(trace: Tensor, check: dict[str, Any] | None, kept: int, heldout: float) -> dict[str, float]:
-    """Generative consistency: the chains' mean E_pll over the kept sweeps (the last window) minus
+def _energy_gap(trace: Tensor, kept: int, heldout: float) -> dict[str, float]:
+    """Generative consistency: the chains' mean E_pll over the ``kept`` last sweeps (the clone's) minus
     the held-out windows' mean E_pll under the same model (= context x test PLL). A model whose own
     distribution resembles the data has samples near the data's energy; a large negative gap means
     the chains condensed into sequences the model finds far more predictable than real text."""
-    n = int(check["window"]) if check is not None else kept
-    chain = float(trace[-max(n, 1):].double().mean())
+    chain = float(trace[-max(kept, 1):].double().mean())
     return {"heldout_energy_mean": heldout, "chain_energy_mean": chain, "energy_gap": chain - heldout}
 
 
