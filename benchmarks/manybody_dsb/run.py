@@ -90,8 +90,8 @@ def eval_stage(a: argparse.Namespace, lp: LadderProbes) -> None:
         model = Bert(BertConfig(lp.q, int(lp.bert_train.shape[1])))
         for m in log_marks(a.steps, a.per_octave):
             if str(m) not in evals:
-                if not (ck / f"{m}.pt").is_file():
-                    break
+                if not (ck / f"{m}.pt").is_file() or (real and str(m) not in real):
+                    break  # not written yet (the weights are saved just before the real loss)
                 model.load_state_dict(torch.load(ck / f"{m}.pt", weights_only=True))
                 evals[str(m)] = probe_losses(model, masked) | ({"real": float(real[str(m)])} if real else {})
                 cache.write_text(json.dumps(evals))
