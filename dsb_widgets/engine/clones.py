@@ -30,8 +30,8 @@ the read-out (:func:`masked_readout_loss`: the same loss and gradients as the fu
 the full read-out, which needs no host sync).
 
 Sizes (options ``n_layer``, ``n_head``, ``d_model``, ``mask_prob``): a 2 x 64 BERT; the default
-30,000 steps take ~10 CPU-min of training per seed on one thread (``--steps 2048`` for a quick
-look, which is too short for any probe to saturate). The schedule is warm-up then a CONSTANT rate
+30,000 steps take ~12 CPU-min per seed on one thread, ~10 of them training (``--steps 2048`` for a
+quick look, which is too short for any probe to saturate). The schedule is warm-up then a CONSTANT rate
 (``--schedule constant``, the default here): a cosine decay to zero flattens every curve at its
 end and fakes saturation.
 
@@ -46,32 +46,38 @@ probe is "still falling at N". The rule is tested on curves with known answers
 (tests/test_clone_saturation.py): for a + b exp(-t / tau) + noise it stops where the remaining
 drop is within a few sigma; a power law still falling 3 sigma per octave is never called flat.
 
-Measured: the saturation ordering at 3e4 steps (the defaults here). TinyStories clones from
-``dsb clone --corpus tinystories --layers 1 2 3 --no-control --threads 1`` (test PLL 2.323 / 2.013
-for 2 / 3 bodies; the 5-body stage was stopped for CPU; MH 100 sweeps, NOT stationary, R-hat
-1.43 / 1.46; 259 CPU-s). BERT 2 x 4 x 64, batch 64, AdamW lr 1e-3 (0.9, 0.95), wd 0.01 on
->= 2-D weights, 64 warm-up steps then constant, 30,000 steps, 8 checkpoints per octave, probes
-of 1,280 sequences (~3,200 masked tokens each), pure [MASK] at 15%. Run with the same model,
-optimizer, masks and probes by a script that sends only masked positions through the read-out
-(:meth:`Bert.features`; 735 CPU-s per seed on one thread; before this engine's step did the same).
-Loss (nats/token, mean of seeds 0 and 1) and
-:func:`saturation_step` per seed (in brackets: 5-95% of a bootstrap over MH chains):
+Measured through this engine at the defaults (``dsb run clones --clones DIR --seed S --seeds 1
+--threads 1``, seeds 0 and 1 as two processes, each with its own probe sets). Clones: ``dsb clone
+--corpus tinystories --layers 1 2 3 --no-control --threads 1`` (gpt2 top-1,000, T = 16; test PLL
+2.323 / 2.011 / 1.898 for 2 / 3 / 5 bodies; 472 training + 63 MH CPU-s, the 5-body stage 328 +
+38; MH 128 chains x 100 sweeps from test windows, NOT stationary: tau 29 / 32 / 42 sweeps, so the
+adaptive window W = 20 tau never fits and R-hat is not computed; split-R-hat over the last 2 x 10
+/ 2 x 50 sweeps 1.42 / 1.21, 1.46 / 1.23, 1.50 / 1.33). BERT 2 x 4 x 64, batch 64, AdamW lr 1e-3
+(0.9, 0.95), wd 0.01 on >= 2-D weights, 64 warm-up steps then constant, 30,000 steps, 8 checkpoints
+per octave, 1,280 sequences per probe, pure [MASK] at 15%; 683 user + 56-60 sys CPU-s per seed
+(one thread, probe evaluation 19% of the wall time). Loss (nats/token, seed 0 / seed 1) and
+:func:`saturation_step` of each seed's curve:
 
-======= ===== ===== ===== ===== ===== ============================================================
-probe   0     1024  4096  16384 30000 stops improving at step (seed 0 / seed 1)
-======= ===== ===== ===== ===== ===== ============================================================
-2-body  6.92  4.10  3.12  3.10  3.13  5,312 [4,467-5,793] / 5,793 [4,096-6,889]; min 3.04, then RISES
-3-body  6.92  4.10  3.03  2.78  2.76  12,634 [8,933-15,024] / 9,742 [8,933-10,672]
-real    6.92  3.45  2.69  2.38  2.31  still falling at 30,000 in both (-0.09 / -0.08 in the last octave)
-======= ===== ===== ===== ===== ===== ============================================================
+======= ===== =========== =========== =========== =========== ====================================
+probe   0     1024        4096        16384       30000       stops improving at (seed 0 / seed 1)
+======= ===== =========== =========== =========== =========== ====================================
+2-body  6.92  4.26 / 3.93 3.15 / 3.06 3.06 / 2.99 2.99 / 2.95 9,742 / still falling (t = 16,384)
+3-body  6.92  4.31 / 4.07 3.06 / 3.00 2.74 / 2.64 2.64 / 2.59 still falling (t = 21,247) in both
+5-body  6.92  4.24 / 4.06 2.94 / 3.01 2.55 / 2.60 2.46 / 2.52 still falling (t = 21,247) in both
+real    6.91  3.69 / 3.41 2.78 / 2.67 2.41 / 2.30 2.30 / 2.20 still falling (t = 25,268) in both
+======= ===== =========== =========== =========== =========== ====================================
 
-So the paper's ordering appears at this scale: 2-body first, 3-body later, real text still
-falling; the chain bootstraps of the 2- and 3-body steps do not overlap in either seed. Caveats:
-two clone orders only; the 3-body plateau of seed 0 is marginal (still -0.070 over the last
-octave against a curve noise of 0.024 and an eval s.e. of 0.023 for the drop); the clones are
-out of distribution for the BERT (its loss on them, 3.1 / 2.8, stays above real text, 2.3) and far
-from their own generators, whose single-site PLL on their own clone is 1.51 / 1.40 (the BERT's
-at step 6,317: 2.56 / 2.53; cold PLL target, chains not at equilibrium, :mod:`dsb_widgets.clones`).
+Drop over the last octave (15,000 -> 30,000): 2-body 0.064 / 0.031, 3-body 0.103 / 0.046, 5-body
+0.103 / 0.102, real 0.126 / 0.120 (curve noise 0.010-0.021). So the 2-body clone flattens first
+(the only plateau that lasts an octave, seed 0; the smallest late drop in both seeds) and real
+text falls most; the late drops order 2 < 3 < 5 < real in seed 1 and 2 < 3 = 5 < real in seed 0,
+but :func:`saturation_step` does NOT tell 3- and 5-body apart at 3e4 steps (t = 21,247 for both,
+in both seeds). An earlier run of the same recipe by scripts (``benchmarks/clone_saturation``,
+clones of the same settings made by an older ``dsb clone``, 2 and 3 bodies) had the 2-body
+clone stop at ~5.5k steps and then rise (3.04 -> 3.13) and the 3-body one at ~1e4; here the
+2-body loss keeps a slow fall (3.06 -> 2.99 / 2.95 from 16,384 to 30,000). The clones are out of
+distribution for the BERT (its loss on them stays above real text); at 16,384 and 30,000 its
+loss on the 5-body clone is below the 3-body one in both seeds.
 At the old default (2,048 steps, Tiny Shakespeare clones) no probe had saturated: 2/3/5-body
 4.63/4.51/4.67, only the 3-body flat by 0.003 at the last checkpoint.
 """
