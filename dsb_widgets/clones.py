@@ -86,7 +86,8 @@ meet the stationarity criterion at any depth. Measured (scratch scripts and
    sweeps (tau 40, W 807, split-R-hat 1.025, drift -1.1 s.e., acceptance 0.683, 167 CPU-s),
    E_pll 20.8 (gap -16.4, the same level plain MH creeps towards); L = 2 (grown, test PLL 2.011):
    STATIONARY after 670 sweeps (tau 16, W 322, R-hat 1.033, drift -0.01 s.e., 121 CPU-s, gap -13.1).
-   One seed; L = 3 not measured. Needs --sweeps ~2,000 (the default 100 is far too few).
+   Seed 1, L = 1: stationary after 1,180 sweeps (R-hat 1.033, drift -1.55 s.e.). Tiny Shakespeare
+   L = 1: NOT after 3,000 (tau 152, gap -29.4). L = 3 not measured. Needs --sweeps >= 2,000.
 The clone is the last window of the chains; provenance.json says whether they passed
 (``stationarity`` with tau, W and every check; per-chain trace in ``clone_L{L}.pt['energies']``).
 """
