@@ -10,7 +10,7 @@ NeurIPS 2024, Sec. 4 and Fig. 3, on the synthetic data of Fig. 2).
    trained on the ladder's true training data and scored at log-spaced steps on the held-out true
    data and on each clone (pure [MASK] at ``mask_prob`` of the positions, fixed per probe).
 3. Per probe, the step after which its loss stops improving
-   (:func:`dsb_widgets.engine.clones.saturation_step`): the low-order clones should saturate first.
+   (:func:`dsb_widgets.saturation.saturation_step`): the low-order clones should saturate first.
 
 Measured on a TOY ladder (``ladder(L=10, q=5, n_train=2000, n_test=1000, steps=200, chains=128,
 burn_in=20, ref_iters=20, d_embed=16, n_heads=2, bert_steps=16384, bert_probe=128)``, seed 0,
@@ -154,12 +154,12 @@ def train_bert(train: Tensor, q: int, on_mark: Callable[[int, Any], None], *, st
 
 def curves_dataset(curves: dict[str, list[float]], marks: list[int], k: float = 3.0, **attrs: Any) -> Any:
     """Probe loss curves (name -> loss at ``marks``) -> ``xarray.Dataset`` with ``loss`` (probe,
-    step), ``saturation_step``, ``plateau``, ``noise`` (probe) (:mod:`dsb_widgets.engine.clones`'
+    step), ``saturation_step``, ``plateau``, ``noise`` (probe) (:mod:`dsb_widgets.saturation`'
     fixed rule). Curves may be shorter than ``marks`` (a run read back part-way): all are cut to
     the shortest."""
     import xarray as xr
 
-    from dsb_widgets.engine.clones import curve_noise, plateau_observed, saturation_step
+    from dsb_widgets.saturation import curve_noise, plateau_observed, saturation_step
 
     n = min(len(c) for c in curves.values())
     st = np.array(marks[:n])
@@ -179,9 +179,9 @@ def bert_on_clones(train: Tensor, probes: dict[str, Tensor], q: int, *, steps: i
     """Train a BERT on ``train`` (N, L) (:func:`train_bert`) and score it on every probe (name ->
     (n, L) sequences, :func:`masked_probes`, :func:`probe_losses`) at log-spaced steps. Returns an
     ``xarray.Dataset`` (:func:`curves_dataset`): ``loss`` (probe, step) in nats per masked token,
-    ``saturation_step`` (probe) (:func:`~dsb_widgets.engine.clones.saturation_step`: no later
+    ``saturation_step`` (probe) (:func:`~dsb_widgets.saturation.saturation_step`: no later
     checkpoint lower by more than ``k`` s.d. of a checkpoint difference) and ``plateau`` (probe;
-    :func:`~dsb_widgets.engine.clones.plateau_observed`: the run went on an octave past that step;
+    :func:`~dsb_widgets.saturation.plateau_observed`: the run went on an octave past that step;
     False = still falling at the end)."""
     masked = masked_probes(probes, q, mask_prob, seed)
     curves: dict[str, list[float]] = {name: [] for name in probes}
@@ -321,7 +321,7 @@ def assemble_dsb(lp: LadderProbes, berts: list[Any], k: float = 3.0) -> Any:
     ``ordered_mean`` (:func:`saturation_ordered`, 1/0), diagnostics, CPU seconds."""
     import xarray as xr
 
-    from dsb_widgets.engine.clones import plateau_observed, saturation_step
+    from dsb_widgets.saturation import plateau_observed, saturation_step
 
     names = [p for p in PROBE_ORDER if p in lp.probes]
     n = min(b.step.size for b in berts)  # seeds read back part-way: their common checkpoints

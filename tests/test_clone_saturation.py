@@ -1,4 +1,4 @@
-"""The saturation criterion of ``dsb run clones`` (engine/clones.py) and the BERT's masked read-out.
+"""The saturation criterion of ``dsb run clones`` (dsb_widgets/saturation.py) and the BERT's masked read-out.
 
 Rende, Gerace, Laio, Goldt (NeurIPS 2024): a BERT's loss on low-order clones saturates while the
 loss on higher-order ones keeps falling. "Saturates" here is a stated, noise-aware rule
@@ -18,15 +18,15 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsb_widgets.engine.clones import (
+from dsb_widgets.engine.schedule import log_checkpoints
+from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens
+from dsb_widgets.saturation import (
     curve_noise,
     format_saturation,
     plateau_observed,
     saturation_step,
     smoothing_window,
 )
-from dsb_widgets.engine.schedule import log_checkpoints
-from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens
 
 STEPS = np.array(log_checkpoints(30_000, 8))  # 103 checkpoints, 8 per octave
 T = np.maximum(STEPS, 1).astype(float)

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from dsb_widgets.cli import main
 from dsb_widgets.clones import CloneConfig, load_clones, make_clones, train_factored, windows
-from dsb_widgets.engine.clones import saturation_step
 from dsb_widgets.engine.ensemble import ModelStack
 from dsb_widgets.engine.task import ConfigError, RunConfig
 from dsb_widgets.factored_attention import (
@@ -27,6 +26,7 @@ from dsb_widgets.factored_attention import (
 )
 from dsb_widgets.mh_sampler import metropolis_hastings
 from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens
+from dsb_widgets.saturation import saturation_step
 
 DATA = os.environ.get("DSB_DATA_DIR")
 needs_data = pytest.mark.skipif(

@@ -217,7 +217,6 @@ def test_ladder_dsb_on_a_tiny_instance_is_consistent_with_its_parts() -> None:
     the exact true loss of the real probe, the saturation rule on each seed's curve and on the seed
     mean, the ordering flag, TV 0 of the real probe to itself; a BERT scored from saved weights
     (what benchmarks/manybody_dsb/run.py does) gives the live losses; step 0 is at ~log q."""
-    from dsb_widgets.engine.clones import plateau_observed, saturation_step
     from dsb_widgets.manybody_dsb import (
         bert_on_clones,
         ladder_data,
@@ -230,6 +229,7 @@ def test_ladder_dsb_on_a_tiny_instance_is_consistent_with_its_parts() -> None:
         train_bert,
     )
     from dsb_widgets.models.bert import Bert, BertConfig
+    from dsb_widgets.saturation import plateau_observed, saturation_step
 
     kw = dict(L=5, q=3, n_train=300, n_bert_train=600, steps=20, d_embed=8, n_heads=1, chains=32, burn_in=5,
               clone_chains=16, max_sweeps=12, window=3, n_probe=96)

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 
-from dsb_widgets.engine.clones import curve_noise, plateau_observed, saturation_step
+from dsb_widgets.saturation import curve_noise, plateau_observed, saturation_step
 
 CHAINS = 128  # MH chains of the clone set: clone sequence j came from chain j % CHAINS
 N_BOOT = 200
