@@ -79,5 +79,5 @@ class ImageOptions:
             weight = -1.0
         if not 0.0 <= weight <= 1.0:
             raise ConfigError(f"bad value {self.ot_shrinkage!r} for option 'ot_shrinkage'; pass "
-                              "-o ot_shrinkage=heldout, optimal, none or a weight in [0, 1]")
+                              "-o ot_shrinkage=optimal, heldout (held-out moment error), none or a weight in [0, 1]")
         return weight
