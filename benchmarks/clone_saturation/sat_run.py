@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--d-model", type=int, default=64)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--mask-prob", type=float, default=0.15)
+    ap.add_argument("--mask-seed", type=int, default=MASK_SEED, help="probe i is masked with seed MASK_SEED + i")
     ap.add_argument("--save-dir", default=None, help="folder for step{N:06d}.pt state dicts (for sat_eval.py)")
     a = ap.parse_args(argv)
     if not a.data_dir:
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     cp = load_probes(a.clones, a.data_dir, a.n)
     tc, V, T, raw = cp.corpus, cp.vocab, cp.context, cp.raw
     probes: Probes = {
-        k: mask_tokens(v, torch.Generator().manual_seed(MASK_SEED + i), V, p=a.mask_prob, random_frac=0.0,
+        k: mask_tokens(v, torch.Generator().manual_seed(a.mask_seed + i), V, p=a.mask_prob, random_frac=0.0,
                        keep_frac=0.0)
         for i, (k, v) in enumerate(raw.items())
     }
