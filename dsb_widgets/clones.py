@@ -87,7 +87,7 @@ meet the stationarity criterion at any depth. Measured (scratch scripts and
    E_pll 20.8 (gap -16.4, the same level plain MH creeps towards); L = 2 (grown, test PLL 2.011):
    STATIONARY after 670 sweeps (tau 16, W 322, R-hat 1.033, drift -0.01 s.e., 121 CPU-s, gap -13.1).
    Seed 1, L = 1: stationary after 1,180 sweeps (R-hat 1.033, drift -1.55 s.e.). Tiny Shakespeare
-   L = 1: NOT after 3,000 (tau 152, gap -29.4). L = 3 not measured. Needs --sweeps >= 2,000.
+   L = 1: NOT after 3,000 (tau 152, gap -29.4); TinyStories L = 3: NOT after 2,000 (tau 210, W 4,209).
 The clone is the last window of the chains; provenance.json says whether they passed
 (``stationarity`` with tau, W and every check; per-chain trace in ``clone_L{L}.pt['energies']``).
 """
