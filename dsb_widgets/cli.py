@@ -55,7 +55,8 @@ def _add_run_parser(sub: Any) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--warmup", type=int)
-    p.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
+    p.add_argument("--schedule", choices=["cosine", "constant"], default=None,
+                   help="lr schedule after warm-up (default: the experiment's; clones: constant, else cosine)")
     p.add_argument("--per-octave", type=int, help="checkpoints per doubling of the step count")
     p.add_argument("--probe-size", type=int, help="examples per probe set")
     p.add_argument("--probes", nargs="+", help="subset of the experiment's probes")

@@ -151,3 +151,23 @@ def test_clones_run_with_the_masked_readout_matches_the_full_readout_run(clone_d
     np.testing.assert_allclose(sparse["train_loss"].values, full["train_loss"].values, rtol=1e-5)
     np.testing.assert_allclose(sparse["loss"].values, full["loss"].values, rtol=1e-5)
     assert np.isfinite(sparse["loss"].values).all() and int(sparse.step.values[-1]) == 6
+
+
+def test_dsb_run_clones_trains_at_a_constant_rate_by_default(clone_dir: Path) -> None:
+    """Regression (found this session): RunConfig.schedule defaulted to "cosine" (and so did
+    `--schedule`), so the clones experiment's "constant" default never applied and every
+    `dsb run clones` decayed its rate to zero, which flattens curves and fakes saturation.
+    From the CLI, with no --schedule: constant for clones, cosine elsewhere; an explicit flag wins."""
+    from dsb_widgets.cli import build_parser, config_from_args
+    from dsb_widgets.engine.schedule import lr_at
+
+    def cfg(*argv: str) -> RunConfig:
+        args = build_parser().parse_args(["run", *argv])
+        return resolve_config(config_from_args(args))
+
+    clones = cfg("clones", "--clones", str(clone_dir), "--steps", "100", "--device", "cpu")
+    assert clones.schedule == "constant"
+    assert lr_at(90, 1e-3, 100, 64, clones.schedule) == pytest.approx(1e-3)  # no decay late in the run
+    assert cfg("clones", "--clones", str(clone_dir), "--schedule", "cosine").schedule == "cosine"
+    assert cfg("images", "--dataset", "digits").schedule == "cosine"
+    assert RunConfig(experiment="images").schedule is None  # unresolved: the experiment decides

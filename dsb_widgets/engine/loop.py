@@ -207,7 +207,7 @@ class _Run:
         """One optimisation step for every seed; returns the per-seed training loss (S,)."""
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step, required(self.cfg.lr, "lr"), required(self.cfg.steps, "steps"),
-                                required(self.cfg.warmup, "warmup"), self.cfg.schedule)
+                                required(self.cfg.warmup, "warmup"), required(self.cfg.schedule, "schedule"))
         x, y = self.sample()
         if not self.stack.training:  # Module.train() walks every submodule: 7% of a digits MLP step
             self.stack.train()

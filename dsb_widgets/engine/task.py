@@ -43,7 +43,7 @@ class RunConfig:
     beta2: float = 0.95
     weight_decay: float | None = None
     warmup: int | None = None
-    schedule: str = "cosine"  # "cosine" | "constant"
+    schedule: str | None = None  # "cosine" | "constant"; None: the experiment's default (clones: constant), else cosine
     per_octave: int | None = None
     probe_size: int | None = None
     probes: tuple[str, ...] | None = None  # None: all of the experiment's probes
@@ -232,6 +232,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "lr": 0.05,
     "weight_decay": 5e-4,
     "warmup": 0,
+    "schedule": "cosine",
     "per_octave": 4,
     "probe_size": 1000,
 }
