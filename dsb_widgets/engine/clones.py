@@ -46,14 +46,18 @@ probe is "still falling at N". The rule is tested on curves with known answers
 (tests/test_clone_saturation.py): for a + b exp(-t / tau) + noise it stops where the remaining
 drop is within a few sigma; a power law still falling 3 sigma per octave is never called flat.
 
-Measured through this engine at the defaults (``dsb run clones --clones DIR --seed S --seeds 1
---threads 1``, seeds 0 and 1 as two processes, each with its own probe sets). Clones: ``dsb clone
+Measured through this engine (``dsb run clones --clones DIR --seed S --seeds 1 --threads 1``,
+seeds 0 and 1 as two processes, each with its own probe sets). CAVEAT: that run decayed its rate
+by a COSINE to zero, not the constant rate documented below: ``RunConfig.schedule`` and
+``--schedule`` then defaulted to "cosine", so this experiment's "constant" default never applied
+(found from the run's saved config; fixed, tests/test_engine_clones.py). A constant-rate engine
+run has not been made yet. Clones: ``dsb clone
 --corpus tinystories --layers 1 2 3 --no-control --threads 1`` (gpt2 top-1,000, T = 16; test PLL
 2.323 / 2.011 / 1.898 for 2 / 3 / 5 bodies; 472 training + 63 MH CPU-s, the 5-body stage 328 +
 38; MH 128 chains x 100 sweeps from test windows, NOT stationary: tau 29 / 32 / 42 sweeps, so the
 adaptive window W = 20 tau never fits and R-hat is not computed; split-R-hat over the last 2 x 10
 / 2 x 50 sweeps 1.42 / 1.21, 1.46 / 1.23, 1.50 / 1.33). BERT 2 x 4 x 64, batch 64, AdamW lr 1e-3
-(0.9, 0.95), wd 0.01 on >= 2-D weights, 64 warm-up steps then constant, 30,000 steps, 8 checkpoints
+(0.9, 0.95), wd 0.01 on >= 2-D weights, 64 warm-up steps then COSINE (see above), 30,000 steps, 8 checkpoints
 per octave, 1,280 sequences per probe, pure [MASK] at 15%; 683 user + 56-60 sys CPU-s per seed
 (one thread, probe evaluation 19% of the wall time). Loss (nats/token, seed 0 / seed 1) and
 :func:`saturation_step` of each seed's curve:
@@ -75,7 +79,12 @@ but :func:`saturation_step` does NOT tell 3- and 5-body apart at 3e4 steps (t = 
 in both seeds). An earlier run of the same recipe by scripts (``benchmarks/clone_saturation``,
 clones of the same settings made by an older ``dsb clone``, 2 and 3 bodies) had the 2-body
 clone stop at ~5.5k steps and then rise (3.04 -> 3.13) and the 3-body one at ~1e4; here the
-2-body loss keeps a slow fall (3.06 -> 2.99 / 2.95 from 16,384 to 30,000). The clones are out of
+2-body loss keeps a slow fall (3.06 -> 2.99 / 2.95 from 16,384 to 30,000). The same script on
+THESE clones (seed 0, two probe mask sets) has the rise again (min 3.047 / 2.925, then 3.136 /
+3.112) and separates the orders: 2-body stops at 5,312, 3-body at 12,634 / 10,624, 5-body at
+13,777 / 15,024, real still falling. The script trains at a constant rate; the engine run's
+cosine decay (above) is the one difference found, and the expected one: a rate near zero late in
+the run stops the late learning that makes the 2-body loss rise. The clones are out of
 distribution for the BERT (its loss on them stays above real text); at 16,384 and 30,000 its
 loss on the 5-body clone is below the 3-body one in both seeds.
 At the old default (2,048 steps, Tiny Shakespeare clones) no probe had saturated: 2/3/5-body
