@@ -54,7 +54,9 @@ by a COSINE to zero, not the constant rate documented below: ``RunConfig.schedul
 constant-rate defaults (same clones, seed 0, 734 s wall on one thread, probe evaluation 17%):
 2-body stops improving at 5,312 (min 3.031 at 8,933, then 3.105 at 30,000), 3-body at 13,777
 (2.740), 5-body still falling (2.565; candidate 16,384 not confirmed an octave later), real
-still falling (2.400); drops 15,000 -> 30,000: 0.009 / 0.038 / 0.053 / 0.086. The cosine run: Clones: ``dsb clone
+still falling (2.400); drops 15,000 -> 30,000: 0.009 / 0.038 / 0.053 / 0.086. Seed 1 (666 s):
+2-body 5,312 (then rises 2.993 -> 3.055), 3-body 12,634, 5-body and real still falling.
+The cosine run: Clones: ``dsb clone
 --corpus tinystories --layers 1 2 3 --no-control --threads 1`` (gpt2 top-1,000, T = 16; test PLL
 2.323 / 2.011 / 1.898 for 2 / 3 / 5 bodies; 472 training + 63 MH CPU-s, the 5-body stage 328 +
 38; MH 128 chains x 100 sweeps from test windows, NOT stationary: tau 29 / 32 / 42 sweeps, so the
