@@ -82,6 +82,7 @@ from torch import Tensor
 
 from dsb_widgets.incremental import flush_denormals
 from dsb_widgets.mh_stationarity import WINDOW_TAU, _check_window, autocorr_time, split_rhat, stationarity
+from dsb_widgets.mh_tempering import replica_swap, temperature_ladder
 
 __all__ = ["MHResult", "Incremental", "SiteUpdates", "SiteState", "metropolis_hastings", "masked_conditionals",
            "pll_energy", "split_rhat", "stationarity", "autocorr_time", "WINDOW_TAU"]
@@ -182,17 +183,6 @@ def masked_conditionals(mlm_fn: ConditionalsFn, mask_id: int, chunk: int = 4096)
     return fn
 
 
-def _ladder(betas: Sequence[float] | None, B: int, device: torch.device) -> Tensor | None:
-    if betas is None:
-        return None
-    bt = torch.tensor([float(b) for b in betas], dtype=torch.float64)
-    if bt.numel() < 1 or bt[0] != 1.0 or not bool((bt[1:] < bt[:-1]).all()) or not bool((bt > 0).all()):
-        raise ValueError(f"betas must start at 1.0 and decrease, all > 0 (e.g. [1.0, 0.8, 0.6]); got {list(betas)}")
-    if B % bt.numel():
-        raise ValueError(f"{B} chains cannot be split into {bt.numel()} temperatures; pass a multiple of it")
-    return bt.to(device)
-
-
 def _check(init: Tensor, n_sweeps: int, burn_in: int, thin: int, order: str, energy: Any) -> None:
     if init.dim() != 2 or init.dtype in (torch.float16, torch.float32, torch.float64):
         raise ValueError(f"init must be (B, T) integer token ids; got {tuple(init.shape)} {init.dtype}")
@@ -258,27 +248,6 @@ def _resync(chains: SiteState, site: SiteUpdates, s: Tensor, perm: Tensor | None
     return chains
 
 
-def _swap(s: Tensor, E: Tensor, betas: Tensor, sweep: int, generator: torch.Generator | None,
-          perm: Tensor | None = None) -> float:
-    """Replica exchange in place between neighbouring temperatures: chain j of group k <-> chain j of
-    group k+1 (k even on even sweeps, odd on odd ones), accepted with min(1, exp((b_k - b_k+1)(E_i - E_j))).
-    ``perm`` (B,) is swapped alike. Returns the fraction of attempted swaps accepted (nan if none attempted)."""
-    K, n = betas.shape[0], s.shape[0] // betas.shape[0]
-    done, tried = 0, 0
-    for k in range(sweep % 2, K - 1, 2):
-        i = torch.arange(k * n, (k + 1) * n, device=s.device)
-        j = i + n
-        u = torch.rand(n, generator=generator, dtype=E.dtype, device=E.device)
-        ok = torch.log(u) < (betas[k] - betas[k + 1]) * (E[i] - E[j])
-        a, b = i[ok], j[ok]
-        s[a], s[b] = s[b].clone(), s[a].clone()
-        E[a], E[b] = E[b].clone(), E[a].clone()
-        if perm is not None:
-            perm[a], perm[b] = perm[b].clone(), perm[a].clone()
-        done, tried = done + int(ok.sum()), tried + n
-    return done / tried if tried else float("nan")
-
-
 @torch.no_grad()
 def metropolis_hastings(
     conditionals_fn: ConditionalsFn | Incremental | SiteUpdates,
@@ -326,7 +295,7 @@ def metropolis_hastings(
 
     s = init.clone()
     B, T = s.shape
-    bt = _ladder(betas, B, s.device)
+    bt = temperature_ladder(betas, B, s.device)
     beta = None if bt is None else bt.repeat_interleave(B // bt.shape[0])  # (B,) each chain's 1 / temperature
     n = B if bt is None else B // bt.shape[0]  # the target's chains: 0 .. n-1
     if site is not None:  # the fast path: the conditionals run the chains' state themselves
@@ -375,7 +344,7 @@ def metropolis_hastings(
         swap_rate = float("nan")
         if bt is not None:
             s, E, perm = s.clone(), E.clone(), rows.clone()
-            swap_rate = _swap(s, E, bt, sweep, generator, perm)
+            swap_rate = replica_swap(s, E, bt, sweep, generator, perm)
         seconds = time.perf_counter() - t0
         states.append(s[:n].clone())
         energies.append(E[:n].clone())
