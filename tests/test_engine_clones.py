@@ -3,7 +3,8 @@
 Rende, Gerace, Laio, Goldt (NeurIPS 2024) train a BERT on real text and probe it with clones.
 These tests pin the engine's training step: batches drawn where the run's generator lives (the
 former CPU draws kept exactly), no host reads while sampling or training, and the masked-only
-read-out (``head(features(x)[y != -100])``) giving the full read-out's loss and gradients.
+read-out (``head(features(x)[y != -100])``) giving the full read-out's loss and gradients, in
+training and in probe evaluation (the same probe loss, accuracy and target sums).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import pytest
 import torch
 
 from dsb_widgets.clones import CloneConfig, load_clones, make_clones, windows
-from dsb_widgets.engine.clones import masked_readout_loss
+from dsb_widgets.engine.clones import masked_probe_readout, masked_readout_loss
 from dsb_widgets.engine.ensemble import ModelStack
-from dsb_widgets.engine.evaluate import train_loss
+from dsb_widgets.engine.evaluate import evaluate_probe, train_loss
 from dsb_widgets.engine.loop import _Run, train
-from dsb_widgets.engine.task import RunConfig, build_task, resolve_config
+from dsb_widgets.engine.task import Probe, RunConfig, build_task, resolve_config
 from dsb_widgets.models.bert import IGNORE, Bert, BertConfig, mask_tokens
 
 
@@ -74,6 +75,7 @@ def test_clones_sampler_draws_the_former_batches_on_the_cpu(clone_dir: Path) -> 
     cfg = _cfg(clone_dir)
     task = build_task(cfg)
     assert task.device_sampling and task.step_loss is masked_readout_loss
+    assert task.probe_readout is masked_probe_readout
     ccfg = load_clones(clone_dir).provenance["config"]
     tc = tokenize_corpus(str(clone_dir.parent / "cycle.txt"), tokenizer="char", vocab_size=int(ccfg["vocab_size"]))
     V = tc.vocab_size
@@ -115,6 +117,34 @@ def test_masked_readout_loss_and_gradients_equal_the_full_readout(seeds: int, ve
     assert set(stack.state_dict()) == keys  # call() adds no state: saved runs load as before
 
 
+@pytest.mark.parametrize(("seeds", "vectorize"), [(1, False), (3, True), (3, False)])
+@pytest.mark.parametrize("style", ["mask", "bert"])
+def test_masked_probe_readout_gives_the_full_readout_probe_metrics(seeds: int, vectorize: bool, style: str) -> None:
+    """evaluate_probe with the masked-only read-out = with the full logits stack(x): loss, accuracy
+    and target loss/accuracy per seed, over several eval batches (the last one short), pure-[MASK]
+    and BERT 80/10/10 probe masks; the read-out's rows are the full logits' scored rows in order."""
+    gen = torch.Generator().manual_seed(1)
+    x, y = mask_tokens(torch.randint(0, 11, (37, 8), generator=gen), gen, 11, p=0.2,
+                       **({} if style == "bert" else {"random_frac": 0.0, "keep_frac": 0.0}))
+    target = torch.where(y != IGNORE, (y + 3) % 11, y)  # another label at each scored position
+    probe = Probe("p", 2.0, x, y, target=target)
+    stack = _stack(seeds, vectorize).eval()
+    torch.manual_seed(2)
+    with torch.no_grad():  # weights far from init: logits that differ by position, accuracies > 0
+        for w in stack.parameters():
+            w.add_(torch.randn_like(w))
+    full = evaluate_probe(stack, probe, torch.device("cpu"), 16, amp=False)
+    sparse = evaluate_probe(stack, probe, torch.device("cpu"), 16, amp=False, readout=masked_probe_readout)
+    for m in ("loss", "accuracy", "target_loss", "target_accuracy"):
+        assert sparse[m].shape == (seeds,)
+        np.testing.assert_allclose(sparse[m], full[m], rtol=1e-6, atol=1e-7, err_msg=m)
+    assert (full["accuracy"] > 0).all() and (full["target_accuracy"] > 0).all()  # not a vacuous comparison
+    with torch.no_grad():
+        scored = y != IGNORE
+        torch.testing.assert_close(masked_probe_readout(stack, x, scored), stack(x, shared=True)[:, scored],
+                                   rtol=1e-5, atol=1e-6)
+
+
 def test_stack_call_runs_a_method_of_every_seed() -> None:
     """ModelStack.call("features", x) = each seed's own model.features(x[s]), vmapped or looped."""
     x = torch.randint(0, 11, (3, 4, 8))
@@ -142,14 +172,16 @@ def test_clones_sampling_and_training_read_nothing_back_to_the_host(
 
 
 def test_clones_run_with_the_masked_readout_matches_the_full_readout_run(clone_dir: Path) -> None:
-    """End to end, 2 seeds x 6 AdamW steps: the engine's masked read-out and the former full
-    read-out (step_loss=None) give the same training losses and probe losses."""
+    """End to end, 2 seeds x 6 AdamW steps: the engine's masked read-out (training step and probe
+    evaluation) and the former full read-out (step_loss=None, probe_readout=None) give the same
+    training losses, probe losses and probe accuracies."""
     cfg = _cfg(clone_dir, seeds=2, per_octave=2)
     task = build_task(cfg)
     sparse = train(cfg, task=task).dataset
-    full = train(cfg, task=dataclasses.replace(task, step_loss=None)).dataset
+    full = train(cfg, task=dataclasses.replace(task, step_loss=None, probe_readout=None)).dataset
     np.testing.assert_allclose(sparse["train_loss"].values, full["train_loss"].values, rtol=1e-5)
     np.testing.assert_allclose(sparse["loss"].values, full["loss"].values, rtol=1e-5)
+    np.testing.assert_allclose(sparse["accuracy"].values, full["accuracy"].values, rtol=1e-5)
     assert np.isfinite(sparse["loss"].values).all() and int(sparse.step.values[-1]) == 6
 
 

@@ -217,7 +217,8 @@ def build_clones_task(cfg: RunConfig) -> Task:
     # full read-out, whose cost is small there, rather than wait for the count of masked rows per step
     sparse = pick_device(cfg.device).type == "cpu" and not cfg.compile
     return Task(make_model=lambda seed: Bert(bcfg), sample_batch=sample_batch, probes=probes, info=info,
-                device_sampling=True, step_loss=masked_readout_loss if sparse else None)
+                device_sampling=True, step_loss=masked_readout_loss if sparse else None,
+                probe_readout=masked_probe_readout)
 
 
 def train_sampler(train: np.ndarray, context: int, mask_id: int, p: float,
@@ -273,6 +274,22 @@ def masked_readout_loss(stack: ModelStack, x: torch.Tensor, y: torch.Tensor) -> 
         rows = pad_sequence([h[s][sel[s]] for s in range(h.shape[0])], batch_first=True)  # (S, N, d)
         labels = pad_sequence([y[s][sel[s]] for s in range(h.shape[0])], batch_first=True, padding_value=IGNORE)
     return train_loss(stack.call("head", rows), labels)  # logits (S, N, V)
+
+
+def masked_probe_readout(stack: ModelStack, x: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Logits (S, N, V) of a probe batch's N scored positions only, for every seed:
+    ``head(features(x)[scored])``, row-major over (B, T) as ``out[:, scored]`` of the full read-out
+    ``stack(x, shared=True)`` (S, B, T, V), which :func:`~dsb_widgets.engine.evaluate.evaluate_probe`
+    then scores against ``y[scored]``: the same loss and accuracy sums.
+
+    x: (B, T) on the run's device, shared by every seed; scored: (B, T) bool on the CPU (the probe's
+    labels != -100, fixed when the probe is built). Its flat indices are found on the CPU and
+    gathered with ``index_select``, so a GPU is never asked for a count (no host sync).
+    """
+    h = stack.call("features", x, shared=True)  # (S, B, T, d)
+    S, d = h.shape[0], h.shape[-1]
+    idx = scored.reshape(-1).nonzero().squeeze(1).to(h.device, non_blocking=True)  # (N,)
+    return stack.call("head", h.reshape(S, -1, d).index_select(1, idx))  # (S, N, d) -> (S, N, V)
 
 
 def _validate(cfg: RunConfig) -> None:

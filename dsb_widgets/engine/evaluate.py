@@ -7,7 +7,7 @@ syncs the host per batch: masked positions use ``ignore_index`` instead of boole
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -70,19 +70,30 @@ def train_loss(out: torch.Tensor, labels: torch.Tensor, loss: str = "ce") -> tor
 @torch.no_grad()
 def evaluate_probe(stack: ModelStack | GroupedStack, probe: Probe, device: torch.device, batch: int,
                    amp: bool, loss: str = "ce", outputs: dict[tuple[int, int], torch.Tensor] | None = None,
+                   readout: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                    ) -> dict[str, np.ndarray]:
     """loss / accuracy (and target_* when the probe has targets) per seed, each (S,).
 
     ``loss="mse"``: mean squared error over the scored (non-NaN) targets; accuracy is NaN.
     ``outputs``: a cache of model outputs keyed by (id of probe.x, batch start), shared by probes
     built on the same input tensor (one forward pass for all of them).
+    ``readout(stack, x, scored)``: logits (S, N, V) of only the N scored positions (``y != -100``,
+    a CPU mask, so no device sync), scored against ``y[scored]`` (and ``target[scored]``) instead
+    of the full ``stack(x)``: the same sums, without the unscored rows' logits (``Task.probe_readout``).
     """
     scorer = score_mse if loss == "mse" else score
     sums = {m: torch.zeros(stack.size, dtype=torch.float64, device=device) for m in METRICS}
     count: int | torch.Tensor = 0  # scorers return a 0-d tensor count
     for i in range(0, len(probe), batch):
         key = (id(probe.x), i)
-        if outputs is not None and key in outputs:
+        if readout is not None:  # only the scored rows; their selection depends on y: never cached
+            ys = probe.y[i:i + batch].cpu()
+            scored = ys != -100
+            with autocast(device, amp):
+                out = readout(stack, probe.x[i:i + batch].to(device, non_blocking=True), scored)
+            y = ys[scored]
+            tgt = None if probe.target is None else probe.target[i:i + batch].cpu()[scored]
+        elif outputs is not None and key in outputs:
             out = outputs[key]
         else:
             x = probe.x[i:i + batch].to(device, non_blocking=True)
@@ -90,11 +101,14 @@ def evaluate_probe(stack: ModelStack | GroupedStack, probe: Probe, device: torch
                 out = stack(x, shared=True)
             if outputs is not None:
                 outputs[key] = out
-        ls, correct, n = scorer(out, probe.y[i:i + batch].to(device))
+        if readout is None:
+            y = probe.y[i:i + batch]
+            tgt = None if probe.target is None else probe.target[i:i + batch]
+        ls, correct, n = scorer(out, y.to(device))
         sums["loss"] += ls
         sums["accuracy"] += correct
-        if probe.target is not None:
-            tls, tcorrect, _ = scorer(out, probe.target[i:i + batch].to(device))
+        if tgt is not None:
+            tls, tcorrect, _ = scorer(out, tgt.to(device))
             sums["target_loss"] += tls
             sums["target_accuracy"] += tcorrect
         count += n

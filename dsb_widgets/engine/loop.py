@@ -244,7 +244,7 @@ class _Run:
         shared_x = [id(p.x) for p in self.task.probes]  # probes on one input tensor share its forward
         cache: dict[tuple[int, int], torch.Tensor] = {}
         rows = [evaluate_probe(stack, p, self.device, self.cfg.eval_batch, self.amp, self.task.loss,
-                               cache if shared_x.count(id(p.x)) > 1 else None)
+                               cache if shared_x.count(id(p.x)) > 1 else None, readout=self.task.probe_readout)
                 for p in self.task.probes]
         if self.task.measure is not None:
             extra = self.task.measure(self.stack)

@@ -152,6 +152,9 @@ class Task:
     # step_loss(stack, x, y) -> (S,) per-seed training loss, used instead of cross-entropy on
     # stack(x) (e.g. a masked LM sending only its masked positions through the read-out); None: that
     step_loss: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (ModelStack, x, y)
+    # probe_readout(stack, x (B, ...), scored (B, ...) bool on the CPU) -> (S, N, V) logits of the N
+    # scored positions only (row-major), for evaluate_probe; None: the full read-out stack(x, shared=True)
+    probe_readout: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
