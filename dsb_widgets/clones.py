@@ -116,6 +116,7 @@ from dsb_widgets.factored_attention import (
     random_sites,
 )
 from dsb_widgets.mh_sampler import metropolis_hastings
+from dsb_widgets.mh_tempering import geometric_ladder
 
 __all__ = ["CloneConfig", "CloneSet", "make_clones", "load_clones", "windows", "train_factored", "test_pll",
            "coupling_parameters", "clone_optimizer"]
@@ -355,6 +356,7 @@ def make_clones(cfg: CloneConfig, out: str | Path, progress: bool = True,
             "burn_in": len(res.stats) - len(kept), "thin": cfg.thin,
             "chains": cfg.chains, "chains_at_target": cfg.chains // cfg.temperatures, "betas": _ladder(cfg),
             "swap_rate_per_sweep": [r["swap_rate"] for r in res.stats] if cfg.temperatures > 1 else None,
+            "tempering": res.tempering,  # swap rate per pair, tau / acceptance per temperature, round trips
             "n_sequences": int(tokens.shape[0]),
             "stationarity": res.stationarity,
             "stationarity_criterion": _criterion(cfg),
@@ -386,8 +388,7 @@ def _energy_gap(trace: Tensor, kept: int, heldout: float) -> dict[str, float]:
 
 def _ladder(cfg: CloneConfig) -> list[float] | None:
     """Inverse temperatures 1 = beta_0 > ... > beta_(K-1) = beta_min, geometric (None: plain MH)."""
-    K = cfg.temperatures
-    return None if K == 1 else [1.0] + [cfg.beta_min ** (k / (K - 1)) for k in range(1, K)]
+    return geometric_ladder(cfg.temperatures, cfg.beta_min)
 
 
 def _criterion(cfg: CloneConfig) -> str:

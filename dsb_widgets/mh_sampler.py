@@ -60,9 +60,13 @@ sweep, chain j of group k and chain j of group k+1 exchange states with probabil
 
     min(1, exp((beta_k - beta_(k+1)) (E(s_k) - E(s_(k+1))))),
 
-k even on even sweeps and odd on odd ones. The joint of all groups is invariant, so group 0 still
-samples pi exactly (tested by enumeration); hot groups cross the barriers between energy basins
-that single-site moves at beta = 1 do not.
+k even on even sweeps and odd on odd ones (``swap_rounds`` > 1: that many alternating rounds after each
+sweep). The joint of all groups is invariant, so group 0 still samples pi exactly (tested by
+enumeration); hot groups cross the barriers between energy basins that single-site moves at beta = 1
+do not. ``tempered_proposals``: chains at beta propose from q_beta ∝ q^beta (still exact: any proposal
+that does not depend on s_t is, with q_beta in the ratio). ``MHResult.tempering`` holds the ladder's
+diagnostics (:class:`~dsb_widgets.mh_tempering.Ladder`: swap rate per pair, tau and acceptance per
+temperature, round trips).
 
 Caution: even with the exact conditionals of a true joint p (e.g. a Potts model), the "pll"
 target exp(sum_t log p(s_t|s_-t)) is NOT p in general; pass ``energy=model.energy`` (a callable)
@@ -82,7 +86,7 @@ from torch import Tensor
 
 from dsb_widgets.incremental import flush_denormals
 from dsb_widgets.mh_stationarity import WINDOW_TAU, _check_window, autocorr_time, split_rhat, stationarity
-from dsb_widgets.mh_tempering import replica_swap, temperature_ladder
+from dsb_widgets.mh_tempering import Ladder, temperature_ladder
 
 __all__ = ["MHResult", "Incremental", "SiteUpdates", "SiteState", "metropolis_hastings", "masked_conditionals",
            "pll_energy", "split_rhat", "stationarity", "autocorr_time", "WINDOW_TAU"]
@@ -149,6 +153,7 @@ class MHResult:
     acceptance_rate: float
     energies: Tensor | None = None
     stationarity: dict[str, Any] | None = None
+    tempering: dict[str, Any] | None = None
 
 
 def _energy_from_output(out: Tensor, tokens: Tensor, kind: str) -> Tensor:
@@ -194,10 +199,11 @@ def _check(init: Tensor, n_sweeps: int, burn_in: int, thin: int, order: str, ene
         raise ValueError(f"energy must be 'pll', 'scores' or a callable (B, T) -> (B,); got {energy!r}")
 
 
-def _log_q(logits: Tensor) -> Tensor:
-    """log q(. | s_-t) (B, V), denormals flushed (:func:`~dsb_widgets.incremental.flush_denormals`)."""
+def _log_q(logits: Tensor, qbeta: Tensor | None = None) -> Tensor:
+    """log q(. | s_-t) (B, V), denormals flushed (:func:`~dsb_widgets.incremental.flush_denormals`); ``qbeta`` (B,):
+    the tempered proposal q_beta ∝ q^beta of each chain (module docstring)."""
     with flush_denormals():
-        return F.log_softmax(logits, dim=-1)
+        return F.log_softmax(logits if qbeta is None else logits * qbeta.to(logits.dtype)[:, None], dim=-1)
 
 
 def _draw(logq: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -219,12 +225,12 @@ def _accept(log_ratio: Tensor, generator: torch.Generator | None) -> Tensor:
 
 
 def _sweep_sites(chains: SiteState, positions: list[int], rows: Tensor, generator: torch.Generator | None,
-                 beta: Tensor | None) -> tuple[Tensor, Tensor]:
+                 beta: Tensor | None, qbeta: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One sweep of the fast path: per site, draw from q(. | s_-t), score only the candidate, accept.
     Same random draws, in the same order, as the generic loop. Returns per-chain (accepted, changed) (B,)."""
     accepted = changed = rows.new_zeros(rows.shape)
     for t in positions:
-        logq = _log_q(chains.logits_at(t))  # (B, V): q(. | s_-t)
+        logq = _log_q(chains.logits_at(t), qbeta)  # (B, V): q(. | s_-t)
         old, new = chains.tokens[:, t], _draw(logq, generator)
         E, E_new = chains.energy, chains.try_site(t, new)
         dE = E - E_new if beta is None else beta * (E - E_new)
@@ -263,6 +269,8 @@ def metropolis_hastings(
     until_stationary: int | None = None,
     window_tau: float | None = None,
     betas: Sequence[float] | None = None,
+    swap_rounds: int = 1,
+    tempered_proposals: bool = False,
 ) -> MHResult:
     """Run B chains from ``init`` (B, T) (e.g. real test sentences) for ``n_sweeps`` sweeps.
 
@@ -274,7 +282,8 @@ def metropolis_hastings(
     the chains never pass, the last ``until_stationary`` sweeps are kept (the most relaxed ones).
     ``betas`` (K inverse temperatures, betas[0] = 1 > betas[1] > ...): parallel tempering (module
     docstring); B must be a multiple of K, chain b runs at betas[b // (B / K)] and everything returned
-    (samples, final, energies, stationarity, acceptance) is about the first B / K chains, the target.
+    (samples, final, energies, stationarity, acceptance) is about the first B / K chains, the target;
+    ``swap_rounds`` exchange rounds per sweep, ``tempered_proposals`` (module docstring).
     Per-sweep stats: sweep, acceptance_rate
     (accepted / proposed, a proposal equal to the current token counts as accepted), change_rate
     (fraction of proposals that changed a token), mean_energy (over chains, after the sweep),
@@ -297,6 +306,8 @@ def metropolis_hastings(
     B, T = s.shape
     bt = temperature_ladder(betas, B, s.device)
     beta = None if bt is None else bt.repeat_interleave(B // bt.shape[0])  # (B,) each chain's 1 / temperature
+    ladder = None if bt is None else Ladder(bt, B, swap_rounds)
+    qbeta = beta if tempered_proposals else None  # (B,): hot chains propose from q^beta
     n = B if bt is None else B // bt.shape[0]  # the target's chains: 0 .. n-1
     if site is not None:  # the fast path: the conditionals run the chains' state themselves
         chains = site.begin(s, str(energy))
@@ -319,12 +330,12 @@ def metropolis_hastings(
         if site is not None:
             if sweep:  # no drift from incremental updates: refresh what is updated incrementally, or rebuild
                 chains = _resync(chains, site, s, perm, str(energy))
-            accepted, changed = _sweep_sites(chains, positions.tolist(), rows, generator, beta)
+            accepted, changed = _sweep_sites(chains, positions.tolist(), rows, generator, beta, qbeta)
             s, E = chains.tokens, chains.energy
         else:
             out, state = inc.start(s)  # rebuilt every sweep: no drift from incremental updates
             for t in positions.tolist():
-                logq = _log_q(out[:, t])  # (B, V): q(. | s_-t)
+                logq = _log_q(out[:, t], qbeta)  # (B, V): q(. | s_-t)
                 new = _draw(logq, generator)
                 old = s[:, t]
                 proposal = s.clone()
@@ -342,9 +353,10 @@ def metropolis_hastings(
                 out = merged
                 E = torch.where(accept, E_new, E)
         swap_rate = float("nan")
-        if bt is not None:
+        if ladder is not None:
             s, E, perm = s.clone(), E.clone(), rows.clone()
-            swap_rate = replica_swap(s, E, bt, sweep, generator, perm)
+            swap_rate = ladder.exchange(s, E, generator, perm)
+            ladder.record(E, accepted, T)
         seconds = time.perf_counter() - t0
         states.append(s[:n].clone())
         energies.append(E[:n].clone())
@@ -375,4 +387,4 @@ def metropolis_hastings(
     kept_acc = sum(accepted_per_sweep[first:])
     stacked = torch.stack(keep) if keep else s.new_zeros((0, n, T))
     return MHResult(stacked, s[:n], tuple(stats), kept_acc / max((done - first) * n * T, 1),
-                    torch.stack(energies), check)
+                    torch.stack(energies), check, None if ladder is None else ladder.summary())

@@ -4,14 +4,27 @@ K temperatures beta_1 = 1 > beta_2 > ... > beta_K, each a group of B / K chains 
 exp(-beta_k E); after each sweep neighbouring groups swap states with probability
 min(1, exp((beta_k - beta_k+1)(E_i - E_j))) (Swendsen & Wang 1986; Geyer 1991), which leaves the
 product of the K targets invariant, so the beta = 1 group samples the model's own target.
+
+``rounds`` exchange rounds per sweep (even pairs, then odd pairs, alternating) cost nothing next to a
+sweep (no model evaluation); each round leaves the joint invariant, so any number of them is exact.
+
+Diagnostics (:class:`Ladder`, Katzgraber et al. 2006; Earl & Deem 2005): swap acceptance per adjacent
+pair, MH acceptance per temperature, and replica ROUND TRIPS: each state carries a label through the
+exchanges; a round trip is a visit to the coldest rung, then the hottest, then the coldest again (a rung
+counts where the state runs the next sweep, after all rounds of an exchange). Tempering
+helps the beta = 1 chains only as fast as states make round trips (a cold state decorrelates by being
+heated), so sweeps per round trip bound the target's autocorrelation time from below.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from dsb_widgets.mh_stationarity import autocorr_time
 
 
 def temperature_ladder(betas: Sequence[float] | None, B: int, device: torch.device) -> Tensor | None:
@@ -26,11 +39,42 @@ def temperature_ladder(betas: Sequence[float] | None, B: int, device: torch.devi
     return bt.to(device)
 
 
+def geometric_ladder(K: int, beta_min: float) -> list[float] | None:
+    """beta_k = beta_min^(k / (K - 1)), k = 0 .. K-1 (1 .. beta_min; None for K = 1: plain MH)."""
+    return None if K == 1 else [1.0] + [beta_min ** (k / (K - 1)) for k in range(1, K)]
+
+
+def equal_swap_ladder(betas: Sequence[float], sigma: Sequence[float]) -> list[float]:
+    """Re-space K inverse temperatures (same ends) so that every adjacent pair swaps equally often.
+
+    If the energy at beta is about Gaussian with std sigma(beta) (and d<E>/dbeta = -sigma^2), the log
+    swap ratio of rungs beta, beta - dbeta is N(-z^2, 2 z^2) with z = sigma dbeta, so the mean swap
+    acceptance is E[min(1, e^x)] = erfc(z / 2): it depends on z alone. Equal z means equal steps of
+    the thermodynamic length l(beta) = int_beta^1 sigma(b) db. With sigma measured at the rungs
+    (``sigma`` (K,), e.g. over a pilot run), l is summed per interval by the trapezoid rule
+    (l_k = (beta_k - beta_k+1)(sigma_k + sigma_k+1) / 2), taken linear in beta inside an interval,
+    and inverted at K equally spaced values. Rungs crowd where the energy fluctuates most (a
+    condensation, where a fixed geometric ladder leaves a pair that almost never swaps)."""
+    b = torch.tensor([float(x) for x in betas], dtype=torch.float64)
+    sd = torch.tensor([float(x) for x in sigma], dtype=torch.float64)
+    if b.numel() != sd.numel() or b.numel() < 2 or not bool((sd > 0).all()) or not bool((b[1:] < b[:-1]).all()):
+        raise ValueError("need K >= 2 decreasing betas and K positive energy standard deviations")
+    seg = (b[:-1] - b[1:]) * (sd[:-1] + sd[1:]) / 2  # (K - 1,) thermodynamic length of each interval
+    ell = torch.cat([seg.new_zeros(1), seg.cumsum(0)])  # (K,) l at each rung, 0 at beta = 1
+    target = torch.linspace(0.0, float(ell[-1]), b.numel(), dtype=torch.float64)
+    k = torch.searchsorted(ell, target, right=True).clamp(1, b.numel() - 1) - 1  # interval of each target
+    frac = (target - ell[k]) / seg[k]
+    new = (b[k] + frac * (b[k + 1] - b[k])).tolist()
+    new[0], new[-1] = 1.0, float(b[-1])
+    return new
+
+
 def replica_swap(s: Tensor, E: Tensor, betas: Tensor, sweep: int, generator: torch.Generator | None,
-          perm: Tensor | None = None) -> float:
+                 perm: Tensor | None = None, counts: Tensor | None = None) -> float:
     """Replica exchange in place between neighbouring temperatures: chain j of group k <-> chain j of
     group k+1 (k even on even sweeps, odd on odd ones), accepted with min(1, exp((b_k - b_k+1)(E_i - E_j))).
-    ``perm`` (B,) is swapped alike. Returns the fraction of attempted swaps accepted (nan if none attempted)."""
+    ``perm`` (B,) is swapped alike; ``counts`` (2, K - 1) += (accepted, attempted) per pair.
+    Returns the fraction of attempted swaps accepted (nan if none attempted)."""
     K, n = betas.shape[0], s.shape[0] // betas.shape[0]
     done, tried = 0, 0
     for k in range(sweep % 2, K - 1, 2):
@@ -43,5 +87,71 @@ def replica_swap(s: Tensor, E: Tensor, betas: Tensor, sweep: int, generator: tor
         E[a], E[b] = E[b].clone(), E[a].clone()
         if perm is not None:
             perm[a], perm[b] = perm[b].clone(), perm[a].clone()
+        if counts is not None:
+            counts[0, k] += int(ok.sum())
+            counts[1, k] += n
         done, tried = done + int(ok.sum()), tried + n
     return done / tried if tried else float("nan")
+
+
+class Ladder:
+    """Replica exchange with bookkeeping: ``exchange`` runs ``rounds`` rounds after a sweep and tracks
+    each state's label (round trips); ``record`` keeps the energies of all K groups; ``summary`` reports."""
+
+    def __init__(self, betas: Tensor, B: int, rounds: int = 1) -> None:
+        if rounds < 1:
+            raise ValueError(f"swap rounds per sweep must be >= 1, got {rounds}")
+        self.betas, self.rounds = betas, rounds
+        self.K, self.n = betas.shape[0], B // betas.shape[0]
+        self.label = torch.arange(B, device=betas.device)  # which state (replica) each chain slot holds
+        self.rung = torch.arange(B, device=betas.device) // self.n  # (B,) slot -> temperature index
+        self.end = torch.where(self.rung == 0, 0, -1)  # per replica: last end of the ladder visited (0 cold, 1 hot)
+        self.trips = torch.zeros(B, dtype=torch.long, device=betas.device)  # completed cold-hot-cold trips
+        self.counts = torch.zeros(2, max(self.K - 1, 1), dtype=torch.long)  # (accepted, attempted) per pair
+        self.accepted = torch.zeros(self.K, dtype=torch.float64)  # MH acceptances per temperature
+        self.proposed = 0
+        self.trace: list[Tensor] = []  # (B,) energies of every slot after each sweep
+        self.calls = 0
+
+    def exchange(self, s: Tensor, E: Tensor, generator: torch.Generator | None, perm: Tensor) -> float:
+        """``rounds`` exchange rounds in place (s, E, perm as :func:`replica_swap`); returns their swap rate."""
+        done = tried = 0.0
+        for _ in range(self.rounds):
+            before = self.counts.clone()
+            replica_swap(s, E, self.betas, self.calls, generator, perm, self.counts)
+            self.calls += 1
+            d = self.counts - before
+            done, tried = done + float(d[0].sum()), tried + float(d[1].sum())
+        self.label = self.label[perm]
+        rung_of = torch.empty_like(self.rung)
+        rung_of[self.label] = self.rung  # replica -> its temperature index now
+        hot, cold = rung_of == self.K - 1, rung_of == 0
+        self.trips += (cold & (self.end == 1)).long()
+        self.end = torch.where(cold, 0, torch.where(hot & (self.end == 0), 1, self.end))
+        return done / tried if tried else float("nan")
+
+    def record(self, E: Tensor, accepted: Tensor, T: int) -> None:
+        """After a sweep: energies (B,) of every slot and MH acceptances (B,) out of T proposals each."""
+        self.trace.append(E.detach().double().cpu())
+        self.accepted += accepted.double().cpu().view(self.K, self.n).sum(1)
+        self.proposed += self.n * T
+
+    def summary(self) -> dict[str, Any]:
+        """Per pair: swap acceptance; per temperature: beta, mean energy and tau (second half of the run),
+        MH acceptance; round trips in all and sweeps per round trip (per replica)."""
+        S = len(self.trace)
+        tr = torch.stack(self.trace) if S else torch.zeros(0, self.K * self.n, dtype=torch.float64)
+        half = tr[S // 2 :]
+        groups = [half[:, k * self.n : (k + 1) * self.n] for k in range(self.K)]
+        trips = int(self.trips.sum())
+        c = self.counts.double()
+        return {
+            "betas": self.betas.tolist(), "swap_rounds_per_sweep": self.rounds,
+            "swap_rate_per_pair": (c[0] / c[1].clamp_min(1)).tolist() if self.K > 1 else [],
+            "mean_energy_per_temperature": [float(g.mean()) if g.numel() else math.nan for g in groups],
+            "energy_sd_per_temperature": [float(g.std()) if g.numel() > 1 else math.nan for g in groups],
+            "tau_per_temperature": [autocorr_time(g) for g in groups],
+            "acceptance_per_temperature": (self.accepted / max(self.proposed, 1)).tolist(),
+            "round_trips": trips,
+            "sweeps_per_round_trip": S * self.K * self.n / trips if trips else None,
+        }

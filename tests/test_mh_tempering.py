@@ -1,0 +1,154 @@
+"""Parallel tempering: ladders, exchange bookkeeping, and exactness of the target with the new moves."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig, IncrementalConditionals
+from dsb_widgets.mh_sampler import metropolis_hastings, pll_energy
+from dsb_widgets.mh_tempering import Ladder, equal_swap_ladder, geometric_ladder
+from dsb_widgets.potts import PottsModel, exact_distribution, symmetrize_couplings
+
+torch.set_num_threads(1)
+L, Q = 5, 3
+
+
+def test_geometric_ladder() -> None:
+    b = geometric_ladder(4, 0.125)
+    assert b is not None and geometric_ladder(1, 0.3) is None
+    torch.testing.assert_close(torch.tensor(b), torch.tensor([1.0, 0.5, 0.25, 0.125]))
+
+
+def test_gaussian_energies_swap_at_erfc_half_z() -> None:
+    """The rule's premise: energies N(mu(beta), sigma^2) with d mu / d beta = -sigma^2 swap between beta and
+    beta - dbeta with mean acceptance erfc(z / 2), z = sigma dbeta (Monte Carlo, 400k pairs)."""
+    g = torch.Generator().manual_seed(0)
+    sigma, beta = 3.0, 0.8
+    for dbeta in (0.1, 0.3, 0.6):
+        cold = -sigma**2 * beta + sigma * torch.randn(400_000, generator=g, dtype=torch.float64)
+        hot = -sigma**2 * (beta - dbeta) + sigma * torch.randn(400_000, generator=g, dtype=torch.float64)
+        rate = float(torch.exp(dbeta * (cold - hot)).clamp(max=1.0).mean())
+        assert rate == pytest.approx(math.erfc(sigma * dbeta / 2), abs=3e-3)
+
+
+def test_equal_swap_ladder_is_linear_for_constant_sigma_and_crowds_where_sigma_peaks() -> None:
+    b = [1.0, 0.9, 0.5, 0.45, 0.2]
+    torch.testing.assert_close(torch.tensor(equal_swap_ladder(b, [2.0] * 5), dtype=torch.float64),
+                               torch.linspace(1.0, 0.2, 5, dtype=torch.float64))
+    peaked = equal_swap_ladder([1.0, 0.8, 0.6, 0.4, 0.2], [1.0, 1.0, 9.0, 1.0, 1.0])
+    assert peaked[1] - peaked[2] < 0.2 and peaked[2] - peaked[3] < 0.2  # rungs closer around 0.6
+    with pytest.raises(ValueError, match="positive"):
+        equal_swap_ladder([1.0, 0.5], [1.0, 0.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.05, 20.0), min_size=3, max_size=9), st.floats(0.05, 0.9))
+def test_equal_swap_ladder_gives_equal_thermodynamic_length_steps(sigma: list[float], beta_min: float) -> None:
+    """Ends kept, strictly decreasing, and every new interval has the same length l = int sigma dbeta
+    (sigma linear in l inside each old interval, as the rule assumes)."""
+    old = geometric_ladder(len(sigma), beta_min)
+    assert old is not None
+    new = equal_swap_ladder(old, sigma)
+    assert new[0] == 1.0 and new[-1] == pytest.approx(beta_min) and all(a > b for a, b in zip(new, new[1:]))
+    b, sd = torch.tensor(old, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64)
+    ell = torch.cat([torch.zeros(1, dtype=torch.float64), ((b[:-1] - b[1:]) * (sd[:-1] + sd[1:]) / 2).cumsum(0)])
+
+    def length(x: float) -> float:  # l at beta = x, linear inside each old interval
+        k = min(max(int((b > x).sum()) - 1, 0), len(old) - 2)
+        return float(ell[k] + (b[k] - x) / (b[k] - b[k + 1]) * (ell[k + 1] - ell[k]))
+
+    steps = torch.tensor([length(y) - length(x) for x, y in zip(new, new[1:])])
+    torch.testing.assert_close(steps, torch.full_like(steps, float(ell[-1]) / (len(old) - 1)), rtol=1e-6, atol=1e-9)
+
+
+def _always_swap(ladder: Ladder, calls: int) -> list[list[int]]:
+    """Run ``calls`` exchanges with equal energies (log swap ratio 0: every attempt accepted)."""
+    B = ladder.K * ladder.n
+    seen = []
+    for _ in range(calls):
+        s = torch.arange(B)[:, None]
+        E = torch.zeros(B, dtype=torch.float64)
+        perm = torch.arange(B)
+        assert ladder.exchange(s, E, None, perm) == 1.0
+        seen.append(ladder.label.tolist())
+    return seen
+
+
+def test_ladder_tracks_labels_and_counts_round_trips() -> None:
+    """K = 3, one chain each, every attempted swap accepted: even/odd pairs alternate; replica 0 reaches
+    the hot end after 2 exchanges and is back at the cold end after 5: one round trip."""
+    ladder = Ladder(torch.tensor([1.0, 0.6, 0.3], dtype=torch.float64), 3)
+    seen = _always_swap(ladder, 5)
+    assert seen == [[1, 0, 2], [1, 2, 0], [2, 1, 0], [2, 0, 1], [0, 2, 1]]
+    assert int(ladder.trips.sum()) == 1 and int(ladder.trips[0]) == 1
+    assert ladder.counts.tolist() == [[3, 2], [3, 2]]  # pair 0 tried 3x, pair 1 2x, all accepted
+    many = Ladder(torch.tensor([1.0, 0.6, 0.3], dtype=torch.float64), 3, rounds=5)
+    _always_swap(many, 1)  # 5 rounds in one exchange: the same permutation as 5 calls of one round, but
+    assert many.label.tolist() == [0, 2, 1] and int(many.trips.sum()) == 0  # rungs count only where a sweep runs
+
+
+def _potts(seed: int = 0, scale: float = 0.8) -> PottsModel:
+    g = torch.Generator().manual_seed(seed)
+    J = symmetrize_couplings(scale * torch.randn(L, L, Q, Q, generator=g, dtype=torch.float64))
+    return PottsModel(J, 0.5 * torch.randn(L, Q, generator=g, dtype=torch.float64))
+
+
+def _z_pairs(target: torch.Tensor, states: torch.Tensor, samples: torch.Tensor) -> float:
+    """max |z| of the MH pair marginals against the enumerated ones (s.e. from independent chains)."""
+    S, B, _ = samples.shape
+    ex = torch.nn.functional.one_hot(states, Q).double()
+    exact = torch.einsum("nia,njb,n->ijab", ex, ex, target.double())
+    x = torch.nn.functional.one_hot(samples, Q).double()
+    per_chain = torch.einsum("sbia,sbjc->bijac", x, x) / S
+    z = (per_chain.mean(0) - exact).abs() / (per_chain.std(0) / B**0.5 + 1e-12)
+    iu = torch.triu_indices(L, L, 1)
+    return float(z[iu[0], iu[1]].max())
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_swap_rounds_and_tempered_proposals_keep_the_target_exact(fast: bool) -> None:
+    """Several exchange rounds per sweep and hot chains proposing from q^beta: the beta = 1 chains still
+    sample exp(sum_t log p(s_t | s_-t)) exactly (enumerated), generic loop and fast path."""
+    if fast:
+        torch.manual_seed(2)
+        model = FactoredAttention(FactoredAttentionConfig(vocab_size=Q, seq_len=L, n_layers=2, n_heads=2,
+                                                          d_embed=4, init_std=0.8)).double()
+        fn: object = IncrementalConditionals(model)
+        states, target = exact_distribution(pll_energy(IncrementalConditionals(model)), L, Q)
+    else:
+        potts = _potts()
+        fn = potts.conditionals
+        states, target = exact_distribution(pll_energy(potts.conditionals), L, Q)
+    res = metropolis_hastings(fn, torch.zeros(3 * 1500, L, dtype=torch.long), n_sweeps=30, burn_in=10,  # type: ignore[arg-type]
+                              betas=[1.0, 0.5, 0.2], swap_rounds=4, tempered_proposals=True,
+                              generator=torch.Generator().manual_seed(5))
+    assert res.samples.shape == (20, 1500, L) and res.tempering is not None
+    t = res.tempering
+    assert len(t["swap_rate_per_pair"]) == 2 and min(t["swap_rate_per_pair"]) > 0.2 and t["round_trips"] > 0
+    assert len(t["tau_per_temperature"]) == 3 and t["swap_rounds_per_sweep"] == 4
+    assert _z_pairs(target, states, res.samples) < 4.5
+
+
+def test_fast_path_equals_generic_with_tempered_proposals_and_rounds() -> None:
+    torch.manual_seed(3)
+    model = FactoredAttention(FactoredAttentionConfig(6, 5, n_layers=3, n_heads=2, d_embed=4, init_std=0.8,
+                                                      branch_init=1.0)).double()
+    inc = IncrementalConditionals(model)
+    init = torch.randint(6, (24, 5), generator=torch.Generator().manual_seed(2))
+    kw: dict = {"n_sweeps": 6, "betas": [1.0, 0.5, 0.25], "swap_rounds": 3, "tempered_proposals": True}
+    fast = metropolis_hastings(inc, init, generator=torch.Generator().manual_seed(7), **kw)
+    slow = metropolis_hastings(lambda x: inc(x), init, generator=torch.Generator().manual_seed(7), **kw)
+    assert torch.equal(fast.samples, slow.samples) and torch.equal(fast.final, slow.final)
+    assert fast.tempering is not None and slow.tempering is not None
+    assert fast.tempering["swap_rate_per_pair"] == slow.tempering["swap_rate_per_pair"]
+
+
+def test_bad_swap_rounds_raise() -> None:
+    with pytest.raises(ValueError, match="swap rounds"):
+        metropolis_hastings(_potts().conditionals, torch.zeros(4, L, dtype=torch.long), n_sweeps=2,
+                            betas=[1.0, 0.5], swap_rounds=0)
