@@ -20,7 +20,7 @@ CLONE_DEFAULTS: dict[str, Any] = {
     "batch_size": 128, "lr": 3e-3, "weight_decay": 0.0, "d_embed": 64, "n_heads": 4, "attention": "softmax",
     "mask_rate": 0.15, "objective": "pll", "residual": True, "square_width": None, "eval_windows": 1024,
     "max_sites": 0, "grow": True, "control": True,
-    "sweeps": 100, "burn_in": 10, "window": 10, "window_tau": 20.0, "temperatures": 1, "beta_min": 0.3, "thin": 1,
+    "sweeps": 4000, "burn_in": 10, "window": 100, "window_tau": 20.0, "temperatures": 8, "beta_min": 0.5, "thin": 1,
     "chains": 128, "seed": 0, "data_dir": None, "max_train_chars": None, "device": "cpu",
 }
 

@@ -59,9 +59,9 @@ grows with depth on Shakespeare's 300k train tokens (0.26 / 0.37 / 0.43).
 ``square_width`` (a wider quadratic form per layer) costs ~3x the CPU per L = 2 step and was not
 measured to the end.
 
-MH at the defaults (128 chains from test windows, at most 100 sweeps, no tempering) does NOT
-meet the stationarity criterion at any depth. Measured (scratch scripts and
-``benchmarks/clone_stationarity/reg_sweep.py``, seeds fixed, one thread, shared machine):
+Plain MH (``--temperatures 1``; 128 chains from test windows, at most 100 sweeps: the old
+defaults) does NOT meet the stationarity criterion at any depth; the defaults now (item 6) do.
+Measured (scratch scripts and ``benchmarks/clone_stationarity/``, seeds fixed, one thread, shared machine):
 
 1. the window must be long: split-R-hat needs W >> tau (mh_sampler docstring), so W = max(--window,
    20 tau) (``--window-tau``), thresholds unchanged;
@@ -81,13 +81,20 @@ meet the stationarity criterion at any depth. Measured (scratch scripts and
    and 1 after 1,000 sweeps; Shakespeare -25.0 / -24.4 at 0 / 0.1). The gap is what pseudo-likelihood
    does: unlike maximum likelihood it does not match the model's energy moments to the data's
    (plmDCA vs Boltzmann learning), so the fitted joint can be colder than the data;
-5. parallel tempering passes: ``--temperatures 8`` (beta 1 .. 0.3, geometric; 128 chains, 16 at
-   beta = 1, same cost per sweep as 128 plain chains), L = 1 TinyStories: STATIONARY after 1,650
-   sweeps (tau 40, W 807, split-R-hat 1.025, drift -1.1 s.e., acceptance 0.683, 167 CPU-s),
-   E_pll 20.8 (gap -16.4, the same level plain MH creeps towards); L = 2 (grown, test PLL 2.011):
-   STATIONARY after 670 sweeps (tau 16, W 322, R-hat 1.033, drift -0.01 s.e., 121 CPU-s, gap -13.1).
-   Seed 1, L = 1: stationary after 1,180 sweeps (R-hat 1.033, drift -1.55 s.e.). Tiny Shakespeare
-   L = 1: NOT after 3,000 (tau 152, gap -29.4); TinyStories L = 3: NOT after 2,000 (tau 210, W 4,209).
+5. parallel tempering over beta 1 .. 0.3 (8 geometric rungs, 16 of 128 chains at beta = 1, same cost per
+   sweep as 128 plain chains) passes on TinyStories L = 1 (1,650 sweeps, tau 40, 167 CPU-s; E_pll 20.8,
+   gap -16.4) and L = 2 (670 sweeps, tau 16, 121 CPU-s, gap -13.1), NOT on TinyStories L = 3 (2,000
+   sweeps, tau 210, W 4,209) nor Tiny Shakespeare L = 1 (3,000 sweeps, tau 152, gap -29.4).
+6. why, and the fix (``benchmarks/clone_stationarity/ladder_diag.py``; :class:`~dsb_widgets.mh_tempering.Ladder`):
+   with beta 1 .. 0.3 (Shakespeare L = 1) the swaps were fine (0.29-0.59 per pair) and beta <= 0.5 mixed
+   fast (tau 4-5), but the cold rungs did not (tau 261 / 93 / 38 at beta 1 / 0.84 / 0.71), so a state
+   took 2,087 sweeps per cold-hot-cold round trip; 10 exchange rounds per sweep or hot chains proposing
+   from q^beta did not help (1,422 / 1,548). Three of 8 rungs sat where everything mixes; beta 1 .. 0.5
+   (the default) puts all 8 in the slow region: round trips 416 sweeps, tau at beta = 1 69, at the same
+   CPU per sweep. Defaults (8 temperatures, 16 chains at beta = 1, W >= 100, at most 4,000 sweeps), seed 0:
+   TinyStories L = 1 / 2 / 3 STATIONARY after 500 / 400 / 800 sweeps (tau 9.4 / 8.6 / 19.8, R-hat
+   1.039 / 1.035 / 1.036, 53 / 62 / 281 MH CPU-s), Tiny Shakespeare L = 1 after 2,500 (tau 58, R-hat
+   1.044, 262 CPU-s). 4 temperatures over the same range swap too rarely (0.16-0.23; tau 362).
 The clone is the last window of the chains; provenance.json says whether they passed
 (``stationarity`` with tau, W and every check; per-chain trace in ``clone_L{L}.pt['energies']``).
 """
@@ -148,12 +155,12 @@ class CloneConfig:
     max_sites: int = 0  # objective pll, L >= 3: score this many random sites per window per step (0: every site)
     grow: bool = True  # start each L from the deepest trained L' < L, new branches off (residual only)
     control: bool = True  # with grow: also train the shallowest model for the same total steps as each L
-    sweeps: int = 100  # the most MH sweeps; with window > 0 chains stop once stationary
+    sweeps: int = 4000  # the most MH sweeps; with window > 0 chains stop once stationary
     burn_in: int = 10  # only with window = 0 (fixed length)
-    window: int = 10  # smallest stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
+    window: int = 100  # smallest stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
     window_tau: float = 20.0  # window W = max(window, window_tau * tau) (mh_sampler docstring); 0: fixed W
-    temperatures: int = 1  # > 1: parallel tempering, chains split over a geometric ladder beta = 1 .. beta_min
-    beta_min: float = 0.3
+    temperatures: int = 8  # > 1: parallel tempering, chains split over a geometric ladder beta = 1 .. beta_min
+    beta_min: float = 0.5  # 0.3 left the cold rungs too far apart (module docstring, item 6)
     thin: int = 1
     chains: int = 128
     seed: int = 0

@@ -200,7 +200,7 @@ def test_two_body_clone_matches_pair_statistics_from_random_starts() -> None:
 def _clone_cmd(corpus: str, out: Path, *extra: str) -> list[str]:
     return ["clone", "--corpus", corpus, "--layers", "1", "2", "--out", str(out), "--tokenizer", "char",
             "--context", "8", "--steps", "40", "--batch-size", "32", "--d-embed", "16", "--heads", "2",
-            "--sweeps", "3", "--burn-in", "1", "--window", "0", "--chains", "8", *extra]
+            "--sweeps", "3", "--burn-in", "1", "--window", "0", "--chains", "8", "--temperatures", "1", *extra]
 
 
 def test_clone_then_run_clones_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -250,7 +250,7 @@ def test_clone_runs_until_stationary_and_records_the_trace(tmp_path: Path) -> No
     text = tmp_path / "cycle.txt"
     text.write_text(cycle_text())
     cfg = CloneConfig(corpus=str(text), layers=(1,), tokenizer="char", context=8, steps=100, batch_size=64, lr=0.03,
-                      d_embed=16, n_heads=2, chains=32, sweeps=400, window=10, control=False)
+                      d_embed=16, n_heads=2, chains=32, sweeps=400, window=10, temperatures=1, control=False)
     rec = make_clones(cfg, tmp_path / "c", progress=False)["orders"]["1"]
     st = rec["stationarity"]
     assert st["stationary"] and st["rhat"] < 1.05 and abs(st["drift"]) < 2 * st["drift_se"]
@@ -274,6 +274,7 @@ def test_clone_with_tempering_keeps_the_beta_one_chains(tmp_path: Path) -> None:
                       n_heads=2, chains=16, sweeps=6, window=3, temperatures=2, beta_min=0.5, control=False)
     rec = make_clones(cfg, tmp_path / "c", progress=False)["orders"]["1"]
     assert rec["betas"] == [1.0, 0.5] and rec["chains_at_target"] == 8 and len(rec["swap_rate_per_sweep"]) == 6
+    assert len(rec["tempering"]["swap_rate_per_pair"]) == 1 and len(rec["tempering"]["tau_per_temperature"]) == 2
     blob = torch.load(tmp_path / "c" / "clone_L1.pt", weights_only=True)
     assert blob["energies"].shape == (7, 8) and blob["tokens"].shape[0] % 8 == 0
     with pytest.raises(ValueError, match="--temperatures"):

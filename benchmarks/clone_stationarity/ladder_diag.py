@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -58,7 +59,14 @@ def main() -> None:
         init = windows(tc.test, cfg.context, a.chains, torch.Generator().manual_seed(cfg.seed + 13 * L))
         gen = torch.Generator().manual_seed(cfg.seed + 17 * L)
         c0 = time.process_time()
+
+        def progress(row: dict[str, float], c0: float = c0, L: int = L) -> None:  # one stderr line per 100 sweeps
+            if int(row["sweep"]) % 100 == 99:
+                print(f"L={L} sweep {int(row['sweep']) + 1} E {row['mean_energy']:.2f} "
+                      f"cpu {time.process_time() - c0:.0f}", file=sys.stderr, flush=True)
+
         res = metropolis_hastings(IncrementalConditionals(model), init, n_sweeps=a.sweeps, generator=gen,
+                                  on_sweep=progress,
                                   until_stationary=a.window, window_tau=20.0,
                                   betas=geometric_ladder(a.temperatures, a.beta_min), swap_rounds=a.swap_rounds,
                                   tempered_proposals=a.tempered_proposals)
