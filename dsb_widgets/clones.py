@@ -94,7 +94,8 @@ Measured (scratch scripts and ``benchmarks/clone_stationarity/``, seeds fixed, o
    CPU per sweep. Defaults (8 temperatures, 16 chains at beta = 1, W >= 100, at most 4,000 sweeps), seed 0:
    TinyStories L = 1 / 2 / 3 STATIONARY after 500 / 400 / 800 sweeps (tau 9.4 / 8.6 / 19.8, R-hat
    1.039 / 1.035 / 1.036, 53 / 62 / 281 MH CPU-s), Tiny Shakespeare L = 1 after 2,500 (tau 58, R-hat
-   1.044, 262 CPU-s). 4 temperatures over the same range swap too rarely (0.16-0.23; tau 362).
+   1.044, 262 CPU-s). 4 temperatures over the same range swap too rarely (0.16-0.23; tau 362). Not seen by
+   the criterion: TinyStories L = 1 run on to 3,000 sweeps creeps on, ~0.5 nats per 1,000 (22.2 -> 20.5).
 The clone is the last window of the chains; provenance.json says whether they passed
 (``stationarity`` with tau, W and every check; per-chain trace in ``clone_L{L}.pt['energies']``).
 """

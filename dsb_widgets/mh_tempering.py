@@ -14,6 +14,11 @@ exchanges; a round trip is a visit to the coldest rung, then the hottest, then t
 counts where the state runs the next sweep, after all rounds of an exchange). Tempering
 helps the beta = 1 chains only as fast as states make round trips (a cold state decorrelates by being
 heated), so sweeps per round trip bound the target's autocorrelation time from below.
+
+Measured (``benchmarks/clone_stationarity/README.md``, Tiny Shakespeare L = 1, 8 rungs): over beta 1 .. 0.3 the
+swaps were fine (0.29-0.59 per pair) and the hot rungs mixed in 4-5 sweeps, but the cold rungs did not (tau
+261 / 93 / 38 at beta 1 / 0.84 / 0.71), so round trips took 2,087 sweeps; 10 rounds per sweep or proposals
+from q^beta left that at 1,422-1,548; beta 1 .. 0.5 cut it to 611 and the target's tau to 58, same cost.
 """
 
 from __future__ import annotations
