@@ -96,6 +96,7 @@ Measured (scratch scripts and ``benchmarks/clone_stationarity/``, seeds fixed, o
    1.039 / 1.035 / 1.036, 53 / 62 / 281 MH CPU-s), Tiny Shakespeare L = 1 after 2,500 (tau 58, R-hat
    1.044, 262 CPU-s). 4 temperatures over the same range swap too rarely (0.16-0.23; tau 362). Not seen by
    the criterion: TinyStories L = 1 run on to 3,000 sweeps creeps on, ~0.5 nats per 1,000 (22.2 -> 20.5).
+   Seed 1: TinyStories L = 3 stationary after 300; Shakespeare NOT at the 4,000 cap (drift -3.0 s.e.).
 The clone is the last window of the chains; provenance.json says whether they passed
 (``stationarity`` with tau, W and every check; per-chain trace in ``clone_L{L}.pt['energies']``).
 """
