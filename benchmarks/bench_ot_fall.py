@@ -26,6 +26,8 @@ for the image experiment's own ``ot`` probe (1000 held-out images, a random othe
   clipped) at every checkpoint: target accuracy max@step -> final and source accuracy.
   Measured (one run per training seed 0-3, 4096 steps): optimal x0.948/0.912/0.924/0.905, heldout
   (w = 0.02) x0.935/0.904/0.928/0.897; see ``gaussian_ot.py`` for why 0.9 is not robust.
+  Recipe variants (constant rate, weight decay, AdamW), a 5000-image OT probe and a no-trend
+  null for the ratio: ``benchmarks/ot_fall/`` (its README has the table).
 
 Run: ``DSB_DATA_DIR=../shared/data python benchmarks/bench_ot_fall.py [--datasets digits fashion_mnist]
 [--train 0 --seeds 2]`` (digits always works; Fashion-MNIST: 46 CPU-s with its probes cached, the

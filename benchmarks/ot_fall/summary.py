@@ -84,9 +84,9 @@ def scatter(res: xr.Dataset, first_step: int = 256) -> tuple[float, float]:
     (s.d. of ``ot`` - ``ot_big`` over checkpoints and seeds: the probe-set part; s.d. of one
     checkpoint's ``ot_big`` about its neighbour, diff / sqrt(2): the network's part plus the much
     smaller per-image part of 5000 images). NaNs when ``ot_big`` was not recorded."""
-    if "ot_big" not in list(res.probe.values):
-        return np.nan, np.nan
     late = res.step.values >= first_step
+    if "ot_big" not in list(res.probe.values) or late.sum() < 2:
+        return np.nan, np.nan
     a = res.target_accuracy.sel(probe="ot").values[late]
     b = res.target_accuracy.sel(probe="ot_big").values[late]
     return float((a - b).std()), float(np.diff(b, axis=0).std() / np.sqrt(2))
