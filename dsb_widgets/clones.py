@@ -59,44 +59,18 @@ grows with depth on Shakespeare's 300k train tokens (0.26 / 0.37 / 0.43).
 ``square_width`` (a wider quadratic form per layer) costs ~3x the CPU per L = 2 step and was not
 measured to the end.
 
-Plain MH (``--temperatures 1``; 128 chains from test windows, at most 100 sweeps: the old
-defaults) does NOT meet the stationarity criterion at any depth; the defaults now (item 6) do.
-Measured (scratch scripts and ``benchmarks/clone_stationarity/``, seeds fixed, one thread, shared machine):
-
-1. the window must be long: split-R-hat needs W >> tau (mh_sampler docstring), so W = max(--window,
-   20 tau) (``--window-tau``), thresholds unchanged;
-2. the chains relax from text into a condensed region of the model's distribution, far below the
-   data's energy: ``energy_gap`` in provenance.json = chains' mean E_pll (last window) - held-out
-   windows' mean E_pll (= T x test PLL). L = 1: TinyStories 37.2 -> 21.5 after 6,000 sweeps (gap
-   -15.6), Tiny Shakespeare 46.8 -> 18.8 after 800 (gap -25.0), sequences of mutually predicting
-   name fragments ("AUTOLYCUSOLAUTOL"). The PLL target is not the cause: plain Gibbs with the
-   model's conditionals and the model's exact Potts joint (couplings symmetrised) condense further;
-3. the condensed target is multimodal: chains sit at different levels for hundreds of sweeps.
-   Plain MH, L = 1 TinyStories, 64 chains, 6,000 sweeps (310 CPU-s): multi-chain tau 211 sweeps, so
-   W = 4,227 and the check cannot even be made; Shakespeare 4,000 sweeps: R-hat 1.22.
-4. NOT under-regularisation (the plmDCA hypothesis; ``--weight-decay``, :mod:`dsb_widgets.coupling_decay`):
-   the models do not overfit in the sense that matters (TinyStories train 2.339 / test 2.323), held-out
-   PLL gets worse with ANY decay (TinyStories 2.323 / 2.332 / 2.354 / 2.655 at decay 0 / 0.03 / 0.1 /
-   1; Shakespeare 2.925 / 2.933 at 0 / 0.1), and the gap does not move (TinyStories -13.3 at decay 0
-   and 1 after 1,000 sweeps; Shakespeare -25.0 / -24.4 at 0 / 0.1). The gap is what pseudo-likelihood
-   does: unlike maximum likelihood it does not match the model's energy moments to the data's
-   (plmDCA vs Boltzmann learning), so the fitted joint can be colder than the data;
-5. parallel tempering over beta 1 .. 0.3 (8 geometric rungs, 16 of 128 chains at beta = 1, same cost per
-   sweep as 128 plain chains) passes on TinyStories L = 1 (1,650 sweeps, tau 40, 167 CPU-s; E_pll 20.8,
-   gap -16.4) and L = 2 (670 sweeps, tau 16, 121 CPU-s, gap -13.1), NOT on TinyStories L = 3 (2,000
-   sweeps, tau 210, W 4,209) nor Tiny Shakespeare L = 1 (3,000 sweeps, tau 152, gap -29.4).
-6. why, and the fix (``benchmarks/clone_stationarity/ladder_diag.py``; :class:`~dsb_widgets.mh_tempering.Ladder`):
-   with beta 1 .. 0.3 (Shakespeare L = 1) the swaps were fine (0.29-0.59 per pair) and beta <= 0.5 mixed
-   fast (tau 4-5), but the cold rungs did not (tau 261 / 93 / 38 at beta 1 / 0.84 / 0.71), so a state
-   took 2,087 sweeps per cold-hot-cold round trip; 10 exchange rounds per sweep or hot chains proposing
-   from q^beta did not help (1,422 / 1,548). Three of 8 rungs sat where everything mixes; beta 1 .. 0.5
-   (the default) puts all 8 in the slow region: round trips 416 sweeps, tau at beta = 1 69, at the same
-   CPU per sweep. Defaults (8 temperatures, 16 chains at beta = 1, W >= 100, at most 4,000 sweeps), seed 0:
-   TinyStories L = 1 / 2 / 3 STATIONARY after 500 / 400 / 800 sweeps (tau 9.4 / 8.6 / 19.8, R-hat
-   1.039 / 1.035 / 1.036, 53 / 62 / 281 MH CPU-s), Tiny Shakespeare L = 1 after 2,500 (tau 58, R-hat
-   1.044, 262 CPU-s). 4 temperatures over the same range swap too rarely (0.16-0.23; tau 362). Not seen by
-   the criterion: TinyStories L = 1 run on to 3,000 sweeps creeps on, ~0.5 nats per 1,000 (22.2 -> 20.5).
-   Seed 1: TinyStories L = 3 stationary after 300; Shakespeare NOT at the 4,000 cap (drift -3.0 s.e.).
+MH stationarity (measured; the tables and the history are in ``benchmarks/clone_stationarity/``):
+plain MH (``--temperatures 1``, the old default) never passes: chains relax from text into a
+condensed, multimodal region of the model's own distribution (``energy_gap`` in provenance.json =
+chains' mean E_pll - held-out windows' mean E_pll, -13 to -29 nats; the PLL target and a lack of
+coupling decay, ``--weight-decay``, were measured and are not the cause), with tau ~ 200 sweeps.
+Parallel tempering over beta 1 .. 0.3 left the cold rungs slow (Shakespeare L = 1: tau 261 at
+beta = 1, 2,087 sweeps per cold-hot-cold round trip); the default ladder, 8 rungs over beta 1 .. 0.5
+(16 of 128 chains at beta = 1, W >= 100, at most 4,000 sweeps), cuts that to ~611 and passes, seed 0,
+on TinyStories L = 1 / 2 / 3 after 500 / 400 / 800 sweeps (53 / 62 / 281 MH CPU-s) and Tiny
+Shakespeare L = 1 after 2,500 (262 CPU-s); seed 1: TinyStories L = 3 after 300, Shakespeare NOT at
+the cap (drift -3.0 s.e.). The criterion does not see a slow creep: TinyStories L = 1 run on to
+3,000 sweeps still falls ~0.5 nats per 1,000 (22.2 -> 20.5).
 The clone is the last window of the chains; provenance.json says whether they passed
 (``stationarity`` with tau, W and every check; per-chain trace in ``clone_L{L}.pt['energies']``).
 """
@@ -162,7 +136,7 @@ class CloneConfig:
     window: int = 100  # smallest stationarity window W (mh_sampler.stationarity); 0 = run all sweeps
     window_tau: float = 20.0  # window W = max(window, window_tau * tau) (mh_sampler docstring); 0: fixed W
     temperatures: int = 8  # > 1: parallel tempering, chains split over a geometric ladder beta = 1 .. beta_min
-    beta_min: float = 0.5  # 0.3 left the cold rungs too far apart (module docstring, item 6)
+    beta_min: float = 0.5  # 0.3 left the cold rungs too far apart (module docstring; benchmarks/clone_stationarity)
     thin: int = 1
     chains: int = 128
     seed: int = 0
