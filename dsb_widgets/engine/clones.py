@@ -64,6 +64,14 @@ constant-rate defaults (same clones, seed 0, 734 s wall on one thread, probe eva
 (2.740), 5-body still falling (2.565; candidate 16,384 not confirmed an octave later), real
 still falling (2.400); drops 15,000 -> 30,000: 0.009 / 0.038 / 0.053 / 0.086. Seed 1 (666 s):
 2-body 5,312 (then rises 2.993 -> 3.055), 3-body 12,634, 5-body and real still falling.
+At 60,000 steps (``--steps 60000``, the same clones remade: test PLL 2.323 / 2.011 / 1.898; seeds
+0 / 1, 1,253 user CPU-s each, one thread, at load 5-7 on 2 cores; probe evaluation 4.7 / 5.0% of
+the wall with :func:`masked_probe_readout`) every clone's plateau is confirmed by the octave rule:
+2-body 5,312 / 5,312 (min 3.031 / 2.993 at 8,933 / 8,192, then rises to 3.232 / 3.222, +11
+noise s.d.), 3-body 13,777 / 12,634 (min 2.742 / 2.676; final 2.772 / 2.766), 5-body 17,867 /
+16,384 (final 2.585 / 2.646; drop 30,000 -> 60,000 0.020 / -0.001), real still falling at
+60,000 (candidate 42,495 unconfirmed; final 2.351 / 2.253, drop 30,000 -> 60,000 0.030 / 0.043).
+So 2 < 3 < 5-body < real in both seeds; the 3- to 5-body gap is 0.37 octave (3 checkpoints).
 The cosine run: Clones: ``dsb clone
 --corpus tinystories --layers 1 2 3 --no-control --threads 1`` (gpt2 top-1,000, T = 16; test PLL
 2.323 / 2.011 / 1.898 for 2 / 3 / 5 bodies; 472 training + 63 MH CPU-s, the 5-body stage 328 +
