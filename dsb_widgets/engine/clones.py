@@ -38,7 +38,7 @@ windows each, 1 seed, after 200 steps), 2.5x fewer, side by side at load ~6 on 2
 (``benchmarks/clone_saturation/bench_probe_readout.py``).
 
 Sizes (options ``n_layer``, ``n_head``, ``d_model``, ``mask_prob``): a 2 x 64 BERT; the default
-30,000 steps take ~12 CPU-min per seed on one thread, ~10 of them training (``--steps 2048`` for a
+60,000 steps take ~21 CPU-min per seed on one thread, probe evaluation ~5% (``--steps 2048`` for a
 quick look, which is too short for any probe to saturate). The schedule is warm-up then a CONSTANT rate
 (``--schedule constant``, the default here): a cosine decay to zero flattens every curve at its
 end and fakes saturation.
@@ -64,7 +64,7 @@ constant-rate defaults (same clones, seed 0, 734 s wall on one thread, probe eva
 (2.740), 5-body still falling (2.565; candidate 16,384 not confirmed an octave later), real
 still falling (2.400); drops 15,000 -> 30,000: 0.009 / 0.038 / 0.053 / 0.086. Seed 1 (666 s):
 2-body 5,312 (then rises 2.993 -> 3.055), 3-body 12,634, 5-body and real still falling.
-At 60,000 steps (``--steps 60000``, the same clones remade: test PLL 2.323 / 2.011 / 1.898; seeds
+At 60,000 steps (the default since then; the same clones remade: test PLL 2.323 / 2.011 / 1.898; seeds
 0 / 1, 1,253 user CPU-s each, one thread, at load 5-7 on 2 cores; probe evaluation 4.7 / 5.0% of
 the wall with :func:`masked_probe_readout`) every clone's plateau is confirmed by the octave rule:
 2-body 5,312 / 5,312 (min 3.031 / 2.993 at 8,933 / 8,192, then rises to 3.232 / 3.222, +11
@@ -317,8 +317,9 @@ register_experiment(Experiment(
     build=build_clones_task,
     # warm-up then CONSTANT lr (warmup-stable): a cosine decay to zero flattens every curve at the
     # end and fakes saturation (issue 12); saturation_steps() reads the plateau off the results.
-    # 3e4 steps, 8 checkpoints per octave, 1,280 probe sequences: the measured run in the docstring
-    defaults={"model": "bert", "steps": 30_000, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
+    # 6e4 steps (at 3e4 the 5-body plateau could not be confirmed an octave later), 8 checkpoints
+    # per octave, 1,280 probe sequences: the measured runs in the docstring (~1,250 CPU-s per seed)
+    defaults={"model": "bert", "steps": 60_000, "batch_size": 64, "optimizer": "adamw", "lr": 1e-3,
               "weight_decay": 0.01, "warmup": 64, "schedule": "constant", "per_octave": 8, "probe_size": 1280},
     models=("bert",),
     probes=CLONE_PROBES,
