@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from mh_cases import L, Q, pll_target, small_potts
 
 from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig, IncrementalConditionals
 from dsb_widgets.incremental import SiteChains
@@ -19,16 +20,9 @@ from dsb_widgets.mh_sampler import (
     split_rhat,
     stationarity,
 )
-from dsb_widgets.potts import PottsModel, enumerate_states, exact_distribution, symmetrize_couplings
+from dsb_widgets.potts import PottsModel, enumerate_states, exact_distribution
 
 torch.set_num_threads(1)
-L, Q = 5, 3
-
-
-def small_potts(seed: int = 0, scale: float = 0.8) -> PottsModel:
-    g = torch.Generator().manual_seed(seed)
-    J = symmetrize_couplings(scale * torch.randn(L, L, Q, Q, generator=g, dtype=torch.float64))
-    return PottsModel(J, 0.5 * torch.randn(L, Q, generator=g, dtype=torch.float64))
 
 
 def pair_marginals(states: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -159,16 +153,7 @@ def test_tempering_keeps_the_target_exact(fast: bool) -> None:
     """Parallel tempering (3 temperatures, replica exchange every sweep): the beta = 1 chains still
     sample pi(s) ∝ exp(sum_t log p(s_t|s_-t)) exactly (enumerated), on the generic loop (Potts
     conditionals) and on the fast path (2-layer factored model); the exchanges do happen."""
-    if fast:
-        torch.manual_seed(2)
-        model = FactoredAttention(FactoredAttentionConfig(vocab_size=Q, seq_len=L, n_layers=2, n_heads=2,
-                                                          d_embed=4, init_std=0.8)).double()
-        fn: object = IncrementalConditionals(model)
-        states, target = exact_distribution(pll_energy(IncrementalConditionals(model)), L, Q)
-    else:
-        potts = small_potts()
-        fn = potts.conditionals
-        states, target = exact_distribution(pll_energy(potts.conditionals), L, Q)
+    fn, states, target = pll_target(fast)
     res = metropolis_hastings(fn, torch.zeros(3 * 1500, L, dtype=torch.long), n_sweeps=30, burn_in=10,  # type: ignore[arg-type]
                               betas=[1.0, 0.6, 0.3], generator=torch.Generator().manual_seed(4))
     assert res.samples.shape == (20, 1500, L) and res.final.shape == (1500, L)

@@ -8,14 +8,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mh_cases import L, Q, pll_target, small_potts
 
 from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig, IncrementalConditionals
-from dsb_widgets.mh_sampler import metropolis_hastings, pll_energy
+from dsb_widgets.mh_sampler import metropolis_hastings
 from dsb_widgets.mh_tempering import Ladder, equal_swap_ladder, geometric_ladder
-from dsb_widgets.potts import PottsModel, exact_distribution, symmetrize_couplings
 
 torch.set_num_threads(1)
-L, Q = 5, 3
 
 
 def test_geometric_ladder() -> None:
@@ -92,12 +91,6 @@ def test_ladder_tracks_labels_and_counts_round_trips() -> None:
     assert many.label.tolist() == [0, 2, 1] and int(many.trips.sum()) == 0  # rungs count only where a sweep runs
 
 
-def _potts(seed: int = 0, scale: float = 0.8) -> PottsModel:
-    g = torch.Generator().manual_seed(seed)
-    J = symmetrize_couplings(scale * torch.randn(L, L, Q, Q, generator=g, dtype=torch.float64))
-    return PottsModel(J, 0.5 * torch.randn(L, Q, generator=g, dtype=torch.float64))
-
-
 def _z_pairs(target: torch.Tensor, states: torch.Tensor, samples: torch.Tensor) -> float:
     """max |z| of the MH pair marginals against the enumerated ones (s.e. from independent chains)."""
     S, B, _ = samples.shape
@@ -114,16 +107,7 @@ def _z_pairs(target: torch.Tensor, states: torch.Tensor, samples: torch.Tensor) 
 def test_swap_rounds_and_tempered_proposals_keep_the_target_exact(fast: bool) -> None:
     """Several exchange rounds per sweep and hot chains proposing from q^beta: the beta = 1 chains still
     sample exp(sum_t log p(s_t | s_-t)) exactly (enumerated), generic loop and fast path."""
-    if fast:
-        torch.manual_seed(2)
-        model = FactoredAttention(FactoredAttentionConfig(vocab_size=Q, seq_len=L, n_layers=2, n_heads=2,
-                                                          d_embed=4, init_std=0.8)).double()
-        fn: object = IncrementalConditionals(model)
-        states, target = exact_distribution(pll_energy(IncrementalConditionals(model)), L, Q)
-    else:
-        potts = _potts()
-        fn = potts.conditionals
-        states, target = exact_distribution(pll_energy(potts.conditionals), L, Q)
+    fn, states, target = pll_target(fast)
     res = metropolis_hastings(fn, torch.zeros(3 * 1500, L, dtype=torch.long), n_sweeps=30, burn_in=10,  # type: ignore[arg-type]
                               betas=[1.0, 0.5, 0.2], swap_rounds=4, tempered_proposals=True,
                               generator=torch.Generator().manual_seed(5))
@@ -150,5 +134,5 @@ def test_fast_path_equals_generic_with_tempered_proposals_and_rounds() -> None:
 
 def test_bad_swap_rounds_raise() -> None:
     with pytest.raises(ValueError, match="swap rounds"):
-        metropolis_hastings(_potts().conditionals, torch.zeros(4, L, dtype=torch.long), n_sweeps=2,
+        metropolis_hastings(small_potts().conditionals, torch.zeros(4, L, dtype=torch.long), n_sweeps=2,
                             betas=[1.0, 0.5], swap_rounds=0)
