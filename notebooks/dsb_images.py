@@ -255,7 +255,7 @@ comparison
 # ## 4. The default run on Fashion-MNIST: the criteria
 #
 # `dsb run images --dataset fashion_mnist` (and `--dataset mnist`) defaults to the small
-# BatchNorm convnet (`model=convnet`, SGD lr 0.1, momentum 0.9, weight decay $5 \cdot 10^{-4}$,
+# BatchNorm convnet (`model=convnet`, SGD lr 0.1, momentum 0.9, weight decay $5 \cdot 10^{-3}$,
 # batch 128, 4096 steps, cosine): a 2-layer MLP barely leaves the order-2 regime on these
 # datasets (maxent2 final/min 1.11 and OT target accuracy flat at 0.88 on Fashion-MNIST, measured),
 # while a convnet learns local, non-Gaussian features (edges, strokes) and so departs from the
