@@ -1,13 +1,17 @@
-"""What sat_run.py and sat_eval.py share: the clone folder's corpus and the raw probe sequences."""
+"""What the scripts here share: the clone folder's corpus and raw probe sequences (sat_run.py,
+sat_eval.py), and the engine task of a clone folder timed by bench_readout.py / bench_probe_readout.py."""
 
 from __future__ import annotations
 
+import argparse
+import os
 from dataclasses import dataclass
 
 import torch
 
 from dsb_widgets.clones import load_clones, windows
 from dsb_widgets.data.text import TokenizedCorpus, tokenize_corpus
+from dsb_widgets.engine.task import RunConfig, Task, build_task, resolve_config
 
 PROBE_SEED = 1234  # real test windows: independent of the training seed
 
@@ -36,3 +40,20 @@ def load_probes(clones: str, data_dir: str, n: int) -> CloneProbes:
         raw[f"{cl.bodies[L]}-body"] = cl.tokens[L][:n]
     pll = {f"{cl.bodies[L]}-body": prov["orders"][str(L)].get("test_pll") for L in cl.tokens}
     return CloneProbes(tc, tc.vocab_size, T, raw, pll)
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every read-out benchmark takes: ``--clones DIR``, ``--data-dir``, ``--seeds``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--clones", required=True, help="folder written by `dsb clone`")
+    ap.add_argument("--data-dir", default=os.environ.get("DSB_DATA_DIR"))
+    ap.add_argument("--seeds", type=int, default=1, help="seeds stacked in one run")
+    return ap
+
+
+def clones_task(a: argparse.Namespace) -> tuple[RunConfig, Task]:
+    """The clones experiment's task at its defaults for ``a.clones`` on one CPU thread."""
+    torch.set_num_threads(1)
+    cfg = resolve_config(RunConfig(experiment="clones", seeds=a.seeds, device="cpu", data_dir=a.data_dir,
+                                   options={"clones": a.clones}))
+    return cfg, build_task(cfg)

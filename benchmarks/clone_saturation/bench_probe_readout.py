@@ -17,30 +17,21 @@ Measured: see the engine/clones.py docstring ("Measured").
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import os
 import time
 
 import numpy as np
-import torch
+from _common import bench_parser, clones_task  # this folder (on sys.path when run as a script)
 
 from dsb_widgets.engine.loop import _Run
-from dsb_widgets.engine.task import RunConfig, build_task, resolve_config
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--clones", required=True, help="folder written by `dsb clone`")
-    ap.add_argument("--data-dir", default=os.environ.get("DSB_DATA_DIR"))
-    ap.add_argument("--seeds", type=int, default=1, help="seeds stacked in one run")
+    ap = bench_parser(__doc__)
     ap.add_argument("--train-steps", type=int, default=200, help="steps trained before timing")
     ap.add_argument("--blocks", type=int, default=5, help="timed evaluations per path (alternating)")
     a = ap.parse_args(argv)
-    torch.set_num_threads(1)
-    cfg = resolve_config(RunConfig(experiment="clones", seeds=a.seeds, device="cpu", data_dir=a.data_dir,
-                                   options={"clones": a.clones}))
-    task = build_task(cfg)
+    cfg, task = clones_task(a)
     run = _Run(cfg, None, False, task=task)
     for _ in range(a.train_steps):
         run.update()
