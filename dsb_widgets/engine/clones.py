@@ -72,6 +72,7 @@ noise s.d.), 3-body 13,777 / 12,634 (min 2.742 / 2.676; final 2.772 / 2.766), 5-
 16,384 (final 2.585 / 2.646; drop 30,000 -> 60,000 0.020 / -0.001), real still falling at
 60,000 (candidate 42,495 unconfirmed; final 2.351 / 2.253, drop 30,000 -> 60,000 0.030 / 0.043).
 So 2 < 3 < 5-body < real in both seeds; the 3- to 5-body gap is 0.37 octave (3 checkpoints).
+Seed 2 (1,192 CPU-s): 2-body 4,467, 3-body 8,192, 5-body 21,247, real still falling at 60,000.
 The cosine run: Clones: ``dsb clone
 --corpus tinystories --layers 1 2 3 --no-control --threads 1`` (gpt2 top-1,000, T = 16; test PLL
 2.323 / 2.011 / 1.898 for 2 / 3 / 5 bodies; 472 training + 63 MH CPU-s, the 5-body stage 328 +
