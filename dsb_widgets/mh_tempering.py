@@ -49,31 +49,6 @@ def geometric_ladder(K: int, beta_min: float) -> list[float] | None:
     return None if K == 1 else [1.0] + [beta_min ** (k / (K - 1)) for k in range(1, K)]
 
 
-def equal_swap_ladder(betas: Sequence[float], sigma: Sequence[float]) -> list[float]:
-    """Re-space K inverse temperatures (same ends) so that every adjacent pair swaps equally often.
-
-    If the energy at beta is about Gaussian with std sigma(beta) (and d<E>/dbeta = -sigma^2), the log
-    swap ratio of rungs beta, beta - dbeta is N(-z^2, 2 z^2) with z = sigma dbeta, so the mean swap
-    acceptance is E[min(1, e^x)] = erfc(z / 2): it depends on z alone. Equal z means equal steps of
-    the thermodynamic length l(beta) = int_beta^1 sigma(b) db. With sigma measured at the rungs
-    (``sigma`` (K,), e.g. over a pilot run), l is summed per interval by the trapezoid rule
-    (l_k = (beta_k - beta_k+1)(sigma_k + sigma_k+1) / 2), taken linear in beta inside an interval,
-    and inverted at K equally spaced values. Rungs crowd where the energy fluctuates most (a
-    condensation, where a fixed geometric ladder leaves a pair that almost never swaps)."""
-    b = torch.tensor([float(x) for x in betas], dtype=torch.float64)
-    sd = torch.tensor([float(x) for x in sigma], dtype=torch.float64)
-    if b.numel() != sd.numel() or b.numel() < 2 or not bool((sd > 0).all()) or not bool((b[1:] < b[:-1]).all()):
-        raise ValueError("need K >= 2 decreasing betas and K positive energy standard deviations")
-    seg = (b[:-1] - b[1:]) * (sd[:-1] + sd[1:]) / 2  # (K - 1,) thermodynamic length of each interval
-    ell = torch.cat([seg.new_zeros(1), seg.cumsum(0)])  # (K,) l at each rung, 0 at beta = 1
-    target = torch.linspace(0.0, float(ell[-1]), b.numel(), dtype=torch.float64)
-    k = torch.searchsorted(ell, target, right=True).clamp(1, b.numel() - 1) - 1  # interval of each target
-    frac = (target - ell[k]) / seg[k]
-    new = (b[k] + frac * (b[k + 1] - b[k])).tolist()
-    new[0], new[-1] = 1.0, float(b[-1])
-    return new
-
-
 def replica_swap(s: Tensor, E: Tensor, betas: Tensor, sweep: int, generator: torch.Generator | None,
                  perm: Tensor | None = None, counts: Tensor | None = None) -> float:
     """Replica exchange in place between neighbouring temperatures: chain j of group k <-> chain j of

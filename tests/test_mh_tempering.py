@@ -6,13 +6,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from mh_cases import L, Q, pll_target, small_potts
 
 from dsb_widgets.factored_attention import FactoredAttention, FactoredAttentionConfig, IncrementalConditionals
 from dsb_widgets.mh_sampler import metropolis_hastings
-from dsb_widgets.mh_tempering import Ladder, equal_swap_ladder, geometric_ladder
+from dsb_widgets.mh_tempering import Ladder, geometric_ladder
 
 torch.set_num_threads(1)
 
@@ -33,36 +31,6 @@ def test_gaussian_energies_swap_at_erfc_half_z() -> None:
         hot = -sigma**2 * (beta - dbeta) + sigma * torch.randn(400_000, generator=g, dtype=torch.float64)
         rate = float(torch.exp(dbeta * (cold - hot)).clamp(max=1.0).mean())
         assert rate == pytest.approx(math.erfc(sigma * dbeta / 2), abs=3e-3)
-
-
-def test_equal_swap_ladder_is_linear_for_constant_sigma_and_crowds_where_sigma_peaks() -> None:
-    b = [1.0, 0.9, 0.5, 0.45, 0.2]
-    torch.testing.assert_close(torch.tensor(equal_swap_ladder(b, [2.0] * 5), dtype=torch.float64),
-                               torch.linspace(1.0, 0.2, 5, dtype=torch.float64))
-    peaked = equal_swap_ladder([1.0, 0.8, 0.6, 0.4, 0.2], [1.0, 1.0, 9.0, 1.0, 1.0])
-    assert peaked[1] - peaked[2] < 0.2 and peaked[2] - peaked[3] < 0.2  # rungs closer around 0.6
-    with pytest.raises(ValueError, match="positive"):
-        equal_swap_ladder([1.0, 0.5], [1.0, 0.0])
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.floats(0.05, 20.0), min_size=3, max_size=9), st.floats(0.05, 0.9))
-def test_equal_swap_ladder_gives_equal_thermodynamic_length_steps(sigma: list[float], beta_min: float) -> None:
-    """Ends kept, strictly decreasing, and every new interval has the same length l = int sigma dbeta
-    (sigma linear in l inside each old interval, as the rule assumes)."""
-    old = geometric_ladder(len(sigma), beta_min)
-    assert old is not None
-    new = equal_swap_ladder(old, sigma)
-    assert new[0] == 1.0 and new[-1] == pytest.approx(beta_min) and all(a > b for a, b in zip(new, new[1:]))
-    b, sd = torch.tensor(old, dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64)
-    ell = torch.cat([torch.zeros(1, dtype=torch.float64), ((b[:-1] - b[1:]) * (sd[:-1] + sd[1:]) / 2).cumsum(0)])
-
-    def length(x: float) -> float:  # l at beta = x, linear inside each old interval
-        k = min(max(int((b > x).sum()) - 1, 0), len(old) - 2)
-        return float(ell[k] + (b[k] - x) / (b[k] - b[k + 1]) * (ell[k + 1] - ell[k]))
-
-    steps = torch.tensor([length(y) - length(x) for x, y in zip(new, new[1:])])
-    torch.testing.assert_close(steps, torch.full_like(steps, float(ell[-1]) / (len(old) - 1)), rtol=1e-6, atol=1e-9)
 
 
 def _always_swap(ladder: Ladder, calls: int) -> list[list[int]]:
