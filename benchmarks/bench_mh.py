@@ -69,6 +69,15 @@ on a quiet machine); the fast path's shapes (blocks of 64, middle layers 8 at a 
 (1920, 64) x (64, 64) 83.3/94.8, middle mixing (16, 16) x (16, 7680) 61.2/75.3, read-out (960, 64) x
 (64, 1000) 83.0/95.0, last values (960, 256) x (256, 64) 88.3/94.7.
 
+Quiet machine (2026-12-03 10:08-10:11 UTC, load average 0.0-0.1, nothing else running; ``--gemm --rounds 3
+--skip-prev`` at eb18497, one whole run): before,1 2,193 / 1,480 / 1,070 / 819 and after,B 24,952 / 16,837 /
+5,373 / 3,246 chain-tokens per CPU-s at L = 1 / 2 / 3 / 4: 11.4x / 11.4x / 5.0x / 4.0x, sustained 47.9 /
+44.7 / 67.1 / 72.5 GFLOP/s (before,1: 27.5-36.0). GEMM peak 100.1 (1024^2) / 95.7 (2048^2) GFLOP/s, the
+fast path's shapes 71.4-92.4. The one-chain baseline gains the most from the quiet (L = 3: 1,070/s vs
+739-808 loaded), so the ratios are lower than under load, not higher as the extrapolation above assumed.
+This is the measured ceiling: even at the whole 100 GFLOP/s peak with no other work, 6.24M MACs per
+chain-token cap L = 3 at 8,013/s = 7.5x of 1,070, and 11.16M cap L = 4 at 4,480/s = 5.5x of 819.
+
 >= 10x is reached for L = 1 and 2, NOT for L = 3 and 4 (FLOP argument in dsb_widgets/incremental.py:
 at L = 3 10x of the baseline needs 92-101 GFLOP/s sustained under this load, the whole GEMM peak; at
 L = 4 107-165). A profile of the L = 3 path: GEMMs 73% of the time, log_softmax 3.5%, the rest ~20

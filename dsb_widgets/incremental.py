@@ -55,8 +55,11 @@ where the session-start path gave 6.7-6.8x), so compare after/ref across session
 this load (125-160 quiet). At L = 3 10x of 739-808/s needs 6.24M MACs x 7,400-8,100/s = 92-101 GFLOP/s,
 the whole peak with no other work; the path sustains 56-59 (a profile: GEMMs 73% of the time, value
 GEMMs 39%, the K = T mixing GEMM 16% for a quarter of their MACs, read-out 9%; log_softmax 3.5%; the
-rest ~20 small copies, squares and gathers per block). On a quiet machine 10x needs 72 GFLOP/s of 125-160 (1.25-1.31x
-on 6.7-6.8x gives ~8.5-9x: extrapolated, not measured). At L = 4 10x of 479-740/s needs 11.16M MACs x
+rest ~20 small copies, squares and gathers per block). Measured on the quiet machine (load 0.0-0.1; an
+earlier extrapolation to ~8.5-9x was wrong): 11.4 / 11.4 / 5.0 / 4.0x at L = 1-4; the one-chain baseline
+speeds up more than the batched path (L = 3: 1,070/s), the GEMM peak is 96-100 GFLOP/s, and 10x at L = 3
+would need 134 GFLOP/s: at the whole peak L = 3 caps at 7.5x, L = 4 at 5.5x (``benchmarks/bench_mh.py``).
+At L = 4 10x of 479-740/s needs 11.16M MACs x
 4,800-7,400/s = 107-165 GFLOP/s: at or above the peak. torch.compile (inductor) of a block was measured
 no faster (previous session).
 """

@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="results netCDF")
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0, help="first training seed (seeds SEED .. SEED + SEEDS - 1)")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--model")
     ap.add_argument("--optimizer")
@@ -49,7 +50,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     opts = dict(kv.split("=", 1) for kv in args.o)
-    cfg = RunConfig(experiment="images", dataset=args.dataset, steps=args.steps, seeds=args.seeds, model=args.model,
+    cfg = RunConfig(experiment="images", dataset=args.dataset, steps=args.steps, seeds=args.seeds, seed=args.seed,
+                    model=args.model,
                     optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
                     warmup=args.warmup, schedule=args.schedule,
                     probes=tuple(args.probes) if args.probes else None,
