@@ -64,8 +64,8 @@ first middle layers, 4 chains at a time) gave after/ref 1.19-1.21 / 1.23-1.27 / 
 The previous session measured 14.3-14.8 / 12.8-13.0 / 6.7-6.8 / 5.1x with the ref path on a quieter
 machine: the baseline (one chain, small working set) suffers less from the load, so compare after/ref.
 
-One-thread fp32 GEMM (torch.mm, out=), same runs: 1024^2 90.5/97.0 GFLOP/s, 2048^2 84.4/98.8 (125-160
-on a quiet machine); the fast path's shapes (blocks of 64, middle layers 8 at a time): middle values
+One-thread fp32 GEMM (torch.mm, out=), same runs: 1024^2 90.5/97.0 GFLOP/s, 2048^2 84.4/98.8 (125-160 on a quiet
+machine in an earlier session); the fast path's shapes (blocks of 64, middle layers 8 at a time): middle values
 (1920, 64) x (64, 64) 83.3/94.8, middle mixing (16, 16) x (16, 7680) 61.2/75.3, read-out (960, 64) x
 (64, 1000) 83.0/95.0, last values (960, 256) x (256, 64) 88.3/94.7.
 

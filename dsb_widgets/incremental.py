@@ -52,7 +52,8 @@ refreshing b instead of rebuilding the state, 7% of a sweep at L = 3). The basel
 suffers less from the load than the batched paths (L = 3: 739-808/s here, 575-587 on the quieter machine
 where the session-start path gave 6.7-6.8x), so compare after/ref across sessions, not the ratios.
 10x is NOT reached at L >= 3, and the FLOPs say why: one-thread fp32 GEMM peaks at 84-99 GFLOP/s under
-this load (125-160 quiet). At L = 3 10x of 739-808/s needs 6.24M MACs x 7,400-8,100/s = 92-101 GFLOP/s,
+this load (125-160 quiet in an earlier session; 96-100 quiet on 2026-12-03, below). At L = 3 10x of
+739-808/s needs 6.24M MACs x 7,400-8,100/s = 92-101 GFLOP/s,
 the whole peak with no other work; the path sustains 56-59 (a profile: GEMMs 73% of the time, value
 GEMMs 39%, the K = T mixing GEMM 16% for a quarter of their MACs, read-out 9%; log_softmax 3.5%; the
 rest ~20 small copies, squares and gathers per block). Measured on the quiet machine (load 0.0-0.1; an
