@@ -12,7 +12,7 @@ from typing import Literal
 
 from dsb_widgets.errors import ConfigError
 
-TRAIN_ON = ("real", "iso_clone", "gauss_clone", "maxent3_clone")  # Refinetti's ladder, low to high
+TRAIN_ON = ("real", "iso_clone", "gauss_clone", "maxent3_clone", "gmm_clone")  # Refinetti's ladder, low to high
 MAXENT1 = ("exponential", "marginals")
 TAYLOR_ORDERS = (2, 4)
 TAYLOR_METHODS = ("auto", "exact", "topk", "hutchinson")
@@ -26,7 +26,8 @@ class ImageOptions:
     width: int = field(default=256, metadata={"help": "hidden width of the MLP / CNN / ResNet", "min": 1})
     train_on: str = field(default="real", metadata={
         "help": "train on real images or a clone (Refinetti et al.'s ladder): iso_clone (class mean + "
-                "one variance), gauss_clone (mean + covariance), maxent3_clone (+ top-k third moments)",
+                "one variance), gauss_clone (mean + covariance), maxent3_clone (+ top-k third moments), "
+                "gmm_clone (a mixture of gmm_k Gaussians per class)",
         "choices": TRAIN_ON})
     flip: bool = field(default=False, metadata={
         "help": "random horizontal flips of the training images (CIFAR-10's default; not for digits)"})
@@ -48,6 +49,9 @@ class ImageOptions:
     num_quantiles: int = field(default=256, metadata={"help": "quantiles per pixel of the CQN tables", "min": 2})
     maxent3_k: int = field(default=8, metadata={
         "help": "maxent3: principal directions per class whose third moments are matched", "min": 1, "max": 32})
+    gmm_k: int = field(default=16, metadata={
+        "help": "gmm_clone: Gaussian components per class (k-means fit, gaussian_mixture.py); 1 = gauss_clone's "
+                "statistics, more = more of the data's higher-order structure", "min": 1, "max": 1024})
     cube_steps: int = field(default=200, metadata={
         "help": "maxent2_cube: L-BFGS iterations of the hypercube moment matching", "min": 1})
     taylor: bool = field(default=False, metadata={"help": "also record the Taylor predictions taylor0/taylor2"})

@@ -170,13 +170,16 @@ seed_table
 # ## 2. Refinetti et al.: a ladder of clones
 #
 # Train the same architecture, from the same initialisations and batch seeds, on the real digits
-# and on three *clones* that keep more and more of their statistics (`-o train_on=...` on the
+# and on four *clones* that keep more and more of their statistics (`-o train_on=...` on the
 # command line; fresh samples every batch, clamped to the pixel range):
 #
 # * `iso_clone`: per class the mean and one scalar variance, $N(\mu_y, s_y^2 I)$;
 # * `gauss_clone`: per class the mean and the covariance (Refinetti et al.'s Gaussian mixture);
 # * `maxent3_clone`: mean, covariance **and** the third moments in each class's top principal
-#   subspace (the order-3 sampler of `dsb_widgets.maxent3`).
+#   subspace (the order-3 sampler of `dsb_widgets.maxent3`);
+# * `gmm_clone`: a mixture of `gmm_k` (16) Gaussians per class, fitted by k-means
+#   (`dsb_widgets.gaussian_mixture`): the class mean and covariance exactly, plus its modes; our
+#   stand-in for Refinetti et al.'s richer rungs (WGAN samples, cifar5m).
 #
 # All are evaluated on the same real test images. Refinetti et al. find that the real-trained
 # network leaves each rung of their ladder later the more the rung keeps (Gaussian mixture ~50
@@ -201,7 +204,8 @@ ladder_table.round(3)
 
 # %%
 fig_clone = go.Figure()
-LADDER_COLOURS = {"real": "#000000", "iso_clone": "#1f77b4", "gauss_clone": "#2ca02c", "maxent3_clone": "#9467bd"}
+LADDER_COLOURS = {"real": "#000000", "iso_clone": "#1f77b4", "gauss_clone": "#2ca02c", "maxent3_clone": "#9467bd",
+                  "gmm_clone": "#d62728"}
 for name, res in ladder.items():
     fig_clone.add_trace(go.Scatter(x=res.step.values + 1, y=res["loss"].sel(probe="real").mean("seed").values,
                                    name=f"trained on {name}", line=dict(color=LADDER_COLOURS[name])))

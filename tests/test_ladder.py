@@ -48,7 +48,9 @@ def test_clone_samplers_keep_their_statistics() -> None:
 @pytest.mark.slow
 def test_ladder_on_digits_leaves_higher_rungs_later() -> None:
     """MLP on digits, SGD lr 0.01, 384 steps, 2 seeds: the real-trained net leaves the isotropic
-    clone first, the Gaussian clone later, and the order-3 clone latest (or never)."""
+    clone first, the Gaussian clone later, and the order-3 and mixture clones latest (or never);
+    trained on the mixture clone (16 Gaussians per class) the net ends nearest the real-trained
+    one (measured: real 0.391, gmm 0.398, maxent3 0.418, gauss 0.421, iso 0.537)."""
     from dsb_widgets.engine import RunConfig
 
     cfg = RunConfig(dataset="digits", model="mlp", steps=384, seeds=2, optimizer="sgd", lr=0.01, momentum=0.9,
@@ -57,7 +59,8 @@ def test_ladder_on_digits_leaves_higher_rungs_later() -> None:
     inf = float("inf")
     order = [steps[r] if steps[r] is not None else inf for r in LADDER]
     assert order[0] < inf, steps  # the isotropic clone is left within the run
-    assert order[0] <= order[1] <= order[2], steps
+    assert order[0] <= order[1] <= order[2] <= order[3], steps
     assert order[0] < order[2], steps
     final = {k: float(v["loss"].sel(probe="real").mean("seed")[-1]) for k, v in results.items()}
     assert final["iso_clone"] > final["gauss_clone"] > final["real"] * 0.9
+    assert final["gauss_clone"] > final["gmm_clone"] > final["real"]

@@ -3,7 +3,7 @@
 Probes (Belrose et al., ICML 2024; Refinetti, Ingrosso, Goldt, ICML 2023) are built once per
 (data, probe, options, seed) and cached on disk: see ``engine/image_probes.py`` for the list
 (``real``, ``maxent1/2/3``, ``maxent2_cube``, ``gauss_clone``, edits ``ot``, ``cqn``, ``shift``).
-``-o train_on=iso_clone|gauss_clone|maxent3_clone`` trains on a rung of Refinetti et al.'s clone
+``-o train_on=iso_clone|gauss_clone|maxent3_clone|gmm_clone`` trains on a rung of Refinetti et al.'s clone
 ladder (``engine/ladder.py``); crops and flips (``-o crop``, ``-o flip``) augment real images only,
 so asking for them with a clone is a ConfigError (CIFAR-10's default flips are turned off there).
 
@@ -129,7 +129,7 @@ def build_images_task(cfg: RunConfig) -> Task:
     if train_on != "real":  # Refinetti et al.'s clone ladder (engine/ladder.py)
         from dsb_widgets.engine.ladder import clone_batches
 
-        sample_batch = clone_batches(train_on, train, class_stats(train), opts.maxent3_k)
+        sample_batch = clone_batches(train_on, train, class_stats(train), opts.maxent3_k, opts.gmm_k)
     else:
         from dsb_widgets.engine.task import pick_device
 

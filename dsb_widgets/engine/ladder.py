@@ -12,6 +12,8 @@ rung           what the clone keeps, per class
 iso_clone      mean and one scalar variance tr(Sigma)/d: N(mu_y, s_y^2 I), clamped
 gauss_clone    mean and covariance (Refinetti's Gaussian mixture, per channel), clamped
 maxent3_clone  mean, covariance and top-k third moments (``maxent3.ThirdOrderSampler``), clamped
+gmm_clone      a mixture of ``gmm_k`` Gaussians (k-means fit; ``gaussian_mixture.py``): mean and
+               covariance exactly, plus the class's modes; more components keep more, clamped
 real           everything
 ============== ==================================================================
 
@@ -32,7 +34,7 @@ With lr 0.05 the early fall is so steep that all three rungs cross 10% at the sa
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ import xarray as xr
 from dsb_widgets.data.common import ImageData
 from dsb_widgets.stats import ClassStats
 
-LADDER = ("iso_clone", "gauss_clone", "maxent3_clone")
+LADDER = ("iso_clone", "gauss_clone", "maxent3_clone", "gmm_clone")
 BatchSampler = Callable[[torch.Generator, int], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -61,9 +63,11 @@ class IsotropicSampler:
         return (self.mean[labels] + self.std[labels, None] * z).float()
 
 
-def clone_batches(train_on: str, train: ImageData, stats: ClassStats, maxent3_k: int = 8) -> BatchSampler:
+def clone_batches(train_on: str, train: ImageData, stats: ClassStats, maxent3_k: int = 8,
+                  gmm_k: int = 16) -> BatchSampler:
     """A ``sample_batch(generator, batch_size)`` drawing fresh clone images, labels by the class prior."""
     from dsb_widgets.engine.image_probes import clone_sampler
+    from dsb_widgets.gaussian_mixture import GaussianMixtureSampler
     from dsb_widgets.maxent3 import ThirdOrderSampler
 
     if train_on == "iso_clone":
@@ -81,6 +85,11 @@ def clone_batches(train_on: str, train: ImageData, stats: ClassStats, maxent3_k:
 
         def draw(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
             return third.sample(y, generator=gen)
+    elif train_on == "gmm_clone":
+        mixture = GaussianMixtureSampler.fit(train.x, train.y, k=gmm_k)
+
+        def draw(y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            return mixture.sample(y, generator=gen)
     else:
         raise ValueError(f"unknown clone {train_on!r}; choose one of {', '.join(LADDER)}")
     prior = torch.bincount(train.y, minlength=train.num_classes).double()
@@ -116,15 +125,22 @@ def divergence_step(real: xr.Dataset, clone: xr.Dataset, probe: str = "real", re
 
 
 def clone_ladder(cfg: object, rungs: tuple[str, ...] = LADDER, rel: float = 0.1,
-                 train_fn: Callable[..., object] | None = None) -> tuple[dict[str, int | None], dict[str, xr.Dataset]]:
+                 train_fn: Callable[..., object] | None = None,
+                 variants: Mapping[str, Mapping[str, object]] | None = None,
+                 ) -> tuple[dict[str, int | None], dict[str, xr.Dataset]]:
     """Train ``cfg`` (a RunConfig) on real data and on each rung; return the divergence step per
-    rung and the results (key ``real`` and one per rung). Probes: ``real`` only (fast)."""
+    rung and the results (key ``real`` and one per rung). Probes: ``real`` only (fast).
+
+    ``variants`` adds labelled runs with their own options, e.g. ``{"gmm_clone_k64": {"train_on":
+    "gmm_clone", "gmm_k": 64}}``: one real-trained reference for a whole sweep of a rung's dial."""
     from dsb_widgets.engine.loop import train
 
     run = train_fn or train
     base = cfg.replace(probes=("real",))  # type: ignore[attr-defined]
-    results = {"real": run(base.replace(options={**dict(base.options), "train_on": "real"})).dataset}  # type: ignore[attr-defined]
-    for rung in rungs:
-        results[rung] = run(base.replace(options={**dict(base.options), "train_on": rung})).dataset  # type: ignore[attr-defined]
-    steps = {rung: divergence_step(results["real"], results[rung], rel=rel) for rung in rungs}
+    runs: dict[str, Mapping[str, object]] = {"real": {"train_on": "real"}}
+    runs.update({rung: {"train_on": rung} for rung in rungs})
+    runs.update(variants or {})
+    results = {label: run(base.replace(options={**dict(base.options), **opts})).dataset  # type: ignore[attr-defined]
+               for label, opts in runs.items()}
+    steps = {label: divergence_step(results["real"], results[label], rel=rel) for label in runs if label != "real"}
     return steps, results
