@@ -27,6 +27,9 @@ Measured (sklearn digits, MLP 256, SGD lr 0.01, momentum 0.9, wd 5e-4, batch 128
 1024 steps, 3 seeds, 6 checkpoints per octave; 2 loaded CPU cores, 842 s wall for the 4 runs):
 divergence steps iso_clone 144, gauss_clone 228, maxent3_clone 323 (first 10% crossing = for
 good, all three); final real-test loss 0.573 / 0.260 / 0.220 vs 0.196 trained on real data.
+gmm_clone (session stop 25, same runs, 62 CPU-s for 7 on a quiet machine): k = 4 456, k = 16 and
+64 never (final 0.197 / 0.197). Fashion-MNIST (convnet, lr 0.05): gauss 18, gmm k = 4 / 16 / 64 /
+256 at 36 / 57 / 144 / 456 (``benchmarks/clone_ladder/README.md``).
 With lr 0.05 the early fall is so steep that all three rungs cross 10% at the same checkpoint
 (step 45): use a learning rate that resolves the early phase.
 """
