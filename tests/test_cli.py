@@ -175,6 +175,27 @@ def test_augmentation_on_a_clone_exits_2_before_loading_data(aug: list[str], nee
     assert not out.exists()
 
 
+def test_gmm_k_without_the_mixture_clone_exits_2_before_loading_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """-o gmm_k only sets the components of -o train_on=gmm_clone; any other run would ignore it."""
+    import dsb_widgets.engine.images as images
+    from dsb_widgets.engine.task import resolve_config
+
+    def no_loading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data was loaded before the config was checked")
+
+    monkeypatch.setattr(images, "load_images", no_loading)
+    out = tmp_path / "gmm.nc"
+    assert main(["run", "images", *FAST, "-o", "train_on=gauss_clone", "-o", "gmm_k=64", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "-o gmm_k=64" in err and "-o train_on=gmm_clone" in err and "gauss_clone" in err
+    assert not out.exists()
+    cfg = resolve_config(RunConfig(experiment="images", options={"train_on": "gmm_clone", "gmm_k": 64}))
+    assert cfg.options["gmm_k"] == 64 and resolve_config(cfg) == cfg  # accepted, and idempotent
+    real = resolve_config(RunConfig(experiment="images"))
+    assert resolve_config(real) == real  # a resolved config lists gmm_k at its default: no error
+
+
 def test_clone_runs_turn_off_the_datasets_default_flips_and_accept_explicit_off() -> None:
     """CIFAR-10 flips by default (real training); a clone run saves flip=false (what ran) instead of an
     error, resolving is idempotent, and an explicit -o flip=false / crop=0 with a clone is fine."""

@@ -190,6 +190,16 @@ def _augment_real_only(cfg: RunConfig, asked: Mapping[str, Any]) -> RunConfig:
     return cfg.replace(options={**dict(cfg.options), **{k: AUGMENTATIONS[k] for k in on}})
 
 
+def _adjust(cfg: RunConfig, asked: Mapping[str, Any]) -> RunConfig:
+    """``resolve_config``'s hook: options the run would ignore are a one-line ConfigError (a value
+    equal to the default is not: a resolved config lists every option, and resolving is idempotent)."""
+    opts = _as_options(cfg.options)
+    if "gmm_k" in asked and opts.gmm_k != ImageOptions().gmm_k and opts.train_on != "gmm_clone":
+        raise ConfigError(f"-o gmm_k={opts.gmm_k} sets the components of the mixture clone, but this run trains on "
+                          f"{opts.train_on} and would ignore it; drop -o gmm_k or pass -o train_on=gmm_clone")
+    return _augment_real_only(cfg, asked)
+
+
 def _validate(cfg: RunConfig) -> None:
     if cfg.dataset not in IMAGE_DATASETS:
         raise ConfigError(f"unknown image dataset {cfg.dataset!r}; pass --dataset one of: {', '.join(IMAGE_DATASETS)}")
@@ -229,5 +239,5 @@ register_experiment(Experiment(
     description="image classifiers probed with max-entropy, Gaussian-clone, OT and CQN data",
     validate=_validate,
     options=ImageOptions,
-    adjust=_augment_real_only,
+    adjust=_adjust,
 ))
