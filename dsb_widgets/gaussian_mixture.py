@@ -109,11 +109,13 @@ class GaussianMixtureSampler:
             first.append(len(sizes))
             for c in range(kc):
                 xm = xc[assign == c]  # (n_c, d)
+                if len(xm) == 0:  # only with fewer distinct images than k: drop the component
+                    continue
                 mu = xm.mean(0)
+                weights[label, len(sizes) - first[-1]] = len(xm) / len(xc)
                 means.append(mu)
                 members.append((xm - mu).float())
                 sizes.append(len(xm))
-                weights[label, c] = len(xm) / len(xc)
         starts = torch.zeros(len(sizes) + 1, dtype=torch.long)
         starts[1:] = torch.cumsum(torch.tensor(sizes), 0)
         return cls(torch.stack(means), torch.cat(members), starts, weights, torch.tensor(first))

@@ -97,6 +97,24 @@ def test_more_components_keep_the_third_moments_one_gaussian_loses() -> None:
     assert errs[16] < 0.15 and errs[16] < errs[1] / 4
 
 
+def test_duplicate_images_fewer_than_k_give_a_valid_mixture() -> None:
+    """Fewer distinct images than k: k-means leaves a cluster empty (here: 3 copies of one image and
+    1 other, k = 4). No NaN component, weights sum to 1, and every draw is one of the two images
+    (a component of copies has no spread)."""
+    a, b = torch.tensor([0.8936, 0.3435, 0.1249]), torch.tensor([0.8995, 0.6658, 0.4798])
+    assert (torch.bincount(kmeans(torch.stack([a, b, a, a]), 4, torch.Generator().manual_seed(0)),
+                           minlength=4) == 0).any()  # the case the fit must handle
+    x = torch.cat([torch.stack([a, b, a, a]), torch.rand(4, 3, generator=torch.Generator().manual_seed(1))])
+    y = torch.tensor([0] * 4 + [1] * 4)
+    mix = GaussianMixtureSampler.fit(x, y, k=4)
+    assert not torch.isnan(mix.means).any()
+    assert float(mix.weights[0].sum()) == pytest.approx(1.0) and float(mix.weights[1].sum()) == pytest.approx(1.0)
+    draws = mix.sample(torch.zeros(200, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert not torch.isnan(draws).any()
+    near = (draws - a).abs().amax(1).lt(1e-6) | (draws - b).abs().amax(1).lt(1e-6)
+    assert bool(near.all()) and 0 < int((draws - b).abs().amax(1).lt(1e-6).sum()) < 200
+
+
 def test_a_class_without_images_is_a_clear_error() -> None:
     x = torch.rand(10, 4)
     y = torch.tensor([0] * 5 + [2] * 5)
