@@ -47,8 +47,8 @@ KMEANS_ITERS = 25  # Lloyd iterations per class (Fashion-MNIST, K = 16: assignme
 def kmeans(x: Tensor, k: int, generator: torch.Generator, iters: int = KMEANS_ITERS) -> Tensor:
     """Hard assignments (n,) of rows x (n, d) to k clusters: k-means++ start, Lloyd iterations.
 
-    An emptied cluster is re-seeded with the point farthest from its centre, so every one of the k
-    clusters keeps at least one member (k <= n)."""
+    An emptied cluster is re-seeded with the point farthest from its centre. With fewer distinct
+    points than k a cluster can still end empty (copies tie); the mixture fit drops it."""
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= n; got k={k} for {n} points")
