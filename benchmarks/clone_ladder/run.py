@@ -48,8 +48,8 @@ def main() -> None:
     cfg = RunConfig(experiment="images", dataset=args.dataset, model=args.model, steps=args.steps, seeds=args.seeds,
                     optimizer="sgd", lr=args.lr, momentum=0.9, weight_decay=5e-4, batch_size=128, warmup=0,
                     schedule="cosine", per_octave=args.per_octave, device="cpu",
-                    data_dir=os.environ.get("DSB_DATA_DIR"), options={"gmm_k": args.gmm_k[0], "flip": False})
-    # flip=False: clone runs have no flips (engine/images.py), so the real-trained reference has none either
+                    data_dir=os.environ.get("DSB_DATA_DIR"), options={"gmm_k": args.gmm_k[0], "flip": False, "crop": 0})
+    # no flips or crops: clone runs have none (engine/images.py), so the real-trained reference has none either
     variants = {f"gmm_clone_k{k}": {"train_on": "gmm_clone", "gmm_k": k} for k in args.gmm_k[1:]}
     t0 = time.process_time()
     steps, results = clone_ladder(cfg, tuple(args.rungs), variants=variants)
