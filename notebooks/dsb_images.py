@@ -260,8 +260,8 @@ comparison
 #
 # `dsb run images --dataset fashion_mnist` (and `--dataset mnist`) defaults to Belrose et al.'s
 # recipe on the small BatchNorm convnet (`model=convnet`, AdamW lr $10^{-3}$, weight decay 0.05,
-# 2,000 warm-up steps, cosine, batch 128, random crops with 3 pixels of padding, 16,384 steps): a 2-layer MLP barely leaves the order-2 regime on these
-# datasets (maxent2 final/min 1.11 and OT target accuracy flat at 0.88 on Fashion-MNIST, measured),
+# 2,000 warm-up steps, cosine, batch 128, random crops with 3 pixels of padding, 16,384 steps):
+# a 2-layer MLP barely leaves the order-2 regime on these datasets (maxent2 final/min 1.11 and OT target accuracy flat at 0.88 on Fashion-MNIST, measured),
 # while a convnet learns local, non-Gaussian features (edges, strokes) and so departs from the
 # order-1/2/3 probes. The checks: maxent1/2/3 loss minimum before 80% of the run and final/min
 # > 1.1; OT target accuracy final < 0.9 x max; CQN target accuracy falls after its max; real
